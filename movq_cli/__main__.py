@@ -1,0 +1,3 @@
+from movq_cli.cli import app
+
+app(prog_name="movq")

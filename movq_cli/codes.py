@@ -1,0 +1,220 @@
+"""Reading code files: integer codes or continuous latents, as frames, read lazily.
+
+`.npy` files are memory-mapped and never unpickled; `.npz` members are read whole.
+Integer arrays become frames of codes (T, H, W); floating arrays become latents (T, e, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from movq_cli.config import MovqConfig
+from movq_cli.errors import InputError
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+SCAN_BYTES = 64 << 20  # how much of a file one validation step looks at
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A clip of codes (T, H, W) or latents (T, e, H, W), possibly memory-mapped."""
+
+    array: np.ndarray
+    path: Path
+
+    @property
+    def is_latents(self) -> bool:
+        return self.array.ndim == 4
+
+    @property
+    def n_frames(self) -> int:
+        return self.array.shape[0]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Codes per frame, (rows, columns)."""
+        return self.array.shape[-2], self.array.shape[-1]
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames [start, stop) as an in-memory array (read from disk now)."""
+        return np.ascontiguousarray(self.array[start:stop])
+
+    def chunks(self, frames: int):
+        """(start, frames) pairs covering the clip, `frames` at a time."""
+        for start in range(0, self.n_frames, frames):
+            yield start, self.frames(start, start + frames)
+
+    def describe(self) -> str:
+        kind = f"latents x{self.array.shape[1]}" if self.is_latents else "codes"
+        return f"{self.n_frames} frame(s) of {self.grid[0]}x{self.grid[1]} {kind}"
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """'32x48' -> (32, 48): rows x columns of codes."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"--grid must look like HxW with positive integers, not {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
+    """Open a code file and shape it into frames. Raises InputError on anything unusable."""
+    path = Path(path)
+    array = _open_array(path, key)
+    _check_dtype(array, path)
+    return Codes(_as_frames(array, grid, path), path)
+
+
+def _open_array(path: Path, key: str | None) -> np.ndarray:
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(6)
+    except FileNotFoundError:
+        raise InputError(f"codes file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a code file") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+    if magic.startswith(NPY_MAGIC):
+        if key is not None:
+            raise InputError(f"--key {key} is for .npz files; {path} is a .npy file")
+        return _open_npy(path)
+    if magic.startswith(ZIP_MAGIC):
+        return _open_npz(path, key)
+    if magic[:1] == b"\x80":
+        raise InputError(f"{path} is a Python pickle; movq reads only .npy/.npz arrays (pickles can run code)")
+    raise InputError(f"{path} is not a .npy or .npz file")
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(file)
+            offset = file.tell()
+        if dtype.hasobject:
+            raise InputError(f"{path} holds Python objects (a pickled array); movq reads only numeric arrays")
+        needed = offset + math.prod(shape) * dtype.itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise InputError(f"{path} is truncated: {size} bytes, the header promises {needed}")
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except InputError:
+        raise
+    except (ValueError, OSError, SyntaxError) as error:
+        raise InputError(f"{path}: damaged .npy file ({error})") from None
+
+
+def _open_npz(path: Path, key: str | None) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if key is None:
+                if len(names) != 1:
+                    raise InputError(f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with --key")
+                key = names[0]
+            if key not in names:
+                raise InputError(f"{path} has no array {key!r} (it has: {', '.join(names) or 'none'})")
+            return archive[key]
+    except InputError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        raise InputError(f"{path}: damaged .npz file ({error})") from None
+
+
+def _check_dtype(array: np.ndarray, path: Path) -> None:
+    kind = array.dtype.kind
+    if kind not in "iuf":
+        names = {"b": "booleans", "c": "complex numbers", "O": "Python objects", "U": "strings", "S": "bytes"}
+        what = names.get(kind, f"dtype {array.dtype}")
+        raise InputError(f"{path} holds {what}; codes must be integers and latents floats")
+
+
+def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> np.ndarray:
+    while array.ndim > 1 and array.shape[0] == 1:
+        array = array[0]
+    if array.size == 0:
+        raise InputError(f"{path} has zero frames (shape {array.shape})")
+    if array.dtype.kind == "f":
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4:
+            raise InputError(
+                f"{path}: latents must be (e, H, W) or (T, e, H, W); got shape {array.shape}"
+            )
+        return array
+    if array.ndim == 1:
+        rows, cols = grid or _square(array.shape[0], path)
+        return _rows_to_grid(array[None], rows, cols, path)
+    if array.ndim == 2:
+        if grid is None:
+            return array[None]
+        return _rows_to_grid(array, *grid, path)
+    if array.ndim == 3:
+        if grid is not None and array.shape[1:] != grid:
+            raise InputError(f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not --grid {grid[0]}x{grid[1]}")
+        return array
+    raise InputError(
+        f"{path}: codes must be (H, W), (T, H, W), (L,) or (T, L); got {array.ndim} axes {array.shape}"
+    )
+
+
+def _square(length: int, path: Path) -> tuple[int, int]:
+    side = math.isqrt(length)
+    if side * side != length:
+        raise InputError(f"{path}: {length} codes in a row is not a square; give the frame shape with --grid HxW")
+    return side, side
+
+
+def _rows_to_grid(rows: np.ndarray, height: int, width: int, path: Path) -> np.ndarray:
+    if rows.shape[1] != height * width:
+        raise InputError(f"{path}: rows of {rows.shape[1]} codes do not fill --grid {height}x{width}")
+    return rows.reshape(rows.shape[0], height, width)
+
+
+def check_fits(codes: Codes, config: MovqConfig) -> None:
+    """Raise InputError unless every frame can be decoded by a model with `config`.
+
+    Scans the whole clip (a chunk at a time) for out-of-range codes or non-finite latents,
+    so that a bad value is reported before any output is written.
+    """
+    if codes.is_latents:
+        channels = codes.array.shape[1]
+        if channels != config.embed_dim:
+            raise InputError(
+                f"{codes.path}: latents have {channels} channels; this model's codebook vectors have {config.embed_dim}"
+            )
+        for start, block in codes.chunks(_scan_frames(codes)):
+            bad = ~np.isfinite(block)
+            if bad.any():
+                t, c, y, x = np.argwhere(bad)[0]
+                value = block[t, c, y, x]
+                raise InputError(f"{codes.path}: latent {value} at frame {start + t}, channel {c}, row {y}, column {x}")
+        return
+    limit = config.n_codes
+    if limit is None:
+        raise InputError(f"{codes.path}: integer codes need a codebook, and this model has none (give latents)")
+    for start, block in codes.chunks(_scan_frames(codes)):
+        bad = (block < 0) | (block >= limit)
+        if bad.any():
+            t, y, x = np.argwhere(bad)[0]
+            raise InputError(
+                f"{codes.path}: code {block[t, y, x]} at frame {start + t}, row {y}, column {x} "
+                f"is outside [0, {limit}) for this model"
+            )
+
+
+def _scan_frames(codes: Codes) -> int:
+    frame_bytes = codes.array[0].nbytes
+    return max(1, SCAN_BYTES // max(1, frame_bytes))

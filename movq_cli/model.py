@@ -1,0 +1,210 @@
+"""The MoVQ decoder, read top to bottom like the math in MOVQ_REFERENCE.md.
+
+Every normalization of the decoder is a SpatialNorm conditioned on zq, the quantized latent
+*before* post_quant_conv. Parameter names fall out of attribute names and are the native
+weight format (the layout of the original MoVQ code).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from movq_cli.config import MovqConfig
+
+
+def _inplace() -> bool:
+    """In-place activations save memory, but only when no backward pass needs the inputs."""
+    return not torch.is_grad_enabled()
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=_inplace())
+
+
+class SpatialNorm(nn.Module):
+    """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size by nearest."""
+
+    def __init__(self, channels: int, zq_channels: int, add_conv: bool, groups: int) -> None:
+        super().__init__()
+        self.norm_layer = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+        if add_conv:
+            self.conv = nn.Conv2d(zq_channels, zq_channels, 3, padding=1)
+        self.conv_y = nn.Conv2d(zq_channels, channels, 1)
+        self.conv_b = nn.Conv2d(zq_channels, channels, 1)
+
+    def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        size = f.shape[-2:]
+        whole_blocks = size[0] % zq.shape[-2] == 0 and size[1] % zq.shape[-1] == 0
+        if hasattr(self, "conv"):
+            zq = self.conv(F.interpolate(zq, size=size, mode="nearest"))
+        elif not whole_blocks:
+            zq = F.interpolate(zq, size=size, mode="nearest")
+        # conv_y and conv_b are 1x1, so they commute with nearest upsampling: computing them at
+        # code resolution and broadcasting over each s x s block gives the same numbers
+        # without materialising the upsampled zq or full-size scale and shift.
+        return _modulate(self.norm_layer(f), self.conv_y(zq), self.conv_b(zq))
+
+
+def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """normed * scale + shift, with scale and shift repeated over blocks to normed's size."""
+    batch, channels, height, width = normed.shape
+    rows, cols = scale.shape[-2:]
+    blocks = normed.view(batch, channels, rows, height // rows, cols, width // cols)
+    scale = scale[:, :, :, None, :, None]
+    shift = shift[:, :, :, None, :, None]
+    if _inplace():
+        return blocks.mul_(scale).add_(shift).view(normed.shape)
+    return (blocks * scale + shift).view(normed.shape)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, config: MovqConfig) -> None:
+        super().__init__()
+        e, add_conv, groups = config.embed_dim, config.add_conv, config.norm_groups
+        self.norm1 = SpatialNorm(c_in, e, add_conv, groups)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = SpatialNorm(c_out, e, add_conv, groups)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(silu(self.norm1(x, zq)))
+        h = self.conv2(silu(self.norm2(h, zq)))
+        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return h.add_(shortcut) if _inplace() else h + shortcut
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all positions of the frame, with 1x1 conv projections."""
+
+    def __init__(self, channels: int, config: MovqConfig) -> None:
+        super().__init__()
+        self.norm = SpatialNorm(channels, config.embed_dim, config.add_conv, config.norm_groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        normed = self.norm(x, zq)
+
+        def tokens(proj: nn.Conv2d) -> torch.Tensor:  # (B, 1 head, h*w, C)
+            return proj(normed).flatten(2).transpose(1, 2).unsqueeze(1)
+
+        attended = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
+        attended = attended.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
+        return x + self.proj_out(attended)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: MovqConfig) -> None:
+        super().__init__()
+        widths = config.widths
+        top = widths[-1]
+        self.conv_in = nn.Conv2d(config.z_channels, top, 3, padding=1)
+
+        self.mid = nn.Module()
+        self.mid.block_1 = ResBlock(top, top, config)
+        if config.mid_attn:
+            self.mid.attn_1 = Attention(top, config)
+        self.mid.block_2 = ResBlock(top, top, config)
+
+        self.up = nn.ModuleList()
+        for level, width in enumerate(widths):
+            stage = nn.Module()
+            c_in = widths[min(level + 1, len(widths) - 1)]  # what the level below hands up
+            stage.block = nn.ModuleList(
+                ResBlock(c_in if j == 0 else width, width, config)
+                for j in range(config.num_res_blocks + 1)
+            )
+            has_attn = level in config.attn_levels
+            stage.attn = nn.ModuleList(
+                Attention(width, config) for _ in range(config.num_res_blocks + 1) if has_attn
+            )
+            if level != 0:
+                stage.upsample = Upsample(width)
+            self.up.append(stage)
+
+        self.norm_out = SpatialNorm(widths[0], config.embed_dim, config.add_conv, config.norm_groups)
+        self.conv_out = nn.Conv2d(widths[0], config.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid.block_1(h, zq)
+        if hasattr(self.mid, "attn_1"):
+            h = self.mid.attn_1(h, zq)
+        h = self.mid.block_2(h, zq)
+
+        for level in reversed(range(len(self.up))):  # lowest resolution first
+            stage = self.up[level]
+            for j, block in enumerate(stage.block):
+                h = block(h, zq)
+                if stage.attn:
+                    h = stage.attn[j](h, zq)
+            if level != 0:
+                h = stage.upsample(h)
+
+        return self.conv_out(silu(self.norm_out(h, zq)))
+
+
+class Quantizer(nn.Module):
+    """The codebook: integer codes (B, h, w) -> zq (B, e, h, w), through `used` when present."""
+
+    def __init__(self, config: MovqConfig) -> None:
+        super().__init__()
+        assert config.n_embed is not None
+        self.embedding = nn.Embedding(config.n_embed, config.embed_dim)
+        if config.n_used is not None:
+            self.register_buffer("used", torch.zeros(config.n_used, dtype=torch.long))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        rows = self.used[codes] if hasattr(self, "used") else codes
+        return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2)
+
+    def snap(self, latents: torch.Tensor) -> torch.Tensor:
+        """Each latent vector replaced by its nearest codebook row (L2)."""
+        codebook = self.embedding.weight.float()
+        flat = latents.float().permute(0, 2, 3, 1)
+        distances = (
+            flat.pow(2).sum(-1, keepdim=True)
+            - 2 * flat @ codebook.T
+            + codebook.pow(2).sum(-1)
+        )
+        rows = distances.argmin(-1)
+        return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2).to(latents.dtype)
+
+
+class Movq(nn.Module):
+    """A MoVQ model's decoding side: codebook, post_quant_conv and decoder."""
+
+    def __init__(self, config: MovqConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.n_embed is not None:
+            self.quantize = Quantizer(config)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.decoder = Decoder(config)
+
+    @property
+    def has_codebook(self) -> bool:
+        return hasattr(self, "quantize")
+
+    def forward(self, zq: torch.Tensor) -> torch.Tensor:
+        """zq (B, e, h, w) -> images (B, out_ch, h*factor, w*factor), about [-1, 1]."""
+        return self.decoder(self.post_quant_conv(zq), zq)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes (B, h, w) -> images."""
+        return self(self.quantize.lookup(codes))

@@ -1,0 +1,149 @@
+"""The decode pipeline: codes (lazy) -> chunk -> device -> decoder -> uint8 -> host -> writer.
+
+Decoding runs on the calling thread; a writer thread encodes what it is handed through a
+bounded queue, so encoding overlaps decoding and memory stays flat however long the clip.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from movq_cli import codes as codes_io
+from movq_cli.codes import Codes
+from movq_cli.device import auto_chunk
+from movq_cli.errors import InputError, MovqError, RunError
+from movq_cli.model import Movq
+from movq_cli.writers import open_writer
+
+QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    output: Path
+    frames: int
+    frame_size: tuple[int, int]  # (height, width)
+    seconds: float
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Decoder output (B, 3, H, W) -> (B, H, W, 3) uint8: round(clamp((x + 1) / 2, 0, 1) * 255)."""
+    pixels = images.float().add_(1).div_(2).clamp_(0, 1).mul_(255).round_()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def decode_chunk(model: Movq, block: np.ndarray, device: torch.device, snap: bool = False) -> torch.Tensor:
+    """One chunk of codes (n, H, W) or latents (n, e, H, W) -> uint8 pixels (n, H', W', 3) on `device`."""
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        if block.dtype.kind == "f":
+            zq = torch.from_numpy(block).to(device, non_blocking=True).to(dtype)
+            if snap:
+                zq = model.quantize.snap(zq)
+            images = model(zq)
+        else:
+            indices = torch.from_numpy(block.astype(np.int64, copy=False)).to(device, non_blocking=True)
+            images = model.decode_codes(indices)
+        return to_pixels(images)
+
+
+def decode_frames(
+    model: Movq, clip: Codes, device: torch.device, chunk: int, snap: bool = False
+) -> Iterator[np.ndarray]:
+    """Decode a clip `chunk` frames at a time, yielding host uint8 arrays (n, H, W, 3)."""
+    for _, block in clip.chunks(chunk):
+        yield decode_chunk(model, block, device, snap).cpu().numpy()
+
+
+class WriterThread:
+    """Runs writer.write() on its own thread, fed through a bounded queue."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="movq-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (frames := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so that the producer never blocks forever
+            try:
+                self.writer.write(frames)
+            except BaseException as error:  # handed to the decoding thread
+                self.error = error
+
+    def put(self, frames: np.ndarray) -> None:
+        self.raise_error()
+        self.queue.put(frames)
+
+    def close(self) -> None:
+        """Wait for every queued frame to be written; raise what the writer raised."""
+        self.queue.put(None)
+        self.thread.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def decode_to_file(
+    model: Movq,
+    clip: Codes,
+    output: Path,
+    device: torch.device,
+    chunk: int | None = None,
+    fps: float = 24.0,
+    crf: int = 18,
+    snap: bool = False,
+    overwrite: bool = False,
+    on_frames: Callable[[int], None] | None = None,
+) -> DecodeResult:
+    """Decode `clip` into `output` (.mp4, .png, or a folder of PNGs).
+
+    Everything is checked before decoding starts; on any failure or interruption the
+    partial output is removed and the target is left as it was.
+    """
+    config = model.config
+    codes_io.check_fits(clip, config)
+    if snap and not model.has_codebook:
+        raise InputError("--snap needs a codebook, and this model has none")
+    frame_size = (clip.grid[0] * config.factor, clip.grid[1] * config.factor)
+    dtype = next(model.parameters()).dtype
+    chunk = chunk or auto_chunk(config, clip.grid, device, dtype)
+    started = time.perf_counter()
+    writer = open_writer(output, frame_size, clip.n_frames, overwrite, fps, crf)
+    thread = None
+    try:
+        thread = WriterThread(writer)
+        for frames in decode_frames(model, clip, device, chunk, snap):
+            thread.put(frames)
+            if on_frames:
+                on_frames(len(frames))
+        thread.close()
+        thread = None
+        writer.finish()
+    except BaseException as error:
+        if thread is not None:
+            thread.error = thread.error or error
+            thread.queue.put(None)
+            thread.thread.join()
+        writer.abort()
+        if isinstance(error, torch.OutOfMemoryError):
+            raise RunError(f"out of memory on {device} with --chunk {chunk}; try a smaller --chunk") from None
+        if isinstance(error, (MovqError, KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(error, RuntimeError):
+            raise RunError(f"decoding failed on {device}: {str(error).splitlines()[0]}") from None
+        raise
+    return DecodeResult(output, clip.n_frames, frame_size, time.perf_counter() - started)
