@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from movq_cli import __version__
@@ -53,7 +54,7 @@ def _reported_errors():
     try:
         yield
     except MovqError as error:
-        stderr.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True, highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/red]; partial output removed")
@@ -62,7 +63,10 @@ def _reported_errors():
         if os.environ.get("MOVQ_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else ""
-        stderr.print(f"[red]error:[/red] unexpected {type(error).__name__}: {message} (MOVQ_DEBUG=1 shows more)")
+        stderr.print(
+            f"[red]error:[/red] unexpected {type(error).__name__}: {escape(message)} (MOVQ_DEBUG=1 shows more)",
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -139,6 +143,6 @@ def decode(
             height, width = result.frame_size
             stderr.print(
                 f"wrote {result.frames} frame(s) of {width}x{height} in {result.seconds:.1f} s "
-                f"({result.frames / max(result.seconds, 1e-9):.2f} frames/s) -> {result.output}",
+                f"({result.frames / max(result.seconds, 1e-9):.2f} frames/s) -> {escape(str(result.output))}",
                 soft_wrap=True,
             )

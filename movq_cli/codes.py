@@ -43,7 +43,7 @@ class Codes:
 
     def frames(self, start: int, stop: int) -> np.ndarray:
         """Frames [start, stop) as an in-memory array (read from disk now)."""
-        return np.ascontiguousarray(self.array[start:stop])
+        return np.array(self.array[start:stop], order="C")
 
     def chunks(self, frames: int):
         """(start, frames) pairs covering the clip, `frames` at a time."""
@@ -150,9 +150,7 @@ def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> n
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
-            raise InputError(
-                f"{path}: latents must be (e, H, W) or (T, e, H, W); got shape {array.shape}"
-            )
+            raise InputError(f"{path}: latents must be (e, H, W) or (T, e, H, W); got shape {array.shape}")
         return array
     if array.ndim == 1:
         rows, cols = grid or _square(array.shape[0], path)
@@ -165,9 +163,7 @@ def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> n
         if grid is not None and array.shape[1:] != grid:
             raise InputError(f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not --grid {grid[0]}x{grid[1]}")
         return array
-    raise InputError(
-        f"{path}: codes must be (H, W), (T, H, W), (L,) or (T, L); got {array.ndim} axes {array.shape}"
-    )
+    raise InputError(f"{path}: codes must be (H, W), (T, H, W), (L,) or (T, L); got {array.ndim} axes {array.shape}")
 
 
 def _square(length: int, path: Path) -> tuple[int, int]:

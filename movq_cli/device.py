@@ -51,7 +51,7 @@ def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype) -
     rows, cols = grid
     itemsize = torch.tensor([], dtype=dtype).element_size()
     largest = max(
-        width * rows * cols * 4**(len(config.widths) - 1 - level) for level, width in enumerate(config.widths)
+        width * rows * cols * 4 ** (len(config.widths) - 1 - level) for level, width in enumerate(config.widths)
     )
     attention = (rows * cols) ** 2 if (config.attn_levels or config.mid_attn) else 0
     return (4 * largest + attention) * itemsize

@@ -15,8 +15,14 @@ from movq_cli.config import MovqConfig
 SKIPPED_PREFIXES = ("encoder.", "quant_conv.", "loss.")
 
 _DIFFUSERS_ATTENTION = {
-    "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-    "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "proj_attn": "proj_out",
     "spatial_norm": "norm",
 }
 

@@ -126,13 +126,10 @@ class Decoder(nn.Module):
             stage = nn.Module()
             c_in = widths[min(level + 1, len(widths) - 1)]  # what the level below hands up
             stage.block = nn.ModuleList(
-                ResBlock(c_in if j == 0 else width, width, config)
-                for j in range(config.num_res_blocks + 1)
+                ResBlock(c_in if j == 0 else width, width, config) for j in range(config.num_res_blocks + 1)
             )
             has_attn = level in config.attn_levels
-            stage.attn = nn.ModuleList(
-                Attention(width, config) for _ in range(config.num_res_blocks + 1) if has_attn
-            )
+            stage.attn = nn.ModuleList(Attention(width, config) for _ in range(config.num_res_blocks + 1) if has_attn)
             if level != 0:
                 stage.upsample = Upsample(width)
             self.up.append(stage)
@@ -177,11 +174,7 @@ class Quantizer(nn.Module):
         """Each latent vector replaced by its nearest codebook row (L2)."""
         codebook = self.embedding.weight.float()
         flat = latents.float().permute(0, 2, 3, 1)
-        distances = (
-            flat.pow(2).sum(-1, keepdim=True)
-            - 2 * flat @ codebook.T
-            + codebook.pow(2).sum(-1)
-        )
+        distances = flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(-1)
         rows = distances.argmin(-1)
         return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2).to(latents.dtype)
 

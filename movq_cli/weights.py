@@ -82,9 +82,7 @@ def _diffusers_config(path: Path) -> MovqConfig:
         raise InputError(f"{path}: {error}") from None
 
 
-def load(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> Movq:
+def load(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Movq:
     """Load a decoder from `path` onto `device` in `dtype`, ready for inference."""
     checkpoint = locate(path)
     state = read_tensors(checkpoint.path, device, dtype)
