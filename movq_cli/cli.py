@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from movq_cli import __version__
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
+from movq_cli.console import frame_progress, reported_errors, summary
 from movq_cli.device import DTYPES, resolve_device, resolve_dtype
-from movq_cli.errors import InputError, MovqError
+from movq_cli.errors import InputError
 from movq_cli.pipeline import decode_to_file
 
 app = typer.Typer(
@@ -29,7 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-stderr = Console(stderr=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -45,50 +38,6 @@ def main(
     ] = False,
 ) -> None:
     """Decode MoVQ codes and latents into pictures and video."""
-
-
-@contextmanager
-def _reported_errors():
-    """Known errors become one red line on stderr and their exit code; Ctrl-C or SIGTERM exit 130."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    except MovqError as error:
-        stderr.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]; partial output removed")
-        raise typer.Exit(130) from None
-    except Exception as error:  # the last line of defence: still one line, no traceback
-        if os.environ.get("MOVQ_DEBUG"):
-            raise
-        message = str(error).splitlines()[0] if str(error) else ""
-        stderr.print(
-            f"[red]error:[/red] unexpected {type(error).__name__}: {escape(message)} (MOVQ_DEBUG=1 shows more)",
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _progress(quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("frames"),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=True,
-        disable=quiet or not sys.stderr.isatty(),
-    )
 
 
 @app.command(
@@ -120,29 +69,17 @@ def decode(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
 ) -> None:
     """Decode a clip of codes or latents to an MP4, one PNG, or a folder of PNG frames."""
-    with _reported_errors():
+    with reported_errors():
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
         clip = codes_io.read(codes, key=key, grid=codes_io.parse_grid(grid) if grid else None)
         if weights is None:
             raise InputError("no model: give --weights (a .safetensors file or a diffusers VQModel folder)")
         model = weights_io.load(weights, torch_device, torch_dtype)
-        with _progress(quiet) as progress:
-            task = progress.add_task(f"decoding {codes.name}", total=clip.n_frames, rate="")
-
-            def advance(frames: int) -> None:
-                progress.advance(task, frames)
-                speed = progress.tasks[task].speed
-                progress.update(task, rate=f"{speed:.2f} frames/s" if speed else "")
-
+        with frame_progress(f"decoding {codes.name}", clip.n_frames, quiet) as advance:
             result = decode_to_file(
                 model, clip, out, torch_device, chunk=chunk, fps=fps, crf=crf, snap=snap,
                 overwrite=overwrite, on_frames=advance,
             )  # fmt: skip
         if not quiet:
-            height, width = result.frame_size
-            stderr.print(
-                f"wrote {result.frames} frame(s) of {width}x{height} in {result.seconds:.1f} s "
-                f"({result.frames / max(result.seconds, 1e-9):.2f} frames/s) -> {escape(str(result.output))}",
-                soft_wrap=True,
-            )
+            summary(result.frames, result.frame_size, result.seconds, result.output)
