@@ -10,9 +10,11 @@ import typer
 from movq_cli import __version__
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
+from movq_cli.cli_checkpoints import app as checkpoints_app
+from movq_cli.cli_encode import app as encode_app
 from movq_cli.console import frame_progress, reported_errors, summary
+from movq_cli.default_model import default_weights
 from movq_cli.device import DTYPES, resolve_device, resolve_dtype
-from movq_cli.errors import InputError
 from movq_cli.pipeline import decode_to_file
 
 app = typer.Typer(
@@ -53,7 +55,12 @@ def decode(
     codes: Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")],
     out: Annotated[Path, typer.Argument(help="Output: NAME.mp4, NAME.png (one frame), or a folder for PNG frames.")],
     weights: Annotated[
-        Path | None, typer.Option("--weights", "-w", help="A native .safetensors file or a diffusers VQModel folder.")
+        Path | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="A checkpoint (.safetensors, .ckpt, .pt) or a diffusers folder; default: the bundled model.",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")] = "fp32",
@@ -73,9 +80,7 @@ def decode(
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
         clip = codes_io.read(codes, key=key, grid=codes_io.parse_grid(grid) if grid else None)
-        if weights is None:
-            raise InputError("no model: give --weights (a .safetensors file or a diffusers VQModel folder)")
-        model = weights_io.load(weights, torch_device, torch_dtype)
+        model = weights_io.load(weights or default_weights(), torch_device, torch_dtype)
         with frame_progress(f"decoding {codes.name}", clip.n_frames, quiet) as advance:
             result = decode_to_file(
                 model, clip, out, torch_device, chunk=chunk, fps=fps, crf=crf, snap=snap,
@@ -83,3 +88,7 @@ def decode(
             )  # fmt: skip
         if not quiet:
             summary(result.frames, result.frame_size, result.seconds, result.output)
+
+
+app.add_typer(encode_app)
+app.add_typer(checkpoints_app)

@@ -27,6 +27,7 @@ class Codes:
 
     array: np.ndarray
     path: Path
+    stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
 
     @property
     def is_latents(self) -> bool:
@@ -68,7 +69,7 @@ def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None 
     path = Path(path)
     array = _open_array(path, key)
     _check_dtype(array, path)
-    return Codes(_as_frames(array, grid, path), path)
+    return Codes(_as_frames(array, grid, path), path, tuple(array.shape))
 
 
 def _open_array(path: Path, key: str | None) -> np.ndarray:
@@ -191,7 +192,7 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
             raise InputError(
                 f"{codes.path}: latents have {channels} channels; this model's codebook vectors have {config.embed_dim}"
             )
-        for start, block in codes.chunks(_scan_frames(codes)):
+        for start, block in codes.chunks(scan_frames(codes)):
             bad = ~np.isfinite(block)
             if bad.any():
                 t, c, y, x = np.argwhere(bad)[0]
@@ -201,7 +202,7 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
     limit = config.n_codes
     if limit is None:
         raise InputError(f"{codes.path}: integer codes need a codebook, and this model has none (give latents)")
-    for start, block in codes.chunks(_scan_frames(codes)):
+    for start, block in codes.chunks(scan_frames(codes)):
         bad = (block < 0) | (block >= limit)
         if bad.any():
             t, y, x = np.argwhere(bad)[0]
@@ -211,6 +212,7 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
             )
 
 
-def _scan_frames(codes: Codes) -> int:
+def scan_frames(codes: Codes) -> int:
+    """Frames per step when scanning the whole clip: about SCAN_BYTES of it at a time."""
     frame_bytes = codes.array[0].nbytes
     return max(1, SCAN_BYTES // max(1, frame_bytes))

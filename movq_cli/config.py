@@ -22,6 +22,8 @@ class MovqConfig:
     out_ch: int = 3
     add_conv: bool = False  # SpatialNorm's optional 3x3 conv on the upsampled zq
     norm_groups: int = 32
+    encoder: bool = False  # whether the model carries its encoder (plain GroupNorm, N ResBlocks a level)
+    in_ch: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))

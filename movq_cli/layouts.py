@@ -1,6 +1,8 @@
 """Foreign checkpoint layouts, each turned into the native one by a pure function.
 
-The native layout is the module tree of `movq_cli.model.Movq` (the original MoVQ names).
+The native layout is the module tree of `movq_cli.model.Movq` (the original MoVQ names), so
+"original" files (taming-transformers, Kandinsky-2, MoVQGAN, CogVideo SAT) need almost no
+renaming; diffusers files are renamed level by level.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import torch
 
 from movq_cli.config import MovqConfig
 
-# Tensors a decoder never needs, whatever the layout.
-SKIPPED_PREFIXES = ("encoder.", "quant_conv.", "loss.")
+# Every decoder has this tensor, in every layout: it marks where the model's names begin.
+TELLTALE = "decoder.conv_in.weight"
+# The parts of a MoVQ model a decoder reads, and what encoding adds.
+DECODER_ROOTS = ("decoder.", "quantize.", "post_quant_conv.")
+ENCODER_ROOTS = ("encoder.", "quant_conv.")
+LAYOUTS = ("diffusers", "original")
 
 _DIFFUSERS_ATTENTION = {
     "to_q": "q",
@@ -24,6 +30,7 @@ _DIFFUSERS_ATTENTION = {
     "value": "v",
     "proj_attn": "proj_out",
     "spatial_norm": "norm",
+    "group_norm": "norm",
 }
 
 
@@ -31,35 +38,90 @@ def is_diffusers(names: list[str]) -> bool:
     return any(name.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for name in names)
 
 
+def is_original(names: list[str]) -> bool:
+    return any(name.startswith(("decoder.up.", "decoder.mid.")) for name in names)
+
+
+def detect_layout(names: list[str]) -> str:
+    """The layout of unprefixed tensor names: "diffusers" or "original" (ValueError if neither)."""
+    if is_diffusers(names):
+        return "diffusers"
+    if is_original(names):
+        return "original"
+    shown = ", ".join(names[:4]) or "none"
+    raise ValueError(f"unknown checkpoint layout (keys: {shown}, ...); supported: native, {', '.join(LAYOUTS)}")
+
+
+def find_prefix(names: list[str]) -> str:
+    """What precedes the model's names, e.g. "first_stage_model." ("" when nothing does).
+
+    The shortest prefix wins, so a model saved beside its EMA copy loads the model itself.
+    """
+    prefixes = [name[: -len(TELLTALE)] for name in names if name.endswith(TELLTALE)]
+    prefixes = [prefix for prefix in prefixes if prefix == "" or prefix.endswith(".")]
+    return min(prefixes, key=len) if prefixes else ""
+
+
+def model_name(name: str, prefix: str, encoder: bool = False) -> str | None:
+    """`name` without `prefix` when the decoder (or with `encoder`, the encoder) reads it;
+    None for everything else (loss, optimizer state, ...)."""
+    if not name.startswith(prefix):
+        return None
+    name = name[len(prefix) :]
+    return name if name.startswith(DECODER_ROOTS + (ENCODER_ROOTS if encoder else ())) else None
+
+
+def to_native(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """An unprefixed state dict in `layout` -> native names."""
+    return diffusers_to_native(state) if layout == "diffusers" else original_to_native(state)
+
+
+def original_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A taming-style state dict -> native names: the same names, model tensors only."""
+    return {
+        name: _attention_as_conv(name, tensor)
+        for name, tensor in state.items()
+        if name.startswith(DECODER_ROOTS + ENCODER_ROOTS)
+    }
+
+
+def _attention_as_conv(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Some exports store q/k/v/proj_out as (C, C) Linear weights; the model has 1x1 convs."""
+    if tensor.ndim == 2 and re.search(r"attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$", name):
+        return tensor[:, :, None, None]
+    return tensor
+
+
 def diffusers_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers VQModel state dict -> native names. Encoder tensors are dropped."""
+    """A diffusers VQModel state dict -> native names."""
     levels = 1 + max(
         (int(m.group(1)) for name in state if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", name))),
         default=0,
     )
     native = {}
     for name, tensor in state.items():
-        if name.startswith(SKIPPED_PREFIXES):
+        if not name.startswith(DECODER_ROOTS + ENCODER_ROOTS):
             continue
         new = _diffusers_name(name, levels)
-        if re.search(r"attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$", new) and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]  # Linear (C, C) -> 1x1 conv (C, C, 1, 1)
-        native[new] = tensor
+        native[new] = _attention_as_conv(new, tensor)
     return native
 
 
 def _diffusers_name(name: str, levels: int) -> str:
-    name = name.replace("decoder.mid_block.resnets.0.", "decoder.mid.block_1.")
-    name = name.replace("decoder.mid_block.resnets.1.", "decoder.mid.block_2.")
-    name = name.replace("decoder.mid_block.attentions.0.", "decoder.mid.attn_1.")
-    name = name.replace("decoder.conv_norm_out.", "decoder.norm_out.")
+    name = name.replace(".mid_block.resnets.0.", ".mid.block_1.")
+    name = name.replace(".mid_block.resnets.1.", ".mid.block_2.")
+    name = name.replace(".mid_block.attentions.0.", ".mid.attn_1.")
+    name = name.replace(".conv_norm_out.", ".norm_out.")
+    # diffusers counts decoder blocks in decode order (lowest resolution first), encoder blocks from the top
     name = re.sub(
         r"decoder\.up_blocks\.(\d+)\.",
         lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.",
         name,
     )
+    name = re.sub(r"encoder\.down_blocks\.(\d+)\.", r"encoder.down.\1.", name)
     name = name.replace(".resnets.", ".block.").replace(".attentions.", ".attn.")
-    name = name.replace(".upsamplers.0.", ".upsample.").replace(".conv_shortcut.", ".nin_shortcut.")
+    name = name.replace(".upsamplers.0.", ".upsample.").replace(".downsamplers.0.", ".downsample.")
+    name = name.replace(".conv_shortcut.", ".nin_shortcut.")
     if ".attn" in name:
         head, _, tail = name.rpartition(".")  # tail: weight or bias
         for old, new in _DIFFUSERS_ATTENTION.items():

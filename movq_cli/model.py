@@ -7,6 +7,8 @@ weight format (the layout of the original MoVQ code).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,17 +61,33 @@ def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
     return (blocks * scale + shift).view(normed.shape)
 
 
+class GroupNorm(nn.GroupNorm):
+    """The encoder's plain GroupNorm, called like a SpatialNorm so that blocks can share code."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__(groups, channels, eps=1e-6, affine=True)
+
+    def forward(self, f: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(f)
+
+
+def norm_factory(config: MovqConfig, spatial: bool) -> Callable[[int], nn.Module]:
+    """channels -> the norm the decoder (spatial) or the encoder (plain) uses."""
+    if spatial:
+        return lambda channels: SpatialNorm(channels, config.embed_dim, config.add_conv, config.norm_groups)
+    return lambda channels: GroupNorm(channels, config.norm_groups)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, config: MovqConfig) -> None:
+    def __init__(self, c_in: int, c_out: int, norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
-        e, add_conv, groups = config.embed_dim, config.add_conv, config.norm_groups
-        self.norm1 = SpatialNorm(c_in, e, add_conv, groups)
+        self.norm1 = norm(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = SpatialNorm(c_out, e, add_conv, groups)
+        self.norm2 = norm(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
-    def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(silu(self.norm1(x, zq)))
         h = self.conv2(silu(self.norm2(h, zq)))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
@@ -79,15 +97,15 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Single-head self-attention over all positions of the frame, with 1x1 conv projections."""
 
-    def __init__(self, channels: int, config: MovqConfig) -> None:
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
-        self.norm = SpatialNorm(channels, config.embed_dim, config.add_conv, config.norm_groups)
+        self.norm = norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, height, width = x.shape
         normed = self.norm(x, zq)
 
@@ -108,41 +126,94 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+class Middle(nn.Module):
+    def __init__(self, channels: int, attention: bool, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.block_1 = ResBlock(channels, channels, norm)
+        if attention:
+            self.attn_1 = Attention(channels, norm)
+        self.block_2 = ResBlock(channels, channels, norm)
+
+    def forward(self, h: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.block_1(h, zq)
+        if hasattr(self, "attn_1"):
+            h = self.attn_1(h, zq)
+        return self.block_2(h, zq)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # the original's asymmetric padding
+
+
+class Encoder(nn.Module):
+    """Images (B, in_ch, H, W) -> z (B, z_channels, H/factor, W/factor), with plain GroupNorms."""
+
+    def __init__(self, config: MovqConfig) -> None:
+        super().__init__()
+        widths = config.widths
+        norm = norm_factory(config, spatial=False)
+        self.conv_in = nn.Conv2d(config.in_ch, widths[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        for level, width in enumerate(widths):
+            stage = nn.Module()
+            c_in = widths[max(level - 1, 0)]
+            stage.block = nn.ModuleList(
+                ResBlock(c_in if j == 0 else width, width, norm) for j in range(config.num_res_blocks)
+            )
+            has_attn = level in config.attn_levels
+            stage.attn = nn.ModuleList(Attention(width, norm) for _ in range(config.num_res_blocks) if has_attn)
+            if level != len(widths) - 1:
+                stage.downsample = Downsample(width)
+            self.down.append(stage)
+        self.mid = Middle(widths[-1], config.mid_attn, norm)
+        self.norm_out = norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], config.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level, stage in enumerate(self.down):
+            for j, block in enumerate(stage.block):
+                h = block(h)
+                if stage.attn:
+                    h = stage.attn[j](h)
+            if level != len(self.down) - 1:
+                h = stage.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(silu(self.norm_out(h)))
+
+
 class Decoder(nn.Module):
     def __init__(self, config: MovqConfig) -> None:
         super().__init__()
         widths = config.widths
         top = widths[-1]
+        norm = norm_factory(config, spatial=True)
         self.conv_in = nn.Conv2d(config.z_channels, top, 3, padding=1)
-
-        self.mid = nn.Module()
-        self.mid.block_1 = ResBlock(top, top, config)
-        if config.mid_attn:
-            self.mid.attn_1 = Attention(top, config)
-        self.mid.block_2 = ResBlock(top, top, config)
+        self.mid = Middle(top, config.mid_attn, norm)
 
         self.up = nn.ModuleList()
         for level, width in enumerate(widths):
             stage = nn.Module()
             c_in = widths[min(level + 1, len(widths) - 1)]  # what the level below hands up
             stage.block = nn.ModuleList(
-                ResBlock(c_in if j == 0 else width, width, config) for j in range(config.num_res_blocks + 1)
+                ResBlock(c_in if j == 0 else width, width, norm) for j in range(config.num_res_blocks + 1)
             )
             has_attn = level in config.attn_levels
-            stage.attn = nn.ModuleList(Attention(width, config) for _ in range(config.num_res_blocks + 1) if has_attn)
+            stage.attn = nn.ModuleList(Attention(width, norm) for _ in range(config.num_res_blocks + 1) if has_attn)
             if level != 0:
                 stage.upsample = Upsample(width)
             self.up.append(stage)
 
-        self.norm_out = SpatialNorm(widths[0], config.embed_dim, config.add_conv, config.norm_groups)
+        self.norm_out = norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], config.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z)
-        h = self.mid.block_1(h, zq)
-        if hasattr(self.mid, "attn_1"):
-            h = self.mid.attn_1(h, zq)
-        h = self.mid.block_2(h, zq)
+        h = self.mid(self.conv_in(z), zq)
 
         for level in reversed(range(len(self.up))):  # lowest resolution first
             stage = self.up[level]
@@ -170,21 +241,29 @@ class Quantizer(nn.Module):
         rows = self.used[codes] if hasattr(self, "used") else codes
         return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2)
 
-    def snap(self, latents: torch.Tensor) -> torch.Tensor:
-        """Each latent vector replaced by its nearest codebook row (L2)."""
+    def nearest(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, e, h, w) -> the codes (B, h, w) whose vectors are nearest in L2."""
         codebook = self.embedding.weight.float()
+        if hasattr(self, "used"):
+            codebook = codebook[self.used]
         flat = latents.float().permute(0, 2, 3, 1)
-        distances = flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(-1)
-        rows = distances.argmin(-1)
-        return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2).to(latents.dtype)
+        distances = codebook.pow(2).sum(-1) - 2 * flat @ codebook.T  # + |flat|^2, the same for every code
+        return distances.argmin(-1)
+
+    def snap(self, latents: torch.Tensor) -> torch.Tensor:
+        """Each latent vector replaced by its nearest codebook vector."""
+        return self.lookup(self.nearest(latents)).to(latents.dtype)
 
 
 class Movq(nn.Module):
-    """A MoVQ model's decoding side: codebook, post_quant_conv and decoder."""
+    """A MoVQ model: codebook, post_quant_conv and decoder, and the encoder when it has one."""
 
     def __init__(self, config: MovqConfig) -> None:
         super().__init__()
         self.config = config
+        if config.encoder:
+            self.encoder = Encoder(config)
+            self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         if config.n_embed is not None:
             self.quantize = Quantizer(config)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
@@ -201,3 +280,7 @@ class Movq(nn.Module):
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes (B, h, w) -> images."""
         return self(self.quantize.lookup(codes))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_ch, H, W) in [-1, 1] -> latents (B, e, H/factor, W/factor), before quantization."""
+        return self.quant_conv(self.encoder(images))

@@ -1,12 +1,14 @@
-"""Loading and saving decoder weights: the native file and diffusers VQModel folders.
+"""Loading and saving decoder weights, whatever layout and file format they come in.
 
 The native format is one `.safetensors` file whose metadata holds the config as JSON under
-`movq_config`, with tensors named as in `movq_cli.model.Movq`.
+`movq_config`, with tensors named as in `movq_cli.model.Movq`. Also read: diffusers VQModel
+folders and files, and original (taming-style) checkpoints as `.safetensors` or pickles.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,47 +16,70 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from movq_cli.config import MovqConfig
-from movq_cli.errors import InputError
-from movq_cli.layouts import SKIPPED_PREFIXES, config_from_diffusers, diffusers_to_native, is_diffusers
+from movq_cli.config import PRESETS, MovqConfig, preset
+from movq_cli.errors import InputError, RunError
+from movq_cli.infer import infer_config
+from movq_cli.layouts import LAYOUTS, config_from_diffusers, detect_layout, find_prefix, model_name, to_native
 from movq_cli.model import Movq
+from movq_cli.pickled import SUFFIXES as PICKLE_SUFFIXES
+from movq_cli.pickled import read_pickled
 
 CONFIG_KEY = "movq_config"
-DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where the tensors are, how they are named, and the config when one comes with them."""
+    """A checkpoint's decoder tensors in native names, and the config that goes with them."""
 
     path: Path
-    layout: str  # "native" or "diffusers"
+    layout: str  # "native" (a movq file), "original" or "diffusers"
+    config: MovqConfig
+    config_source: str  # "metadata", "config.json", "given" or "inferred"
+    state: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Located:
+    """The weights file for a path given by the user, and the config found with it (or None)."""
+
+    path: Path
     config: MovqConfig | None
+    config_source: str
 
 
-def locate(path: str | Path) -> Checkpoint:
-    """Find the weights file and config for a path given by the user."""
+def locate(path: str | Path) -> Located:
+    """Find the weights file and, when there is one, its config."""
     path = Path(path)
     if path.is_dir():
         return _locate_folder(path)
     if not path.exists():
         raise InputError(f"weights not found: {path}")
+    if path.suffix in PICKLE_SUFFIXES:
+        return Located(path, None, "inferred")
     if path.suffix != ".safetensors":
-        raise InputError(f"{path}: unsupported weights format {path.suffix!r} (expected .safetensors)")
+        raise InputError(
+            f"{path}: unsupported weights format {path.suffix!r} "
+            f"(expected .safetensors, {', '.join(PICKLE_SUFFIXES)} or a diffusers folder)"
+        )
     metadata = _metadata(path)
     if CONFIG_KEY in metadata:
         try:
             config = MovqConfig.from_json(metadata[CONFIG_KEY])
         except (ValueError, TypeError) as error:
             raise InputError(f"{path}: bad config in metadata: {error}") from None
-        return Checkpoint(path, "native", config)
+        return Located(path, config, "metadata")
     beside = path.parent / "config.json"
     if beside.exists():
-        return Checkpoint(path, "diffusers", _diffusers_config(beside))
-    raise InputError(f"{path}: no config (no '{CONFIG_KEY}' metadata and no config.json beside it)")
+        return Located(path, _diffusers_config(beside), "config.json")
+    return Located(path, None, "inferred")
 
 
-def _locate_folder(folder: Path) -> Checkpoint:
+def _locate_folder(folder: Path) -> Located:
     if (folder / "movq" / "config.json").exists():  # a whole pipeline repository
         folder = folder / "movq"
     config_file = folder / "config.json"
@@ -62,8 +87,9 @@ def _locate_folder(folder: Path) -> Checkpoint:
         raise InputError(f"{folder}: a weights folder needs config.json (a diffusers VQModel folder)")
     for name in DIFFUSERS_WEIGHTS:
         if (folder / name).exists():
-            _metadata(folder / name)
-            return Checkpoint(folder / name, "diffusers", _diffusers_config(config_file))
+            if name.endswith(".safetensors"):
+                _metadata(folder / name)
+            return Located(folder / name, _diffusers_config(config_file), "config.json")
     raise InputError(f"{folder}: no {' or '.join(DIFFUSERS_WEIGHTS)}")
 
 
@@ -82,36 +108,101 @@ def _diffusers_config(path: Path) -> MovqConfig:
         raise InputError(f"{path}: {error}") from None
 
 
-def load(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Movq:
-    """Load a decoder from `path` onto `device` in `dtype`, ready for inference."""
-    checkpoint = locate(path)
-    state = read_tensors(checkpoint.path, device, dtype)
-    config = checkpoint.config
-    if checkpoint.layout == "diffusers" or is_diffusers(list(state)):
-        state = diffusers_to_native(state)
-        if "quantize.embedding.weight" not in state:  # Kandinsky 3: latents only
-            config = replace(config, n_embed=None)
-    return build(config, state, source=checkpoint.path)
+def read_config(text: str) -> MovqConfig:
+    """A config given by the user: a preset name, or a JSON file of MovqConfig fields or a diffusers config.json."""
+    if text in PRESETS:
+        return preset(text)
+    path = Path(text)
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        return config_from_diffusers(values) if "block_out_channels" in values else MovqConfig.from_dict(values)
+    except FileNotFoundError:
+        raise InputError(f"--config {text}: neither a preset ({', '.join(PRESETS)}) nor a file") from None
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"{path}: not a usable config ({error})") from None
 
 
-def read_tensors(path: Path, device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every decoder tensor of a safetensors file, read straight onto `device` in `dtype`.
+def load(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder: bool = False
+) -> Movq:
+    """Load a model from `path` (any supported layout) onto `device` in `dtype`, ready for inference.
 
-    Floating tensors are cast one at a time, so no second full copy of the weights is made.
+    The encoder is read only when asked for with `encoder` (and only if the file has one).
     """
+    checkpoint = read_checkpoint(path, device, dtype, encoder=encoder)
+    return build(checkpoint.config, checkpoint.state, source=checkpoint.path)
+
+
+def read_checkpoint(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    config: MovqConfig | None = None,
+    encoder: bool = False,
+) -> Checkpoint:
+    """The tensors of any supported checkpoint in native names, with their config.
+
+    `dtype` None keeps the stored dtypes. `config` overrides the one found with the file;
+    when there is neither, it is inferred from the tensors. Encoder tensors are read only
+    with `encoder`, and the config says whether any were found.
+    """
+    located = locate(path)
+    state = read_tensors(located.path, device, dtype, encoder)
+    try:
+        layout = detect_layout(list(state))
+        state = to_native(state, layout)
+        if config is not None:
+            source = "given"
+        elif located.config is not None:
+            config, source = located.config, located.config_source
+            if source == "config.json" and "quantize.embedding.weight" not in state:  # Kandinsky 3: latents only
+                config = replace(config, n_embed=None)
+        else:
+            config, source = infer_config({name: tuple(t.shape) for name, t in state.items()}), "inferred"
+        has_encoder = any(name.startswith("encoder.") for name in state)
+        if config.encoder != has_encoder:
+            in_ch = state["encoder.conv_in.weight"].shape[1] if has_encoder else config.in_ch
+            config = replace(config, encoder=has_encoder, in_ch=in_ch)
+    except ValueError as error:
+        raise InputError(f"{located.path}: {error}") from None
+    return Checkpoint(located.path, "native" if source == "metadata" else layout, config, source, state)
+
+
+def read_tensors(
+    path: Path, device: torch.device | str, dtype: torch.dtype | None, encoder: bool = False
+) -> dict[str, torch.Tensor]:
+    """The model tensors of a weights file, any prefix removed, on `device` in `dtype` (None: as stored).
+
+    Tensors are moved and cast one at a time, so no second full copy of the weights is made.
+    """
+    if path.suffix in PICKLE_SUFFIXES:
+        stored = read_pickled(path)
+        names = _model_names(list(stored), path, encoder)
+        return {new: _place(stored[old], device, dtype) for old, new in names.items()}
     try:
         with safe_open(path, framework="pt", device=str(device)) as file:
-            return {
-                name: _cast(file.get_tensor(name), dtype)
-                for name in file.keys()
-                if not name.startswith(SKIPPED_PREFIXES)
-            }
+            names = _model_names(list(file.keys()), path, encoder)
+            return {new: _place(file.get_tensor(old), device, dtype) for old, new in names.items()}
     except (SafetensorError, OSError, RuntimeError) as error:
         raise InputError(f"{path}: cannot read tensors ({error})") from None
 
 
-def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+def _model_names(names: list[str], path: Path, encoder: bool) -> dict[str, str]:
+    """Stored name -> unprefixed name, for the tensors to read (loss, optimizer, ... dropped)."""
+    prefix = find_prefix(names)
+    selected = {name: new for name in names if (new := model_name(name, prefix, encoder)) is not None}
+    if not selected:
+        shown = ", ".join(names[:4]) or "none"
+        raise InputError(
+            f"{path}: no MoVQ decoder tensors (keys: {shown}, ...); supported layouts: native, {', '.join(LAYOUTS)}"
+        )
+    return selected
+
+
+def _place(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
 
 
 def build(config: MovqConfig, state: dict[str, torch.Tensor], source: Path | str = "weights") -> Movq:
@@ -138,9 +229,40 @@ def build(config: MovqConfig, state: dict[str, torch.Tensor], source: Path | str
 
 
 def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> None:
-    """Write `model` as a native file: its tensors, with its config in the metadata."""
-    state = {
-        name: (_cast(tensor, dtype) if dtype else tensor).detach().contiguous().cpu()
-        for name, tensor in model.state_dict().items()
-    }
-    save_file(state, str(path), metadata={CONFIG_KEY: model.config.to_json()})
+    """Write `model` as a native file: its tensors, with its config in the metadata.
+
+    The file appears whole or not at all: it is written under a temporary name, then renamed.
+    """
+    path = Path(path)
+    state = {name: _place(tensor, "cpu", dtype).detach().contiguous() for name, tensor in model.state_dict().items()}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(temporary), metadata={CONFIG_KEY: model.config.to_json()})
+        os.replace(temporary, path)
+    except OSError as error:
+        raise RunError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def convert(
+    source: str | Path,
+    target: str | Path,
+    dtype: torch.dtype | None = None,
+    config: MovqConfig | None = None,
+    overwrite: bool = False,
+) -> Checkpoint:
+    """Any supported checkpoint -> a native file at `target`; returns what was read.
+
+    `dtype` None keeps the stored dtype, so decoding the result gives exactly the source's pixels.
+    """
+    target = Path(target)
+    if target.suffix != ".safetensors":
+        raise InputError(f"{target}: the native format is .safetensors; name the output NAME.safetensors")
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} exists; add --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise InputError(f"cannot create {target}: {target.parent} is not a folder")
+    checkpoint = read_checkpoint(source, "cpu", dtype, config)
+    save(build(checkpoint.config, checkpoint.state, source=checkpoint.path), target)
+    return checkpoint

@@ -11,14 +11,15 @@ SMALL = dict(widths=(32, 64), layers=1, attn=(True, False), latent=4, n_e=64)
 
 def make_vqmodel(widths=(32, 64), layers=1, attn=(True, False), latent=4, n_e=64, mid_attn=True, seed=0):
     """A random diffusers VQModel with spatial norms. `attn` is per up block (lowest resolution
-    first). Norm affines and biases are perturbed so that every parameter matters."""
+    first); the encoder has attention at the same levels. Norm affines and biases are perturbed
+    so that every parameter matters."""
     from diffusers import VQModel
 
     torch.manual_seed(seed)
     model = VQModel(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        down_block_types=tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in reversed(attn)),
         up_block_types=tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in attn),
         block_out_channels=widths,
         layers_per_block=layers,

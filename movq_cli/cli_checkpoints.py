@@ -1,0 +1,141 @@
+"""`movq convert`, `movq info` and `movq inspect`: checkpoints and code files, examined and converted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from movq_cli import codes as codes_io
+from movq_cli import weights as weights_io
+from movq_cli.config import PRESETS
+from movq_cli.console import reported_errors, stderr
+from movq_cli.device import DTYPES, resolve_dtype
+from movq_cli.report import checkpoint_info, codes_report
+
+app = typer.Typer()
+stdout = Console(highlight=False)
+
+WEIGHTS_HELP = (
+    "A .safetensors file (native, original or diffusers names), a .ckpt/.pt/.pth/.bin pickle, or a diffusers folder."
+)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  movq convert movq_final.ckpt movq.safetensors\n\n"
+        "  movq convert kandinsky-2-2-decoder/movq movq-fp16.safetensors --dtype fp16\n\n"
+        "  movq convert decoder.pt movq.safetensors --config kandinsky-2.2"
+    ),
+)
+def convert(
+    source: Annotated[Path, typer.Argument(help=WEIGHTS_HELP)],
+    target: Annotated[Path, typer.Argument(help="The native file to write: NAME.safetensors.")],
+    dtype: Annotated[
+        str | None, typer.Option(help=f"Store the tensors as {', '.join(DTYPES)} (default: as in SOURCE).")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Config instead of the one found or inferred: a preset ({', '.join(PRESETS)}), "
+            "or a JSON file of MovqConfig fields or a diffusers config.json."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing TARGET.")] = False,
+) -> None:
+    """Convert any supported checkpoint into one native .safetensors file (config in its metadata)."""
+    with reported_errors():
+        checkpoint = weights_io.convert(
+            source,
+            target,
+            dtype=resolve_dtype(dtype) if dtype else None,
+            config=weights_io.read_config(config) if config else None,
+            overwrite=overwrite,
+        )
+        stderr.print(f"read {checkpoint.layout} layout (config {checkpoint.config_source})", soft_wrap=True)
+        print(target)
+
+
+@app.command(epilog="Examples:\n\n  movq info movq_final.ckpt\n\n  movq info kandinsky-3/movq --grid 64x64 --json")
+def info(
+    weights: Annotated[Path, typer.Argument(help=WEIGHTS_HELP)],
+    grid: Annotated[str, typer.Option(help="HxW codes per frame, for the frame size.")] = "32x32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")] = False,
+) -> None:
+    """Show a checkpoint's layout, config, size, codebook, downsampling factor and attention."""
+    with reported_errors():
+        report = checkpoint_info(weights, codes_io.parse_grid(grid))
+    if as_json:
+        print(json.dumps(report))
+        return
+    attention = report["attention"]
+    where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
+    height, width = report["frame_size"]
+    _print_table(
+        {
+            "file": report["path"],
+            "layout": report["layout"],
+            "config": f"{report['config_source']}: {json.dumps(report['config'])}",
+            "parameters": f"{report['parameters']:,}",
+            "stored dtype": ", ".join(report["dtypes"]),
+            "codebook": "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"]),
+            "downsampling": f"x{report['factor']}",
+            "attention": ", ".join(where) or "none",
+            f"frame for {grid}": f"{width}x{height} pixels",
+        }
+    )
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  movq inspect clip.npy --weights movq.safetensors\n\n"
+        "  movq inspect tokens.npz --key tokens --grid 32x32 --json"
+    ),
+)
+def inspect(
+    codes: Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")],
+    weights: Annotated[
+        Path | None, typer.Option("--weights", "-w", help="Also check that the codes fit this model.")
+    ] = None,
+    grid: Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")] = None,
+    key: Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")] = False,
+) -> None:
+    """Describe a code file: shape, reading, range, most used codes, NaN/Inf; and whether it fits a model."""
+    with reported_errors():
+        clip = codes_io.read(codes, key=key, grid=codes_io.parse_grid(grid) if grid else None)
+        config = weights_io.read_checkpoint(weights).config if weights is not None else None
+        report = codes_report(clip, config)
+    if as_json:
+        print(json.dumps(report))
+        return
+    rows = {
+        "file": report["path"],
+        "shape": f"{tuple(report['shape'])} {report['dtype']}",
+        "read as": report["read_as"],
+        "range": f"{report['min']} .. {report['max']}",
+    }
+    if report["kind"] == "codes":
+        rows["distinct codes"] = str(report["distinct"])
+        rows["most used"] = ", ".join(f"{code} ({count}x)" for code, count in report["top"])
+    else:
+        rows["NaN / Inf"] = f"{report['nan']} / {report['inf']}"
+    if "fits" in report:
+        rows["fits the model"] = "yes" if report["fits"] else f"no: {report['reason']}"
+    _print_table(rows)
+
+
+def _print_table(rows: dict[str, str]) -> None:
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for label, value in rows.items():
+        table.add_row(label, escape(value))
+    stdout.print(table)

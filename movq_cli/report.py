@@ -1,0 +1,98 @@
+"""What `movq info` and `movq inspect` report, as plain dicts ready for JSON.
+
+Code files are scanned a chunk at a time, so a memory-mapped clip of any length is summarised
+in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from movq_cli.codes import Codes, check_fits, scan_frames
+from movq_cli.config import MovqConfig
+from movq_cli.errors import InputError
+from movq_cli.weights import build, read_checkpoint
+
+TOP_CODES = 5
+
+
+def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
+    """Layout, config, size and geometry of the checkpoint at `path`; frame size for a `grid` of codes."""
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.config
+    model = build(config, checkpoint.state, source=checkpoint.path)  # also checks every tensor
+    stored = {str(t.dtype).removeprefix("torch.") for t in checkpoint.state.values() if t.is_floating_point()}
+    return {
+        "path": str(checkpoint.path),
+        "layout": checkpoint.layout,
+        "config_source": checkpoint.config_source,
+        "config": asdict(config),
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "dtypes": sorted(stored),
+        "codebook_size": config.n_embed,
+        "valid_codes": config.n_codes,
+        "factor": config.factor,
+        "attention": {"mid": config.mid_attn, "levels": list(config.attn_levels)},
+        "grid": list(grid),
+        "frame_size": frame_size(config, grid),
+    }
+
+
+def frame_size(config: MovqConfig, grid: tuple[int, int]) -> list[int]:
+    """Pixels (height, width) of a frame of `grid` codes."""
+    return [grid[0] * config.factor, grid[1] * config.factor]
+
+
+def codes_report(codes: Codes, config: MovqConfig | None = None) -> dict:
+    """Shape, value statistics and, given a model's `config`, whether `codes` fits it and why not."""
+    report = {
+        "path": str(codes.path),
+        "shape": list(codes.stored_shape),
+        "dtype": str(codes.array.dtype),
+        "kind": "latents" if codes.is_latents else "codes",
+        "frames": codes.n_frames,
+        "grid": list(codes.grid),
+        "read_as": codes.describe(),
+    }
+    report.update(latent_stats(codes) if codes.is_latents else code_stats(codes))
+    if config is not None:
+        try:
+            check_fits(codes, config)
+            report.update(fits=True, reason=None)
+        except InputError as error:
+            report.update(fits=False, reason=str(error))
+        report["frame_size"] = frame_size(config, codes.grid)
+    return report
+
+
+def code_stats(codes: Codes) -> dict:
+    """Range, number of distinct codes and the most used ones (code, count)."""
+    counts: Counter[int] = Counter()
+    for _, block in codes.chunks(scan_frames(codes)):
+        values, occurrences = np.unique(block, return_counts=True)
+        counts.update(dict(zip(values.tolist(), occurrences.tolist(), strict=True)))
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_CODES]
+    return {"min": min(counts), "max": max(counts), "distinct": len(counts), "top": [list(item) for item in top]}
+
+
+def latent_stats(codes: Codes) -> dict:
+    """Channels, range of the finite values, and how many values are NaN or infinite."""
+    low, high, nans, infinities = np.inf, -np.inf, 0, 0
+    for _, block in codes.chunks(scan_frames(codes)):
+        finite = np.isfinite(block)
+        nans += int(np.isnan(block).sum())
+        infinities += int(np.isinf(block).sum())
+        if finite.any():
+            low, high = min(low, float(block[finite].min())), max(high, float(block[finite].max()))
+    found = bool(np.isfinite(low))
+    return {
+        "channels": codes.array.shape[1],
+        "min": low if found else None,
+        "max": high if found else None,
+        "nan": nans,
+        "inf": infinities,
+    }

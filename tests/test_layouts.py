@@ -1,0 +1,210 @@
+"""Every checkpoint layout loads and decodes like diffusers; configs are inferred from the tensors.
+
+Foreign checkpoints are built here from a diffusers VQModel through a mapping written from
+MOVQ_REFERENCE.md section 4, not through the project's converters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+from conftest import diffusers_decode
+from safetensors.torch import save_file
+
+from movq_cli import weights
+from movq_cli.config import MovqConfig, preset
+from movq_cli.errors import InputError
+from movq_cli.infer import infer_config
+from movq_cli.layouts import detect_layout, find_prefix
+from movq_cli.model import Movq
+
+TOLERANCE = 1e-4
+# conftest.SMALL as a MovqConfig: widths (32, 64), 1 layer per block, attention at the lowest level
+SMALL_CONFIG = MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=64)
+
+# diffusers name -> original name, straight from the reference's table
+ORIGINAL_NAMES = [
+    (r"decoder\.mid_block\.resnets\.0\.", "decoder.mid.block_1."),
+    (r"decoder\.mid_block\.resnets\.1\.", "decoder.mid.block_2."),
+    (r"decoder\.mid_block\.attentions\.0\.", "decoder.mid.attn_1."),
+    (r"decoder\.conv_norm_out\.", "decoder.norm_out."),
+    (r"\.resnets\.", ".block."),
+    (r"\.attentions\.", ".attn."),
+    (r"\.upsamplers\.0\.", ".upsample."),
+    (r"\.conv_shortcut\.", ".nin_shortcut."),
+    (r"\.spatial_norm\.", ".norm."),
+    (r"\.to_q\.", ".q."),
+    (r"\.to_k\.", ".k."),
+    (r"\.to_v\.", ".v."),
+    (r"\.to_out\.0\.", ".proj_out."),
+]
+
+
+def original_state(reference, linear_attention: bool = False) -> dict[str, torch.Tensor]:
+    """The reference model's tensors as a taming-style checkpoint holds them (encoder included)."""
+    levels = len(reference.config.block_out_channels)
+    state = {}
+    for name, tensor in reference.state_dict().items():
+        name = re.sub(r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.", name)
+        for pattern, replacement in ORIGINAL_NAMES:
+            name = re.sub(pattern, replacement, name)
+        if re.search(r"attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$", name) and not linear_attention:
+            tensor = tensor[:, :, None, None]
+        state[name] = tensor.clone()
+    return state
+
+
+def _lightning_ckpt(reference, path):
+    state = {f"first_stage_model.{name}": tensor for name, tensor in original_state(reference).items()}
+    state["loss.logvar"] = torch.zeros(())
+    state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
+    state["cond_stage_model.proj.weight"] = torch.randn(3, 3)
+    optimizer = {"state": {0: {"exp_avg": torch.randn(5)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
+    torch.save({"state_dict": state, "optimizer_states": [optimizer], "epoch": 7, "global_step": 1000}, path)
+
+
+def _bare_pt_with_linear_attention(reference, path):
+    torch.save(original_state(reference, linear_attention=True), path)
+
+
+def _nested_model_module_pth(reference, path):
+    torch.save({"model": {f"module.vae.{name}": t for name, t in original_state(reference).items()}}, path)
+
+
+def _original_safetensors(reference, path):
+    save_file(original_state(reference), path)
+
+
+def _diffusers_safetensors_without_config(reference, path):
+    save_file({name: t.contiguous() for name, t in reference.state_dict().items()}, path)
+
+
+CHECKPOINTS = {
+    "lightning.ckpt": (_lightning_ckpt, "original"),
+    "bare.pt": (_bare_pt_with_linear_attention, "original"),
+    "nested.pth": (_nested_model_module_pth, "original"),
+    "original.safetensors": (_original_safetensors, "original"),
+    "diffusion_pytorch_model.safetensors": (_diffusers_safetensors_without_config, "diffusers"),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(small_folder):
+    return small_folder[1]
+
+
+@pytest.fixture(scope="module")
+def latents_and_pixels(reference):
+    latents = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    return latents, diffusers_decode(reference, latents)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+@pytest.mark.parametrize("with_config", [False, True], ids=["inferred", "given"])
+def test_every_layout_decodes_like_diffusers(name, with_config, reference, latents_and_pixels, tmp_path):
+    make, layout = CHECKPOINTS[name]
+    path = tmp_path / name
+    make(reference, path)
+    checkpoint = weights.read_checkpoint(path, dtype=torch.float32, config=SMALL_CONFIG if with_config else None)
+    assert checkpoint.layout == layout
+    assert checkpoint.config == SMALL_CONFIG
+    assert checkpoint.config_source == ("given" if with_config else "inferred")
+    model = weights.build(checkpoint.config, checkpoint.state) if with_config else weights.load(path)
+    latents, expected = latents_and_pixels
+    with torch.inference_mode():
+        got = model(latents)
+    assert (got - expected).abs().max().item() <= TOLERANCE
+
+
+def test_pickled_tensors_arrive_on_the_requested_dtype(reference, tmp_path):
+    _lightning_ckpt(reference, tmp_path / "m.ckpt")
+    model = weights.load(tmp_path / "m.ckpt", "cpu", torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"echo pwned > {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {"decoder.conv_in.weight": _RunsCode(marker)}}, tmp_path / "evil.ckpt")
+    with pytest.raises(InputError, match="needs code execution to unpickle; refused"):
+        weights.load(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
+def test_unknown_layout_names_its_keys_and_the_supported_ones(tmp_path):
+    save_file({"generator.layer1.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match=r"keys: generator\.layer1\.weight.*supported layouts: native, diffusers"):
+        weights.load(tmp_path / "other.safetensors")
+
+
+def test_layout_is_detected_by_telltale_names():
+    assert detect_layout(["decoder.up_blocks.0.resnets.0.conv1.weight"]) == "diffusers"
+    assert detect_layout(["decoder.up.0.block.0.conv1.weight", "quantize.embedding.weight"]) == "original"
+    with pytest.raises(ValueError, match="unknown checkpoint layout"):
+        detect_layout(["decoder.conv_in.weight"])
+
+
+def test_the_shortest_prefix_before_the_decoder_wins():
+    names = ["ema.model.decoder.conv_in.weight", "model.decoder.conv_in.weight", "loss.logvar"]
+    assert find_prefix(names) == "model."
+    assert find_prefix(["decoder.conv_in.weight"]) == ""
+    assert find_prefix(["xdecoder.conv_in.weight"]) == ""
+
+
+ARCHITECTURES = {
+    "kandinsky-shape": MovqConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_levels=(3,), n_embed=128),
+    "one-level-no-attention-no-codebook": MovqConfig(
+        ch=64, ch_mult=(1,), num_res_blocks=0, attn_levels=(), mid_attn=False, z_channels=8, embed_dim=3, n_embed=None
+    ),
+    "attention-at-two-levels-add-conv-remap": MovqConfig(
+        ch=32, ch_mult=(1, 3, 2), num_res_blocks=1, attn_levels=(0, 2), add_conv=True, n_embed=16, n_used=10, out_ch=4
+    ),
+    "kandinsky-3": preset("kandinsky-3"),
+    "movqgan-102m": preset("movqgan-102m"),
+}
+
+
+def _shapes(config: MovqConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {name: tuple(tensor.shape) for name, tensor in Movq(config).state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_inference_recovers_the_exact_config(name):
+    assert infer_config(_shapes(ARCHITECTURES[name])) == ARCHITECTURES[name]
+
+
+def test_a_level_with_a_missing_block_is_named():
+    shapes = {k: v for k, v in _shapes(SMALL_CONFIG).items() if not k.startswith("decoder.up.1.block.1.")}
+    with pytest.raises(ValueError, match=r"missing tensors decoder\.up\.1\.block\.1\.\*: level 1 has 1 ResBlocks"):
+        infer_config(shapes)
+
+
+def test_a_block_of_the_wrong_width_is_named():
+    shapes = _shapes(SMALL_CONFIG)
+    shapes["decoder.up.0.block.1.conv1.weight"] = (48, 32, 3, 3)
+    with pytest.raises(ValueError, match=r"decoder\.up\.0\.block\.1\.conv1\.weight has shape \(48, 32, 3, 3\)"):
+        infer_config(shapes)
+
+
+def test_attention_on_only_some_blocks_of_a_level_is_named():
+    shapes = {k: v for k, v in _shapes(SMALL_CONFIG).items() if not k.startswith("decoder.up.1.attn.1.")}
+    with pytest.raises(ValueError, match=r"decoder\.up\.1\.attn has 1 layers, not 2"):
+        infer_config(shapes)
+
+
+def test_a_checkpoint_without_a_decoder_input_is_named(reference, tmp_path):
+    state = {k: v for k, v in original_state(reference).items() if k != "post_quant_conv.weight"}
+    save_file(state, tmp_path / "broken.safetensors")
+    with pytest.raises(InputError, match=r"broken\.safetensors: missing tensor post_quant_conv\.weight"):
+        weights.load(tmp_path / "broken.safetensors")
