@@ -19,6 +19,7 @@ app = typer.Typer()
 
 @app.command(
     epilog=(
+        "Sides that are not multiples of the model's downsampling factor are cropped at the bottom and right.\n\n"
         "Examples:\n\n"
         "  movq encode photo.png photo.npy\n\n"
         "  movq encode frames/ clip.npy --chunk 16\n\n"
@@ -40,8 +41,7 @@ def encode(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
 ) -> None:
-    """Encode pictures or a video into MoVQ codes. Sides that are not multiples of the model's
-    downsampling factor are cropped at the bottom and right."""
+    """Encode pictures or a video into MoVQ codes or latents."""
     with reported_errors():
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)

@@ -36,7 +36,7 @@ class DecodeResult:
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """Decoder output (B, 3, H, W) -> (B, H, W, 3) uint8: round(clamp((x + 1) / 2, 0, 1) * 255)."""
-    pixels = images.float().add_(1).div_(2).clamp_(0, 1).mul_(255).round_()
+    pixels = (images.float() + 1).div_(2).clamp_(0, 1).mul_(255).round_()
     return pixels.to(torch.uint8).permute(0, 2, 3, 1)
 
 
