@@ -45,15 +45,19 @@ def camera_move(photo: np.ndarray, start: tuple[float, float, float], end: tuple
     return np.stack(frames)
 
 
-def main() -> None:
-    model = weights.load(default_weights())
+def footage() -> dict[str, np.ndarray]:
+    """The example clips as pictures: name -> (FRAMES, SIZE, SIZE, 3) uint8."""
     coffee = iio.imread(PHOTOS / "coffee.png")[..., :3]  # 400 x 600
     hubble = iio.imread(PHOTOS / "hubble_deep_field.jpg")[..., :3]  # 872 x 1000
-    moves = {
+    return {
         "coffee_pan_zoom": camera_move(coffee, start=(0, 0, 400), end=(90, 250, 220)),
         "hubble_pan": camera_move(hubble, start=(40, 20, 256), end=(560, 700, 300)),
     }
-    for name, frames in moves.items():
+
+
+def main() -> None:
+    model = weights.load(default_weights(), encoder=True)
+    for name, frames in footage().items():
         chunks = [
             encode_chunk(model, frames[i : i + 8], torch.device("cpu"), latents=False) for i in range(0, FRAMES, 8)
         ]

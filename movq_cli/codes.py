@@ -7,18 +7,24 @@ Integer arrays become frames of codes (T, H, W); floating arrays become latents 
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
-from dataclasses import dataclass
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
+from movq_cli.memory import gib, host_memory
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 SCAN_BYTES = 64 << 20  # how much of a file one validation step looks at
+# what numpy raises for a damaged header or body
+DAMAGED = (ValueError, TypeError, OverflowError, OSError, EOFError, SyntaxError, tokenize.TokenError)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class Codes:
     array: np.ndarray
     path: Path
     stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
+    numbers: Sequence[int] | None = None  # each frame's number in the file, once frames are selected
 
     @property
     def is_latents(self) -> bool:
@@ -51,6 +58,23 @@ class Codes:
         for start in range(0, self.n_frames, frames):
             yield start, self.frames(start, start + frames)
 
+    def frame_number(self, index: int) -> int:
+        """The number in the file of this clip's frame `index`."""
+        return index if self.numbers is None else self.numbers[index]
+
+    def select(self, frames: slice | Sequence[int]) -> Codes:
+        """Some of the frames: a slice stays a lazy view of the file; a list of frame numbers is read now.
+
+        Raises InputError when nothing is selected."""
+        every = range(self.n_frames) if self.numbers is None else self.numbers
+        if isinstance(frames, slice):
+            numbers, array = every[frames], self.array[frames]
+        else:
+            numbers, array = [every[i] for i in frames], np.array(self.array[list(frames)])
+        if len(numbers) == 0:
+            raise InputError(f"{self.path}: the frame selection picks none of its {self.n_frames} frame(s)")
+        return replace(self, array=array, numbers=numbers)
+
     def describe(self) -> str:
         kind = f"latents x{self.array.shape[1]}" if self.is_latents else "codes"
         return f"{self.n_frames} frame(s) of {self.grid[0]}x{self.grid[1]} {kind}"
@@ -62,6 +86,20 @@ def parse_grid(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise InputError(f"--grid must look like HxW with positive integers, not {text!r}")
     return int(parts[0]), int(parts[1])
+
+
+def parse_frames(text: str) -> slice:
+    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        start, stop, *step = (int(part) if part.strip() else None for part in parts)
+    except ValueError:
+        raise InputError(f"--frames must look like START:STOP or START:STOP:STEP with integers, not {text!r}") from None
+    if step and step[0] == 0:
+        raise InputError(f"--frames {text}: the step cannot be zero")
+    return slice(start, stop, step[0] if step else None)
 
 
 def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
@@ -113,8 +151,8 @@ def _open_npy(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except InputError:
         raise
-    except (ValueError, OSError, SyntaxError) as error:
-        raise InputError(f"{path}: damaged .npy file ({error})") from None
+    except DAMAGED as error:
+        raise InputError(f"{path}: damaged .npy file ({_first_line(error)})") from None
 
 
 def _open_npz(path: Path, key: str | None) -> np.ndarray:
@@ -127,11 +165,31 @@ def _open_npz(path: Path, key: str | None) -> np.ndarray:
                 key = names[0]
             if key not in names:
                 raise InputError(f"{path} has no array {key!r} (it has: {', '.join(names) or 'none'})")
+            _check_npz_size(archive, key, path)
             return archive[key]
     except InputError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
-        raise InputError(f"{path}: damaged .npz file ({error})") from None
+    except (*DAMAGED, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError, RuntimeError) as error:
+        raise InputError(f"{path}: damaged .npz file ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_npz_size(archive, key: str, path: Path) -> None:
+    """An .npz member is read whole, so refuse one that would not fit in memory before inflating it."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+    needed, memory = math.prod(shape) * dtype.itemsize, host_memory()
+    if memory is not None and needed > memory:
+        raise InputError(
+            f"{path}: array {key!r} needs {gib(needed)} in memory and this machine has {gib(memory)}; "
+            "save it as .npy, which is read lazily"
+        )
 
 
 def _check_dtype(array: np.ndarray, path: Path) -> None:
@@ -183,7 +241,7 @@ def _rows_to_grid(rows: np.ndarray, height: int, width: int, path: Path) -> np.n
 def check_fits(codes: Codes, config: MovqConfig) -> None:
     """Raise InputError unless every frame can be decoded by a model with `config`.
 
-    Scans the whole clip (a chunk at a time) for out-of-range codes or non-finite latents,
+    Scans every selected frame (a chunk at a time) for out-of-range codes or non-finite latents,
     so that a bad value is reported before any output is written.
     """
     if codes.is_latents:
@@ -197,7 +255,8 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
             if bad.any():
                 t, c, y, x = np.argwhere(bad)[0]
                 value = block[t, c, y, x]
-                raise InputError(f"{codes.path}: latent {value} at frame {start + t}, channel {c}, row {y}, column {x}")
+                frame = codes.frame_number(start + t)
+                raise InputError(f"{codes.path}: latent {value} at frame {frame}, channel {c}, row {y}, column {x}")
         return
     limit = config.n_codes
     if limit is None:
@@ -207,7 +266,7 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
         if bad.any():
             t, y, x = np.argwhere(bad)[0]
             raise InputError(
-                f"{codes.path}: code {block[t, y, x]} at frame {start + t}, row {y}, column {x} "
+                f"{codes.path}: code {block[t, y, x]} at frame {codes.frame_number(start + t)}, row {y}, column {x} "
                 f"is outside [0, {limit}) for this model"
             )
 

@@ -20,6 +20,7 @@ from movq_cli import codes as codes_io
 from movq_cli.codes import Codes
 from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError, MovqError, RunError
+from movq_cli.memory import check_frame_fits
 from movq_cli.model import Movq
 from movq_cli.writers import open_writer
 
@@ -97,6 +98,22 @@ class WriterThread:
             raise self.error
 
 
+def check_decodable(model: Movq, clip: Codes, device: torch.device, snap: bool = False) -> None:
+    """Raise InputError unless `model` can decode every frame of `clip` on `device`.
+
+    The memory estimate comes first, so that an absurd frame size is refused before its codes are scanned."""
+    check_frame_fits(model.config, clip.grid, device, next(model.parameters()).dtype)
+    codes_io.check_fits(clip, model.config)
+    if snap and not model.has_codebook:
+        raise InputError("--snap needs a codebook, and this model has none")
+
+
+def _check_not_input(output: Path, codes: Path) -> None:
+    output, codes = output.resolve(), codes.resolve()
+    if codes == output or codes.is_relative_to(output):
+        raise InputError(f"writing {output} would replace the input {codes}")
+
+
 def decode_to_file(
     model: Movq,
     clip: Codes,
@@ -114,10 +131,9 @@ def decode_to_file(
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
     """
+    check_decodable(model, clip, device, snap)
+    _check_not_input(output, clip.path)
     config = model.config
-    codes_io.check_fits(clip, config)
-    if snap and not model.has_codebook:
-        raise InputError("--snap needs a codebook, and this model has none")
     frame_size = (clip.grid[0] * config.factor, clip.grid[1] * config.factor)
     dtype = next(model.parameters()).dtype
     chunk = chunk or auto_chunk(config, clip.grid, device, dtype)
@@ -145,5 +161,7 @@ def decode_to_file(
             raise
         if isinstance(error, RuntimeError):
             raise RunError(f"decoding failed on {device}: {str(error).splitlines()[0]}") from None
+        if isinstance(error, OSError):
+            raise RunError(f"cannot write {output}: {error.strerror or error}") from None
         raise
     return DecodeResult(output, clip.n_frames, frame_size, time.perf_counter() - started)

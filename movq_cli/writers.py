@@ -74,6 +74,7 @@ class Mp4Writer:
 
     ffmpeg runs as our own child so that its exit status and its error message are ours to
     read; its stderr goes to a temporary file, and the last line is what the user sees.
+    It runs in a session of its own so that a Ctrl-C in the terminal does not kill it first.
     """
 
     def __init__(self, target: AtomicTarget, size: tuple[int, int], fps: float, crf: int) -> None:
@@ -88,7 +89,13 @@ class Mp4Writer:
             "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(target.temp),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=self.log, stdout=subprocess.DEVNULL)
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stderr=self.log, stdout=subprocess.DEVNULL, start_new_session=True
+            )
+        except OSError as error:
+            self.log.close()
+            raise RunError(f"cannot start ffmpeg: {error.strerror or error}") from None
 
     def write(self, frames: np.ndarray) -> None:
         try:

@@ -196,7 +196,8 @@ def codes_file(tmp_path):
     return path
 
 
-def test_missing_weights_option(codes_file, tmp_path):
+def test_missing_weights_option_without_a_bundled_model(codes_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("movq_cli.default_model._PACKAGE", tmp_path / "nowhere" / "movq_cli")
     _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4"), 2, "--weights")
 
 
@@ -280,3 +281,27 @@ def test_errors_from_the_real_command_have_no_traceback(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: codes file not found: {tmp_path / 'none.npy'}"]
+
+
+@pytest.mark.parametrize(
+    "command, needle",
+    [
+        (["decode", "{garbage}", "{tmp}/x.mp4"], "not a .npy or .npz"),
+        (["decode", "{garbage}", "{tmp}/x.mp4", "{tmp}/y.mp4"], "y.mp4 names a file"),
+        (["decode", "{garbage}"], "give the code files, then OUT"),
+        (["preview", "{garbage}", "{tmp}/x.png"], "not a .npy or .npz"),
+        (["encode", "{garbage}", "{tmp}/x.npy"], "not a readable"),
+        (["convert", "{garbage}", "{tmp}/x.safetensors"], "{garbage}"),
+        (["info", "{garbage}"], "{garbage}"),
+        (["inspect", "{garbage}"], "not a .npy or .npz"),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else None,
+)
+def test_every_command_answers_garbage_with_one_line(command, needle, tmp_path):
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x00\x01 this is not what it claims to be \xff" * 10)
+    fill = {"garbage": garbage, "tmp": tmp_path}
+    result = movq(*[part.format(**fill) for part in command])
+    assert result.exit_code != 0
+    _assert_one_line_error(result, result.exit_code, needle.format(**fill))
+    assert sorted(tmp_path.iterdir()) == [garbage]

@@ -1,0 +1,182 @@
+"""Decoding many code files in one run: one output per file, mirroring the input tree.
+
+Inputs are code files, folders (searched recursively for .npy/.npz) and glob patterns (`**`
+allowed). A bad file is reported and the batch goes on; only an interruption stops it, or the
+first failure with `fail_fast`.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from movq_cli import codes as codes_io
+from movq_cli.codes import Codes
+from movq_cli.errors import InputError, MovqError
+from movq_cli.model import Movq
+from movq_cli.pipeline import decode_to_file
+from movq_cli.writers import output_kind
+
+FORMATS = {"mp4": ".mp4", "png": ".png", "png-dir": ""}  # --format -> the suffix of each output
+CODE_SUFFIXES = {".npy", ".npz"}
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Job:
+    codes: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What happened to one input: status is "done", "skipped" or "failed" (then `error` says why)."""
+
+    input: Path
+    output: Path
+    status: str
+    frames: int = 0
+    frame_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "frames": self.frames,
+            "frame_size": list(self.frame_size) if self.frame_size else None,
+            "seconds": round(self.seconds, 3),
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How each file is read (key, grid, frames) and written (the rest)."""
+
+    key: str | None = None
+    grid: tuple[int, int] | None = None
+    frames: slice | None = None
+    chunk: int | None = None
+    fps: float = 24.0
+    crf: int = 18
+    snap: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    fail_fast: bool = False
+
+
+def is_pattern(path: Path) -> bool:
+    return any(character in GLOB_CHARACTERS for character in str(path))
+
+
+def is_batch(inputs: list[Path]) -> bool:
+    """Whether these inputs make a batch (OUT a folder) rather than one file decoded to OUT."""
+    return len(inputs) > 1 or any(is_pattern(path) or path.is_dir() for path in inputs)
+
+
+def plan(inputs: list[Path], out: Path, format: str) -> list[Job]:
+    """One job per code file found in `inputs`, its output under `out` where the input sits in its tree.
+
+    Raises InputError for an unknown format, an OUT that is a file, a folder or pattern with no
+    code files, or two inputs that would write the same output."""
+    if format not in FORMATS:
+        raise InputError(f"unknown --format {format!r}; use {', '.join(FORMATS)}")
+    jobs, sources = [], {}
+    for codes, relative in (found for path in inputs for found in _expand(path)):
+        output = out / relative.with_suffix(FORMATS[format])
+        if output in sources:
+            raise InputError(f"{sources[output]} and {codes} would both write {output}")
+        sources[output] = codes
+        jobs.append(Job(codes, output))
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; with several inputs OUT is the folder the outputs go to")
+    if not out.exists() and output_kind(out) != "folder":
+        raise InputError(f"{out} names a file; with several inputs OUT is the folder the outputs go to")
+    return jobs
+
+
+def _expand(path: Path) -> list[tuple[Path, Path]]:
+    """(code file, its path relative to the folder or the pattern's fixed prefix) for one input."""
+    if is_pattern(path):
+        parts = path.parts
+        fixed = next(i for i, part in enumerate(parts) if is_pattern(Path(part)))
+        root = Path(*parts[:fixed]) if fixed else Path()
+        matches = [Path(match) for match in glob.glob(str(path), recursive=True)]
+        files = [file for match in matches for file in (_code_files(match) if match.is_dir() else [match])]
+        found = sorted({file for file in files if file.suffix.lower() in CODE_SUFFIXES})
+        if not found:
+            raise InputError(f"no .npy or .npz files match {path}")
+        return [(file, file.relative_to(root)) for file in found]
+    if path.is_dir():
+        found = _code_files(path)
+        if not found:
+            raise InputError(f"{path} is a folder with no .npy or .npz files in it")
+        return [(file, file.relative_to(path)) for file in found]
+    return [(path, Path(path.name))]  # a missing file fails on its own, in its turn
+
+
+def _code_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in CODE_SUFFIXES and p.is_file())
+
+
+def read_clip(path: Path, options: BatchOptions) -> Codes:
+    """The code file at `path`, read with `options` (key, grid) and cut to `options.frames`."""
+    clip = codes_io.read(path, key=options.key, grid=options.grid)
+    return clip if options.frames is None else clip.select(options.frames)
+
+
+def decode_batch(
+    model: Movq,
+    jobs: list[Job],
+    device: torch.device,
+    options: BatchOptions,
+    on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
+    on_report: Callable[[FileReport], None] | None = None,
+) -> list[FileReport]:
+    """Decode every job with one model. `on_start(job, frames)` returns the frame counter for that
+    file; `on_report` hears how each file went. Interruptions propagate (after the partial output
+    is removed); every other failure is one file's "failed" report."""
+    reports = []
+    for job in jobs:
+        report = decode_one(model, job, device, options, on_start)
+        reports.append(report)
+        if on_report:
+            on_report(report)
+        if report.status == "failed" and options.fail_fast:
+            break
+    return reports
+
+
+def decode_one(
+    model: Movq,
+    job: Job,
+    device: torch.device,
+    options: BatchOptions,
+    on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
+) -> FileReport:
+    """Decode one job into its output and say how it went (never raises for a bad file)."""
+    if options.skip_existing and (job.output.exists() or job.output.is_symlink()):
+        return FileReport(job.codes, job.output, "skipped", error=None)
+    started = time.perf_counter()
+    try:
+        clip = read_clip(job.codes, options)
+        result = decode_to_file(
+            model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
+            snap=options.snap, overwrite=options.overwrite,
+            on_frames=on_start(job, clip.n_frames) if on_start else None,
+        )  # fmt: skip
+    except MovqError as error:
+        return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=str(error))
+    except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
+        message = str(error).splitlines()[0] if str(error) else ""
+        error_text = f"unexpected {type(error).__name__}: {message}"
+        return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=error_text)
+    return FileReport(job.codes, job.output, "done", result.frames, result.frame_size, result.seconds)

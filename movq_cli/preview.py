@@ -1,0 +1,111 @@
+"""A quick look at a clip: a contact sheet of a few evenly spaced frames, each with its number.
+
+Only the frames on the sheet are read and decoded, however long the clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from movq_cli.codes import Codes
+from movq_cli.device import auto_chunk
+from movq_cli.errors import InputError
+from movq_cli.model import Movq
+from movq_cli.pipeline import check_decodable, decode_chunk
+from movq_cli.writers import AtomicTarget, PngWriter, output_kind
+
+GAP = 2  # pixels between tiles
+BACKGROUND = 32
+DEFAULT_COLUMNS = 4
+# 3x5 bitmap digits 0-9, rows top to bottom ("#" lit)
+DIGITS = [
+    "#### ## ## ####", " # ##  #  # ###", "###  #####  ###", "###  ####  ####", "# ## ####  #  #",
+    "####  ###  ####", "####  #### ####", "###  #  #  #  #", "#### ##### ####", "#### ####  ####",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    output: Path
+    frame_numbers: list[int]
+    size: tuple[int, int]  # (height, width) of the sheet
+
+
+def frame_numbers(n_frames: int, count: int) -> list[int]:
+    """`count` (at most `n_frames`) evenly spaced frame numbers from the first frame to the last."""
+    count = min(count, n_frames)
+    return sorted({round(i * (n_frames - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def _digit_mask(digit: int) -> np.ndarray:
+    return np.array([c == "#" for c in DIGITS[digit]]).reshape(5, 3)
+
+
+def label_box(number: int, tile_height: int) -> tuple[int, int]:
+    """(height, width) of the label drawn in a tile's top-left corner."""
+    scale = _scale(tile_height)
+    return (5 + 2) * scale, (4 * len(str(number)) + 1) * scale
+
+
+def _scale(tile_height: int) -> int:
+    return max(1, tile_height // 64)
+
+
+def draw_number(tile: np.ndarray, number: int) -> None:
+    """White digits on a black box in the top-left corner of `tile` (H, W, 3), in place."""
+    scale = _scale(tile.shape[0])
+    height, width = label_box(number, tile.shape[0])
+    tile[:height, :width] = 0
+    for i, digit in enumerate(str(number)):
+        mask = _digit_mask(int(digit)).repeat(scale, 0).repeat(scale, 1)
+        top, left = scale, (1 + 4 * i) * scale
+        region = tile[top : top + 5 * scale, left : left + 3 * scale]
+        region[mask[: region.shape[0], : region.shape[1]]] = 255
+
+
+def contact_sheet(frames: np.ndarray, numbers: list[int], columns: int) -> np.ndarray:
+    """Frames (N, H, W, 3) as a grid of `columns` tiles per row, GAP pixels apart, each numbered."""
+    count, height, width, _ = frames.shape
+    rows = math.ceil(count / columns)
+    columns = min(columns, count)
+    sheet = np.full((rows * (height + GAP) - GAP, columns * (width + GAP) - GAP, 3), BACKGROUND, np.uint8)
+    for i, (frame, number) in enumerate(zip(frames, numbers, strict=True)):
+        top, left = (i // columns) * (height + GAP), (i % columns) * (width + GAP)
+        tile = sheet[top : top + height, left : left + width]
+        tile[:] = frame
+        draw_number(tile, number)
+    return sheet
+
+
+def preview_to_file(
+    model: Movq,
+    clip: Codes,
+    output: Path,
+    device: torch.device,
+    count: int = 8,
+    columns: int | None = None,
+    overwrite: bool = False,
+) -> PreviewResult:
+    """Decode `count` evenly spaced frames of `clip` and write their contact sheet to `output` (.png)."""
+    if output_kind(output) != "png":
+        raise InputError(f"a preview is one picture; name it NAME.png, not {output.name}")
+    numbers = frame_numbers(clip.n_frames, count)
+    chosen = clip.select(numbers)
+    check_decodable(model, chosen, device)
+    chunk = auto_chunk(model.config, chosen.grid, device, next(model.parameters()).dtype)
+    target = AtomicTarget(output, overwrite)
+    writer = PngWriter(target)
+    try:
+        frames = np.concatenate([decode_chunk(model, block, device).cpu().numpy() for _, block in chosen.chunks(chunk)])
+        sheet = contact_sheet(frames, list(chosen.numbers), columns or min(DEFAULT_COLUMNS, len(numbers)))
+        writer.write(sheet[None])
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return PreviewResult(output, list(chosen.numbers), sheet.shape[:2])

@@ -1,0 +1,33 @@
+"""Ctrl-C and SIGTERM on a real `movq decode` process: exit 130, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_mp4_leaves_nothing_and_exits_130(signum, small_folder, tmp_path):
+    np.save(tmp_path / "long.npy", np.random.default_rng(0).integers(0, 64, (400, 8, 8)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "movq_cli", "decode", tmp_path / "long.npy", out / "long.mp4"]
+    process = subprocess.Popen(
+        [str(part) for part in command] + ["-w", str(small_folder[0]), "--chunk", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and list(out.glob(".long.mp4.*.partial"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into decoding and writing
+    os.killpg(process.pid, signum)  # the whole process group, as a terminal's Ctrl-C does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(out.iterdir()) == []
