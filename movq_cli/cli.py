@@ -17,9 +17,21 @@ from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, decode_batch,
 from movq_cli.cli_checkpoints import app as checkpoints_app
 from movq_cli.cli_encode import app as encode_app
 from movq_cli.cli_preview import app as preview_app
-from movq_cli.console import batch_progress, batch_summary, error_line, frame_progress, reported_errors, stderr, summary
+from movq_cli.console import (
+    DeviceOption,
+    DtypeOption,
+    GridOption,
+    KeyOption,
+    batch_progress,
+    batch_summary,
+    error_line,
+    frame_progress,
+    reported_errors,
+    stderr,
+    summary,
+)
 from movq_cli.default_model import default_weights
-from movq_cli.device import DTYPES, resolve_device, resolve_dtype
+from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.errors import InputError
 from movq_cli.pipeline import decode_to_file
 
@@ -80,15 +92,15 @@ def decode(
             help="A checkpoint (.safetensors, .ckpt, .pt) or a diffusers folder; default: the bundled model.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")] = "fp32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
     chunk: Annotated[
         int | None, typer.Option(min=1, help="Frames per decoder call (default: from memory and frame size).")
     ] = None,
     fps: Annotated[float, typer.Option(min=0.01, help="Frames per second of the MP4.")] = 24.0,
     crf: Annotated[int, typer.Option(min=0, max=51, help="H.264 quality, 0 (lossless) to 51 (worst).")] = 18,
-    grid: Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")] = None,
-    key: Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")] = None,
+    grid: GridOption = None,
+    key: KeyOption = None,
     frames: Annotated[
         str | None, typer.Option(help="Decode only START:STOP[:STEP] of each clip (Python slice rules).")
     ] = None,

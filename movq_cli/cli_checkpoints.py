@@ -14,7 +14,7 @@ from rich.table import Table
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
 from movq_cli.config import PRESETS
-from movq_cli.console import reported_errors, stderr
+from movq_cli.console import GridOption, KeyOption, reported_errors, stderr
 from movq_cli.device import DTYPES, resolve_dtype
 from movq_cli.report import checkpoint_info, codes_report
 
@@ -104,8 +104,8 @@ def inspect(
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help="Also check that the codes fit this model.")
     ] = None,
-    grid: Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")] = None,
-    key: Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")] = None,
+    grid: GridOption = None,
+    key: KeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")] = False,
 ) -> None:
     """Describe a code file: shape, reading, range, most used codes, NaN/Inf; and whether it fits a model."""

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from movq_cli import weights as weights_io
-from movq_cli.console import frame_progress, reported_errors, stderr
+from movq_cli.console import DeviceOption, DtypeOption, frame_progress, reported_errors, stderr
 from movq_cli.default_model import default_weights
-from movq_cli.device import DTYPES, resolve_device, resolve_dtype
+from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.encode import encode_to_file
 from movq_cli.images import open_footage
 
@@ -32,8 +32,8 @@ def encode(
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help="Weights with an encoder (default: the bundled model).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")] = "fp32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
     chunk: Annotated[int, typer.Option(min=1, help="Frames per encoder call.")] = 8,
     latents: Annotated[
         bool, typer.Option("--latents", help="Write the continuous latents (T, e, H, W) instead of codes.")

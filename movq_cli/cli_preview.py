@@ -9,9 +9,9 @@ import typer
 
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
-from movq_cli.console import reported_errors, stderr
+from movq_cli.console import DeviceOption, DtypeOption, GridOption, KeyOption, reported_errors, stderr
 from movq_cli.default_model import default_weights
-from movq_cli.device import DTYPES, resolve_device, resolve_dtype
+from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.preview import preview_to_file
 
 app = typer.Typer()
@@ -32,10 +32,10 @@ def preview(
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help="A checkpoint or diffusers folder (default: bundled).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")] = "fp32",
-    grid: Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")] = None,
-    key: Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
+    grid: GridOption = None,
+    key: KeyOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:

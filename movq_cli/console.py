@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from movq_cli.device import DTYPES
 from movq_cli.errors import MovqError
 
 if TYPE_CHECKING:
@@ -162,3 +163,10 @@ def batch_summary(reports: list[FileReport], seconds: float) -> None:
         f"{counts['skipped']} skipped, {counts['failed']} failed",
         soft_wrap=True,
     )
+
+
+# Options several commands share, declared once.
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")]
+GridOption = Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")]
+KeyOption = Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")]
