@@ -15,6 +15,7 @@ import torch
 from movq_cli.codes import Codes
 from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError
+from movq_cli.memory import check_frame_fits
 from movq_cli.model import Movq
 from movq_cli.pipeline import check_decodable, decode_chunk
 from movq_cli.writers import AtomicTarget, PngWriter, output_kind
@@ -94,10 +95,12 @@ def preview_to_file(
     """Decode `count` evenly spaced frames of `clip` and write their contact sheet to `output` (.png)."""
     if output_kind(output) != "png":
         raise InputError(f"a preview is one picture; name it NAME.png, not {output.name}")
+    dtype = next(model.parameters()).dtype
+    check_frame_fits(model.config, clip.grid, device, dtype)  # before select() reads the chosen frames
     numbers = frame_numbers(clip.n_frames, count)
     chosen = clip.select(numbers)
     check_decodable(model, chosen, device)
-    chunk = auto_chunk(model.config, chosen.grid, device, next(model.parameters()).dtype)
+    chunk = auto_chunk(model.config, chosen.grid, device, dtype)
     target = AtomicTarget(output, overwrite)
     writer = PngWriter(target)
     try:
