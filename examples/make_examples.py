@@ -6,6 +6,9 @@ Makes two camera moves of 64 frames at 256x256 and encodes them with the default
 - coffee_pan_zoom.npy: a slow pan-and-zoom across scikit-image's `coffee` (a photo the
   default model never saw in training);
 - hubble_pan.npy: a pan across the Hubble deep field (872x1000).
+
+and reconstruction.png: 256x256 centre crops of the held-out `coffee` and `chelsea`, each
+beside its encode -> decode reconstruction, with the PSNR printed here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from movq_cli import weights
 from movq_cli.default_model import default_weights
 from movq_cli.encode import code_dtype, encode_chunk
+from movq_cli.pipeline import decode_chunk
 
 HERE = Path(__file__).resolve().parent
 PHOTOS = Path(skimage.data.__file__).parent
@@ -55,8 +59,24 @@ def footage() -> dict[str, np.ndarray]:
     }
 
 
+def reconstruction_sheet(model) -> np.ndarray:
+    """Originals (left) beside their reconstructions (right), one held-out photo a row."""
+    rows = []
+    for name in ("coffee.png", "chelsea.png"):
+        photo = iio.imread(PHOTOS / name)[..., :3]
+        top, left = (photo.shape[0] - SIZE) // 2, (photo.shape[1] - SIZE) // 2
+        crop = np.ascontiguousarray(photo[top : top + SIZE, left : left + SIZE])[None]
+        codes = encode_chunk(model, crop, torch.device("cpu"), latents=False).numpy()
+        recon = decode_chunk(model, codes, torch.device("cpu")).numpy()
+        mse = np.mean((recon.astype(np.float64) - crop) ** 2)
+        print(f"{name}: PSNR {10 * np.log10(255**2 / mse):.2f} dB over the 256x256 centre crop")
+        rows.append(np.concatenate([crop[0], np.full((SIZE, 4, 3), 255, np.uint8), recon[0]], axis=1))
+    return np.concatenate([rows[0], np.full((4, rows[0].shape[1], 3), 255, np.uint8), rows[1]], axis=0)
+
+
 def main() -> None:
     model = weights.load(default_weights(), encoder=True)
+    iio.imwrite(HERE / "reconstruction.png", reconstruction_sheet(model))
     for name, frames in footage().items():
         chunks = [
             encode_chunk(model, frames[i : i + 8], torch.device("cpu"), latents=False) for i in range(0, FRAMES, 8)
