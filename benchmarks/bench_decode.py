@@ -15,6 +15,7 @@ the peak memory of a 6-frame and a 96-frame clip.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import statistics
@@ -98,7 +99,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, baseline_fp32):
     """One line: movq in `dtype` against diffusers in fp32, on the same codes."""
     zq = model.quantize.lookup(codes).float()
-    fast = model.to(dtype)
+    fast = copy.deepcopy(model).to(dtype)  # a copy: casting in place would round the fp32 weights
     with torch.inference_mode():
         fast(zq[:1].to(dtype))  # warm-up
         reference.decode(zq[:1], force_not_quantize=True)
@@ -110,8 +111,7 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
         expected = baseline_fp32 if baseline_fp32 is not None else reference.decode(zq, force_not_quantize=True).sample
     frames = len(codes)
     ours_s, theirs_s = statistics.median(ours) / frames, statistics.median(theirs) / frames
-    flops = flops_per_frame(fast.float(), zq)
-    fast.to(dtype)
+    flops = flops_per_frame(model, zq)
     achieved = flops / ours_s / 1e9
     accuracy = f"max|diff| {(out - expected).abs().max().item():.1e}" if dtype == torch.float32 else \
         f"PSNR vs fp32 {psnr(out, expected):.1f} dB"  # fmt: skip
@@ -121,7 +121,6 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
         f"{achieved / conv_gflops:4.0%} of conv peak  {accuracy}",
         flush=True,
     )
-    fast.float()
     return out
 
 
@@ -156,12 +155,11 @@ def default_model_and_cli(device: torch.device, dtypes, rounds: int, quick: bool
     with torch.inference_mode():
         fp32 = model.decode_codes(codes)
     for dtype in dtypes:
-        fast = model.to(dtype)
+        fast = copy.deepcopy(model).to(dtype)
         with torch.inference_mode():
             fast.decode_codes(codes[:1])
             times = [timed(lambda fast=fast: fast.decode_codes(codes), device) for _ in range(rounds)]
             out = fast.decode_codes(codes).float()
-        model.float()
         with torch.inference_mode():
             flops = flops_per_frame(model, model.quantize.lookup(codes))
         per_frame = statistics.median(times) / len(codes)
