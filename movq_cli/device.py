@@ -49,7 +49,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype) -> int:
     """A generous estimate of the activation memory one frame needs while decoding."""
     rows, cols = grid
-    itemsize = torch.tensor([], dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     largest = max(
         width * rows * cols * 4 ** (len(config.widths) - 1 - level) for level, width in enumerate(config.widths)
     )
