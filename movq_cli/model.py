@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from movq_cli.config import MovqConfig
+from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
 
 
 def _inplace() -> bool:
@@ -82,9 +83,9 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
         self.norm1 = norm(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = Conv3x3(c_in, c_out)
         self.norm2 = norm(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv2 = Conv3x3(c_out, c_out)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,12 +119,14 @@ class Attention(nn.Module):
 
 
 class Upsample(nn.Module):
+    """conv3x3(nearest_upsample_x2(x)); the convolution does the upsampling itself (see fastconv)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = UpsampleConv3x3(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x)
 
 
 class Middle(nn.Module):

@@ -75,3 +75,116 @@ def test_spatial_norm_stays_precise_on_large_channels_last_frames():
         scale = torch.nn.functional.conv2d(up, norm.conv_y.weight.double(), norm.conv_y.bias.double())
         shift = torch.nn.functional.conv2d(up, norm.conv_b.weight.double(), norm.conv_b.bias.double())
     assert (got - (normed * scale + shift)).abs().max().item() <= 2e-5
+
+
+def _conv_case(cin: int, cout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin, 3, 3, generator=generator) / (9 * cin) ** 0.5
+    bias = torch.randn(cout, generator=generator)
+    return weight, bias
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 128, 32, 32), (2, 96, 13, 10), (1, 100, 4, 7), (3, 128, 1, 1)],
+    ids=["whole-tiles", "ragged-batch", "thin", "one-pixel"],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_winograd_convolution_equals_direct_convolution(shape, with_bias):
+    from movq_cli.fastconv import winograd_conv3x3, winograd_weight
+
+    batch, cin, height, width = shape
+    weight, bias = _conv_case(cin, 112, seed=height)
+    bias = bias if with_bias else None
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(width)).contiguous(memory_format=torch.channels_last)
+    exact = torch.nn.functional.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    direct = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    got = winograd_conv3x3(x, winograd_weight(weight), bias)
+    assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    direct_error = (direct.double() - exact).abs().max().item()
+    assert (got.double() - exact).abs().max().item() <= max(20 * direct_error, 1e-5)
+
+
+def test_winograd_bands_cover_tall_frames_in_several_passes(monkeypatch):
+    """A frame taller than one band of tiles is computed band by band with no seams."""
+    from movq_cli import fastconv
+
+    monkeypatch.setattr(fastconv, "_BAND_TILES", 3)  # 3 tiles per band: bands of one tile row
+    weight, bias = _conv_case(96, 96, seed=1)
+    x = torch.randn(2, 96, 18, 9, generator=torch.Generator().manual_seed(2))
+    got = fastconv.winograd_conv3x3(x, fastconv.winograd_weight(weight), bias)
+    assert (got - torch.nn.functional.conv2d(x, weight, bias, padding=1)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsampling_convolution_equals_upsampling_first(dtype):
+    from movq_cli.fastconv import upsample_conv3x3, upsample_weight
+
+    weight, bias = _conv_case(24, 40, seed=3)
+    x = torch.randn(2, 24, 7, 5, generator=torch.Generator().manual_seed(4))
+    up = torch.nn.functional.interpolate(x.double(), scale_factor=2.0, mode="nearest")
+    exact = torch.nn.functional.conv2d(up, weight.double(), bias.double(), padding=1)
+    got = upsample_conv3x3(x.to(dtype), upsample_weight(weight.to(dtype)), bias.to(dtype))
+    assert got.shape == exact.shape and got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1  # bf16 keeps 8 bits of mantissa
+    assert (got.double() - exact).abs().max().item() <= tolerance
+
+
+def test_fast_convolutions_train_like_plain_ones():
+    """With gradients on, both convolutions take the plain path and give the plain gradients."""
+    from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 128, 8, 8, requires_grad=True)
+    for fast, plain_input in ((Conv3x3(128, 128), x), (UpsampleConv3x3(128), None)):
+        plain = torch.nn.Conv2d(128, 128, 3, padding=1)
+        plain.load_state_dict(fast.state_dict())
+        if plain_input is None:
+            plain_input = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        fast(x).square().sum().backward()
+        fast_grad, x.grad = fast.weight.grad.clone(), None
+        plain(plain_input).square().sum().backward()
+        x.grad = None
+        assert (fast_grad - plain.weight.grad).abs().max().item() <= 1e-3 * plain.weight.grad.abs().max().item()
+
+
+def test_fast_convolutions_follow_changes_to_their_weights():
+    """Transformed kernels are kept between calls, and recomputed when the weights change."""
+    from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 96, 8, 8)
+    up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    for conv, plain_input in ((Conv3x3(96, 96), x), (UpsampleConv3x3(96), up)):
+        with torch.no_grad():
+            first = conv(x)
+            assert torch.equal(conv(x), first)
+            conv.weight.mul_(-2)  # in place, as load_state_dict does
+            expected = torch.nn.functional.conv2d(plain_input, conv.weight, conv.bias, padding=1)
+            assert (conv(x) - expected).abs().max().item() <= 1e-4
+        conv.to(torch.float64)  # a new weight tensor of another dtype
+        with torch.no_grad():
+            expected = torch.nn.functional.conv2d(plain_input.double(), conv.weight, conv.bias, padding=1)
+            got = conv(x.double())
+        assert got.dtype == torch.float64 and (got - expected).abs().max().item() <= 1e-10
+
+
+def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
+    """Widths of 96 and 192 take the Winograd path on the CPU in fp32; switching it off agrees."""
+    from conftest import make_vqmodel
+
+    from movq_cli.fastconv import Conv3x3, use_winograd
+
+    reference = make_vqmodel(widths=(96, 192), layers=1, attn=(False, False), n_e=64)
+    reference.save_pretrained(tmp_path)
+    model = weights.load(tmp_path)
+    codes = torch.randint(0, 64, (2, 8, 8), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        fast = model.decode_codes(codes)
+        used = [m for m in model.modules() if isinstance(m, Conv3x3) and m._transformed.value is not None]
+        use_winograd(model, False)
+        plain = model.decode_codes(codes)
+    assert len(used) >= 4  # every ResBlock convolution of this model is wide enough
+    expected = diffusers_decode(reference, codes_to_zq(reference, codes))
+    assert (fast - expected).abs().max().item() <= 1e-4
+    assert (fast - plain).abs().max().item() <= 1e-4
