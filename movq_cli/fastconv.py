@@ -163,6 +163,8 @@ class _Derived:
         self.value: torch.Tensor | None = None
 
     def get(self, weight: torch.Tensor, derive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return derive(weight)  # traced once; the compiler folds it into a constant
         current = weight.detach()
         fresh = (
             self.source is not None
@@ -194,6 +196,7 @@ class Conv3x3(nn.Conv2d):
     def _uses_winograd(self, x: torch.Tensor) -> bool:
         return (
             self.winograd
+            and not torch.compiler.is_compiling()  # the compiler chooses its own convolution
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not _training(self.weight)

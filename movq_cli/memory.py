@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
+import sys
 
 import torch
 
@@ -38,3 +41,23 @@ def check_frame_fits(config: MovqConfig, grid: tuple[int, int], device: torch.de
         raise InputError(
             f"a frame of {grid[0]}x{grid[1]} codes needs about {gib(needed)} to decode and {device} has {gib(memory)}"
         )
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc hand freed memory back to the next large tensor (Linux with glibc).
+
+    By default glibc maps every block over 32 MiB afresh and unmaps it on free, so each large
+    activation of each frame pays zero-filled page faults again: on 2 cores this made decoding
+    a 256x256 Kandinsky frame ~1.5x slower. Serving every block from the heap and keeping
+    freed memory in the process removes that; the process keeps its peak memory until exit.
+    Elsewhere this does nothing.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
