@@ -118,6 +118,7 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
             if ablate:
                 without.append(timed(lambda: direct(zq), device))
         out = fast(zq.to(dtype)).float()
+        plain_out = direct(zq) if ablate else None
         expected = baseline_fp32 if baseline_fp32 is not None else reference.decode(zq, force_not_quantize=True).sample
     frames = len(codes)
     ours_s, theirs_s = statistics.median(ours) / frames, statistics.median(theirs) / frames
@@ -136,7 +137,8 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
         without_s = statistics.median(without) / frames
         print(
             f"{'':<28} {'':<9} movq without Winograd {without_s:7.3f} s/frame  "
-            f"ratio {theirs_s / without_s:5.2f}x  (Winograd: {without_s / ours_s:.2f}x)",
+            f"ratio {theirs_s / without_s:5.2f}x  (Winograd: {without_s / ours_s:.2f}x, "
+            f"max|diff| to it {(out - plain_out).abs().max().item():.1e})",
             flush=True,
         )
     return out

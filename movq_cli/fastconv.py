@@ -133,16 +133,24 @@ def upsample_conv3x3(x: torch.Tensor, phase_weight: torch.Tensor, bias: torch.Te
     out_channels = phase_weight.shape[0] // 4
     # Output (i, j) of phase (a, b) is the 2x2 convolution of the padded input at (i + a, j + b).
     phased = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_weight).permute(0, 2, 3, 1)
-    out = torch.empty(batch, height, 2, width, 2, out_channels, dtype=x.dtype, device=x.device)
-    for a in range(2):
-        for b in range(2):
-            phase = 2 * a + b
-            part = phased[:, a : a + height, b : b + width, phase * out_channels : (phase + 1) * out_channels]
-            if bias is None:
-                out[:, :, a, :, b].copy_(part)
-            else:
-                torch.add(part, bias, out=out[:, :, a, :, b])
-    return out.view(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
+
+    def phase(a: int, b: int) -> torch.Tensor:  # (N, H, W, Cout)
+        channels = slice((2 * a + b) * out_channels, (2 * a + b + 1) * out_channels)
+        return phased[:, a : a + height, b : b + width, channels]
+
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():  # functional: autograd and the compiler need it
+        out = torch.stack([torch.stack([phase(a, 0), phase(a, 1)], 3) for a in range(2)], 2)
+        if bias is not None:
+            out = out + bias
+    else:  # each phase written once into its place
+        out = torch.empty(batch, height, 2, width, 2, out_channels, dtype=x.dtype, device=x.device)
+        for a in range(2):
+            for b in range(2):
+                if bias is None:
+                    out[:, :, a, :, b].copy_(phase(a, b))
+                else:
+                    torch.add(phase(a, b), bias, out=out[:, :, a, :, b])
+    return out.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
 
 
 def _training(weight: torch.Tensor) -> bool:
@@ -212,8 +220,8 @@ class UpsampleConv3x3(nn.Conv2d):
         self._phases = _Derived()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _training(self.weight):  # the fast path writes into preallocated outputs, which autograd refuses
-            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if _training(self.weight):
+            return upsample_conv3x3(x, upsample_weight(self.weight), self.bias)
         return upsample_conv3x3(x, self._phases.get(self.weight, upsample_weight), self.bias)
 
 

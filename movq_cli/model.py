@@ -18,8 +18,9 @@ from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
 
 
 def _inplace() -> bool:
-    """In-place activations save memory, but only when no backward pass needs the inputs."""
-    return not torch.is_grad_enabled()
+    """In-place activations save memory, but only when no backward pass needs the inputs; under
+    torch.compile the functional forms let the compiler fuse them."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:

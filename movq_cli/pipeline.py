@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +47,68 @@ def decode_chunk(model: Movq, block: np.ndarray, device: torch.device, snap: boo
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
         if block.dtype.kind == "f":
-            zq = torch.from_numpy(block).to(device, non_blocking=True).to(dtype)
+            zq = _to_device(torch.from_numpy(block), device).to(dtype)
             if snap:
                 zq = model.quantize.snap(zq)
             images = model(zq)
         else:
-            indices = torch.from_numpy(block.astype(np.int64, copy=False)).to(device, non_blocking=True)
+            indices = _to_device(torch.from_numpy(block.astype(np.int64, copy=False)), device)
             images = model.decode_codes(indices)
         return to_pixels(images)
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device; on CUDA from pinned memory, so that the copy does not hold up the host."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+class HostCopy:
+    """A chunk of device pixels on its way to host memory.
+
+    On CUDA the copy runs on a side stream into pinned memory and is only waited for in
+    result(), so the decoder can be handed the next chunk first; elsewhere it is done at once.
+    """
+
+    _streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.done = None
+        if pixels.device.type != "cuda":
+            self.host = pixels.cpu()
+            return
+        stream = self._streams.setdefault(pixels.device, torch.cuda.Stream(pixels.device))
+        stream.wait_stream(torch.cuda.current_stream(pixels.device))  # after the decode that made pixels
+        self.host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+        with torch.cuda.stream(stream):
+            self.host.copy_(pixels, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(stream)
+        pixels.record_stream(stream)  # the allocator keeps pixels until the copy has read them
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy()
+
+
 def decode_frames(
-    model: Movq, clip: Codes, device: torch.device, chunk: int, snap: bool = False
+    model: Movq, clip: Codes, device: torch.device, chunk: int, snap: bool = False, ahead: int | None = None
 ) -> Iterator[np.ndarray]:
-    """Decode a clip `chunk` frames at a time, yielding host uint8 arrays (n, H, W, 3)."""
+    """Decode a clip `chunk` frames at a time, yielding host uint8 arrays (n, H, W, 3) in order.
+
+    `ahead` chunks are queued on the device before the oldest copy to the host is waited for
+    (1 on CUDA, so the GPU is never idle while the host waits; 0 elsewhere).
+    """
+    ahead = (1 if device.type == "cuda" else 0) if ahead is None else ahead
+    in_flight: deque[HostCopy] = deque()
     for _, block in clip.chunks(chunk):
-        yield decode_chunk(model, block, device, snap).cpu().numpy()
+        in_flight.append(HostCopy(decode_chunk(model, block, device, snap)))
+        if len(in_flight) > ahead:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 class WriterThread:

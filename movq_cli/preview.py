@@ -17,7 +17,7 @@ from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError
 from movq_cli.memory import check_frame_fits
 from movq_cli.model import Movq
-from movq_cli.pipeline import check_decodable, decode_chunk
+from movq_cli.pipeline import check_decodable, decode_frames
 from movq_cli.writers import AtomicTarget, PngWriter, output_kind
 
 GAP = 2  # pixels between tiles
@@ -104,7 +104,7 @@ def preview_to_file(
     target = AtomicTarget(output, overwrite)
     writer = PngWriter(target)
     try:
-        frames = np.concatenate([decode_chunk(model, block, device).cpu().numpy() for _, block in chosen.chunks(chunk)])
+        frames = np.concatenate(list(decode_frames(model, chosen, device, chunk)))
         sheet = contact_sheet(frames, list(chosen.numbers), columns or min(DEFAULT_COLUMNS, len(numbers)))
         writer.write(sheet[None])
         writer.finish()

@@ -188,3 +188,22 @@ def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
     expected = diffusers_decode(reference, codes_to_zq(reference, codes))
     assert (fast - expected).abs().max().item() <= 1e-4
     assert (fast - plain).abs().max().item() <= 1e-4
+
+
+def test_torch_compile_traces_the_model_whole_and_agrees_with_eager():
+    """Under torch.compile the model takes its functional forms: no graph breaks, same pictures."""
+    import torch._dynamo
+
+    from movq_cli.config import MovqConfig
+
+    torch.manual_seed(0)
+    model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=8)).eval()
+    model.requires_grad_(False)
+    zq = torch.randn(1, 4, 6, 6)
+    with torch.inference_mode():
+        eager = model(zq)
+    explanation = torch._dynamo.explain(model)(zq)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    with torch.inference_mode():
+        compiled = torch.compile(model, backend="aot_eager")(zq)
+    assert (compiled - eager).abs().max().item() <= 1e-5

@@ -23,9 +23,7 @@ print((resident() - before) >> 20)
 """
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc on Linux only"
-)
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc on Linux only")
 def test_a_freed_large_block_stays_with_the_process_only_when_asked():
     def kept_mib(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)

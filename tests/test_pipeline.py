@@ -1,0 +1,41 @@
+"""The decode pipeline hands every chunk to the writer once, in order, however far it looks ahead."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from movq_cli import codes as codes_io
+from movq_cli import weights
+from movq_cli.pipeline import decode_chunk, decode_frames
+
+
+@pytest.fixture(scope="module")
+def model_and_clip(small_folder, tmp_path_factory):
+    folder, _ = small_folder
+    path = tmp_path_factory.mktemp("codes") / "clip.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 64, (7, 4, 6), dtype=np.int16))
+    return weights.load(folder), codes_io.read(path)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_chunks_come_out_in_order_whatever_the_look_ahead(model_and_clip, ahead):
+    model, clip = model_and_clip
+    chunks = list(decode_frames(model, clip, torch.device("cpu"), chunk=3, ahead=ahead))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    whole = decode_chunk(model, clip.frames(0, clip.n_frames), torch.device("cpu")).numpy()
+    assert np.array_equal(np.concatenate(chunks), whole)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decoding_copies_through_pinned_memory_and_matches_the_cpu(model_and_clip):
+    model, clip = model_and_clip
+    device = torch.device("cuda")
+    on_gpu = copy.deepcopy(model).to(device)
+    chunks = list(decode_frames(on_gpu, clip, device, chunk=2))
+    assert [len(c) for c in chunks] == [2, 2, 2, 1]
+    expected = decode_chunk(model, clip.frames(0, clip.n_frames), torch.device("cpu")).numpy()
+    assert np.abs(np.concatenate(chunks).astype(int) - expected.astype(int)).max() <= 1
