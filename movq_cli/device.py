@@ -10,7 +10,7 @@ from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_BUDGET_BYTES = 2 << 30  # activations one chunk may use on the CPU
+CPU_BUDGET_BYTES = 512 << 20  # activations one chunk may use on the CPU: larger chunks are no faster there
 MAX_CHUNK = 64
 
 
@@ -58,7 +58,7 @@ def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype) -
 
 
 def auto_chunk(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> int:
-    """Frames per chunk: as many as fit in half the free device memory (2 GiB on the CPU)."""
+    """Frames per chunk: as many as fit in half the free device memory (512 MiB on the CPU)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free // 2

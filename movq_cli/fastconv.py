@@ -132,7 +132,8 @@ def upsample_conv3x3(x: torch.Tensor, phase_weight: torch.Tensor, bias: torch.Te
     batch, _, height, width = x.shape
     out_channels = phase_weight.shape[0] // 4
     # Output (i, j) of phase (a, b) is the 2x2 convolution of the padded input at (i + a, j + b).
-    phased = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_weight).permute(0, 2, 3, 1)
+    phase_bias = None if bias is None else bias.repeat(4)
+    phased = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_weight, phase_bias).permute(0, 2, 3, 1)
 
     def phase(a: int, b: int) -> torch.Tensor:  # (N, H, W, Cout)
         channels = slice((2 * a + b) * out_channels, (2 * a + b + 1) * out_channels)
@@ -140,16 +141,11 @@ def upsample_conv3x3(x: torch.Tensor, phase_weight: torch.Tensor, bias: torch.Te
 
     if torch.is_grad_enabled() or torch.compiler.is_compiling():  # functional: autograd and the compiler need it
         out = torch.stack([torch.stack([phase(a, 0), phase(a, 1)], 3) for a in range(2)], 2)
-        if bias is not None:
-            out = out + bias
-    else:  # each phase written once into its place
+    else:  # each phase copied once into its place
         out = torch.empty(batch, height, 2, width, 2, out_channels, dtype=x.dtype, device=x.device)
         for a in range(2):
             for b in range(2):
-                if bias is None:
-                    out[:, :, a, :, b].copy_(phase(a, b))
-                else:
-                    torch.add(phase(a, b), bias, out=out[:, :, a, :, b])
+                out[:, :, a, :, b].copy_(phase(a, b))
     return out.reshape(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
 
 
