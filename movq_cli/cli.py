@@ -33,7 +33,6 @@ from movq_cli.console import (
 from movq_cli.default_model import default_weights
 from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.errors import InputError
-from movq_cli.memory import keep_freed_memory
 from movq_cli.pipeline import decode_to_file
 
 app = typer.Typer(
@@ -59,7 +58,6 @@ def main(
     ] = False,
 ) -> None:
     """Decode MoVQ codes and latents into pictures and video."""
-    keep_freed_memory()
 
 
 @app.command(
