@@ -53,6 +53,10 @@ class SpatialNorm(nn.Module):
 
 def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """normed * scale + shift, with scale and shift repeated over blocks to normed's size."""
+    if torch.compiler.is_compiling():  # the compiler fuses the upsampling; 6-d block views confused its strides
+        size = normed.shape[-2:]
+        up = [F.interpolate(t, size=size, mode="nearest") for t in (scale, shift)]
+        return torch.addcmul(up[1], normed, up[0])
     batch, channels, height, width = normed.shape
     rows, cols = scale.shape[-2:]
     blocks = normed.view(batch, channels, rows, height // rows, cols, width // cols)

@@ -190,7 +190,10 @@ def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
     assert (fast - plain).abs().max().item() <= 1e-4
 
 
-def test_torch_compile_traces_the_model_whole_and_agrees_with_eager():
+@pytest.mark.parametrize(
+    "zq_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"]
+)
+def test_torch_compile_traces_the_model_whole_and_agrees_with_eager(zq_format):
     """Under torch.compile the model takes its functional forms: no graph breaks, same pictures."""
     import torch._dynamo
 
@@ -199,9 +202,10 @@ def test_torch_compile_traces_the_model_whole_and_agrees_with_eager():
     torch.manual_seed(0)
     model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=8)).eval()
     model.requires_grad_(False)
-    zq = torch.randn(1, 4, 6, 6)
+    zq = torch.randn(1, 4, 6, 6).contiguous(memory_format=zq_format)
     with torch.inference_mode():
         eager = model(zq)
+    torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(zq)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     with torch.inference_mode():
