@@ -58,6 +58,19 @@ class Codes:
         for start in range(0, self.n_frames, frames):
             yield start, self.frames(start, start + frames)
 
+    def pieces(self):
+        """(first frame, first row, block) triples covering the clip, each about SCAN_BYTES or less:
+        whole frames while a frame fits in that, bands of rows of one frame when it does not."""
+        frame_bytes = max(1, self.array[0].nbytes)
+        if frame_bytes <= SCAN_BYTES:
+            for start, block in self.chunks(SCAN_BYTES // frame_bytes):
+                yield start, 0, block
+            return
+        rows = max(1, SCAN_BYTES // max(1, frame_bytes // self.grid[0]))
+        for frame in range(self.n_frames):
+            for row in range(0, self.grid[0], rows):
+                yield frame, row, np.array(self.array[frame : frame + 1, ..., row : row + rows, :], order="C")
+
     def frame_number(self, index: int) -> int:
         """The number in the file of this clip's frame `index`."""
         return index if self.numbers is None else self.numbers[index]
@@ -250,28 +263,24 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
             raise InputError(
                 f"{codes.path}: latents have {channels} channels; this model's codebook vectors have {config.embed_dim}"
             )
-        for start, block in codes.chunks(scan_frames(codes)):
+        for start, first_row, block in codes.pieces():
             bad = ~np.isfinite(block)
             if bad.any():
                 t, c, y, x = np.argwhere(bad)[0]
                 value = block[t, c, y, x]
                 frame = codes.frame_number(start + t)
-                raise InputError(f"{codes.path}: latent {value} at frame {frame}, channel {c}, row {y}, column {x}")
+                raise InputError(
+                    f"{codes.path}: latent {value} at frame {frame}, channel {c}, row {first_row + y}, column {x}"
+                )
         return
     limit = config.n_codes
     if limit is None:
         raise InputError(f"{codes.path}: integer codes need a codebook, and this model has none (give latents)")
-    for start, block in codes.chunks(scan_frames(codes)):
+    for start, first_row, block in codes.pieces():
         bad = (block < 0) | (block >= limit)
         if bad.any():
             t, y, x = np.argwhere(bad)[0]
             raise InputError(
-                f"{codes.path}: code {block[t, y, x]} at frame {codes.frame_number(start + t)}, row {y}, column {x} "
-                f"is outside [0, {limit}) for this model"
+                f"{codes.path}: code {block[t, y, x]} at frame {codes.frame_number(start + t)}, "
+                f"row {first_row + y}, column {x} is outside [0, {limit}) for this model"
             )
-
-
-def scan_frames(codes: Codes) -> int:
-    """Frames per step when scanning the whole clip: about SCAN_BYTES of it at a time."""
-    frame_bytes = codes.array[0].nbytes
-    return max(1, SCAN_BYTES // max(1, frame_bytes))

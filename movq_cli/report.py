@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from movq_cli.codes import Codes, check_fits, scan_frames
+from movq_cli.codes import Codes, check_fits
 from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
 from movq_cli.weights import build, read_checkpoint
@@ -72,7 +72,7 @@ def codes_report(codes: Codes, config: MovqConfig | None = None) -> dict:
 def code_stats(codes: Codes) -> dict:
     """Range, number of distinct codes and the most used ones (code, count)."""
     counts: Counter[int] = Counter()
-    for _, block in codes.chunks(scan_frames(codes)):
+    for _, _, block in codes.pieces():
         values, occurrences = np.unique(block, return_counts=True)
         counts.update(dict(zip(values.tolist(), occurrences.tolist(), strict=True)))
     top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_CODES]
@@ -82,7 +82,7 @@ def code_stats(codes: Codes) -> dict:
 def latent_stats(codes: Codes) -> dict:
     """Channels, range of the finite values, and how many values are NaN or infinite."""
     low, high, nans, infinities = np.inf, -np.inf, 0, 0
-    for _, block in codes.chunks(scan_frames(codes)):
+    for _, _, block in codes.pieces():
         finite = np.isfinite(block)
         nans += int(np.isnan(block).sum())
         infinities += int(np.isinf(block).sum())
