@@ -14,7 +14,7 @@ from rich.table import Table
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
 from movq_cli.config import PRESETS
-from movq_cli.console import GridOption, KeyOption, reported_errors, stderr
+from movq_cli.console import CodesArgument, GridOption, KeyOption, reported_errors, stderr
 from movq_cli.device import DTYPES, resolve_dtype
 from movq_cli.report import checkpoint_info, codes_report
 
@@ -100,7 +100,7 @@ def info(
     ),
 )
 def inspect(
-    codes: Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")],
+    codes: CodesArgument,
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help="Also check that the codes fit this model.")
     ] = None,

@@ -9,7 +9,7 @@ import typer
 
 from movq_cli import codes as codes_io
 from movq_cli import weights as weights_io
-from movq_cli.console import DeviceOption, DtypeOption, GridOption, KeyOption, reported_errors, stderr
+from movq_cli.console import CodesArgument, DeviceOption, DtypeOption, GridOption, KeyOption, reported_errors, stderr
 from movq_cli.default_model import default_weights
 from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.preview import preview_to_file
@@ -25,7 +25,7 @@ app = typer.Typer()
     ),
 )
 def preview(
-    codes: Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")],
+    codes: CodesArgument,
     out: Annotated[Path, typer.Argument(help="The contact sheet to write: NAME.png.")],
     frames: Annotated[int, typer.Option(min=1, help="How many evenly spaced frames (at most the clip's).")] = 8,
     columns: Annotated[int | None, typer.Option(min=1, help="Tiles per row (default: up to 4).")] = None,

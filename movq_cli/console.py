@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -170,3 +171,4 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.
 DtypeOption = Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")]
 GridOption = Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")]
 KeyOption = Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")]
+CodesArgument = Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")]
