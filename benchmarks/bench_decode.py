@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from movq_cli import weights
-from movq_cli.config import MovqConfig, preset
-from movq_cli.default_model import default_weights
-from movq_cli.fastconv import use_winograd
+from movq_cli.checkpoints import weights
+from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.models.config import MovqConfig, preset
+from movq_cli.models.fastconv import use_winograd
 from movq_cli.pipeline import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]

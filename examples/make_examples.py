@@ -21,8 +21,8 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from movq_cli import weights
-from movq_cli.default_model import default_weights
+from movq_cli.checkpoints import weights
+from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encode import code_dtype, encode_chunk
 from movq_cli.pipeline import decode_chunk
 

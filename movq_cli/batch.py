@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from movq_cli import codes as codes_io
-from movq_cli.codes import Codes
 from movq_cli.errors import InputError, MovqError
-from movq_cli.model import Movq
+from movq_cli.io import codes as codes_io
+from movq_cli.io.codes import Codes
+from movq_cli.io.writers import output_kind
+from movq_cli.models.movq import Movq
 from movq_cli.pipeline import decode_to_file
-from movq_cli.writers import output_kind
 
 FORMATS = {"mp4": ".mp4", "png": ".png", "png-dir": ""}  # --format -> the suffix of each output
 CODE_SUFFIXES = {".npy", ".npz"}

@@ -6,8 +6,8 @@ import re
 
 import torch
 
-from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
+from movq_cli.models.config import MovqConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BUDGET_BYTES = 512 << 20  # activations one chunk may use on the CPU: larger chunks are no faster there

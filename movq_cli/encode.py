@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from movq_cli.errors import InputError, RunError
-from movq_cli.images import Footage
-from movq_cli.model import Movq
-from movq_cli.writers import AtomicTarget
+from movq_cli.io.images import Footage
+from movq_cli.io.writers import AtomicTarget
+from movq_cli.models.movq import Movq
 
 
 @dataclass(frozen=True)

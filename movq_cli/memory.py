@@ -9,9 +9,9 @@ import sys
 
 import torch
 
-from movq_cli.config import MovqConfig
 from movq_cli.device import frame_bytes
 from movq_cli.errors import InputError
+from movq_cli.models.config import MovqConfig
 
 
 def gib(size: int) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli import codes as codes_io
-from movq_cli.codes import Codes
 from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError, MovqError, RunError
+from movq_cli.io import codes as codes_io
+from movq_cli.io.codes import Codes
+from movq_cli.io.writers import open_writer
 from movq_cli.memory import check_frame_fits
-from movq_cli.model import Movq
-from movq_cli.writers import open_writer
+from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli.codes import Codes
 from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError
+from movq_cli.io.codes import Codes
+from movq_cli.io.writers import AtomicTarget, PngWriter, output_kind
 from movq_cli.memory import check_frame_fits
-from movq_cli.model import Movq
+from movq_cli.models.movq import Movq
 from movq_cli.pipeline import check_decodable, decode_frames
-from movq_cli.writers import AtomicTarget, PngWriter, output_kind
 
 GAP = 2  # pixels between tiles
 BACKGROUND = 32

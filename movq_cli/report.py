@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from movq_cli.codes import Codes, check_fits
-from movq_cli.config import MovqConfig
+from movq_cli.checkpoints.weights import build, read_checkpoint
 from movq_cli.errors import InputError
-from movq_cli.weights import build, read_checkpoint
+from movq_cli.io.codes import Codes, check_fits
+from movq_cli.models.config import MovqConfig
 
 TOP_CODES = 5
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cli import _assert_one_line_error, movq
 
-from movq_cli import writers
+from movq_cli.io import writers
 
 
 def _codes(seed: int, frames: int = 2, grid=(4, 4)) -> np.ndarray:

@@ -12,8 +12,8 @@ from conftest import SMALL
 from test_cli import _assert_one_line_error, movq
 from test_layouts import _lightning_ckpt, _RunsCode
 
-from movq_cli import codes as codes_io
-from movq_cli import weights
+from movq_cli.checkpoints import weights
+from movq_cli.io import codes as codes_io
 
 
 @pytest.fixture(scope="module")

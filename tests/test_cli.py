@@ -197,7 +197,7 @@ def codes_file(tmp_path):
 
 
 def test_missing_weights_option_without_a_bundled_model(codes_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("movq_cli.default_model._PACKAGE", tmp_path / "nowhere" / "movq_cli")
+    monkeypatch.setattr("movq_cli.checkpoints.bundled._PACKAGE", tmp_path / "nowhere" / "movq_cli")
     _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4"), 2, "--weights")
 
 

@@ -1,4 +1,4 @@
-"""Random and corrupted code files: movq_cli.codes either reads them or raises InputError, nothing else."""
+"""Random and corrupted code files: movq_cli.io.codes either reads them or raises InputError, nothing else."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from movq_cli import codes as codes_io
-from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
+from movq_cli.io import codes as codes_io
+from movq_cli.models.config import MovqConfig
 
 CONFIGS = [MovqConfig(ch=32, ch_mult=(1, 2), attn_levels=(), n_embed=n) for n in (64, None)]
 DTYPES = st.sampled_from(["i1", "u1", "<i2", ">i4", "<u8", "<i8", "<f2", "<f4", ">f8", "?", "<c8", "U3", "S2"])

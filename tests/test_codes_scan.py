@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from movq_cli import codes as codes_io
-from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
+from movq_cli.io import codes as codes_io
+from movq_cli.models.config import MovqConfig
 from movq_cli.report import code_stats, latent_stats
 
 

@@ -9,10 +9,10 @@ import torch
 from conftest import codes_to_zq, diffusers_decode, make_vqmodel
 from safetensors.torch import load_file, save_file
 
-from movq_cli import weights
-from movq_cli.config import MovqConfig, preset
+from movq_cli.checkpoints import weights
 from movq_cli.errors import InputError
-from movq_cli.model import Movq, SpatialNorm
+from movq_cli.models.config import MovqConfig, preset
+from movq_cli.models.movq import Movq, SpatialNorm
 
 TOLERANCE = 1e-4
 

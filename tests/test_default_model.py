@@ -12,8 +12,8 @@ import pytest
 import skimage.data
 import torch
 
-from movq_cli import weights
-from movq_cli.default_model import default_weights
+from movq_cli.checkpoints import weights
+from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encode import encode_chunk
 from movq_cli.pipeline import decode_chunk
 

@@ -10,7 +10,7 @@ import torch
 from conftest import make_vqmodel
 from typer.testing import CliRunner
 
-from movq_cli import weights
+from movq_cli.checkpoints import weights
 from movq_cli.cli import app
 
 runner = CliRunner()

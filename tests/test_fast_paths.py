@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import codes_to_zq, diffusers_decode
 
-from movq_cli import weights
-from movq_cli.model import Movq
+from movq_cli.checkpoints import weights
+from movq_cli.models.movq import Movq
 from movq_cli.pipeline import to_pixels
 
 
@@ -43,7 +43,7 @@ def test_half_precision_stays_close_to_fp32(small_folder, dtype):
 def test_code_resolution_spatial_norm_equals_upsampling_first():
     """SpatialNorm computes conv_y/conv_b at code resolution; upsampling zq first gives the same."""
     torch.manual_seed(0)
-    from movq_cli.config import MovqConfig
+    from movq_cli.models.config import MovqConfig
 
     model = Movq(MovqConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(), n_embed=8)).eval()
     norm = model.decoder.norm_out
@@ -61,7 +61,7 @@ def test_code_resolution_spatial_norm_equals_upsampling_first():
 )
 def test_spatial_norm_stays_precise_on_large_channels_last_frames():
     """SpatialNorm on a large channels_last frame whose activations have a large mean."""
-    from movq_cli.model import SpatialNorm
+    from movq_cli.models.movq import SpatialNorm
 
     torch.manual_seed(0)
     norm = SpatialNorm(64, 4, add_conv=False, groups=32)
@@ -91,7 +91,7 @@ def _conv_case(cin: int, cout: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_winograd_convolution_equals_direct_convolution(shape, with_bias):
-    from movq_cli.fastconv import winograd_conv3x3, winograd_weight
+    from movq_cli.models.fastconv import winograd_conv3x3, winograd_weight
 
     batch, cin, height, width = shape
     weight, bias = _conv_case(cin, 112, seed=height)
@@ -107,7 +107,7 @@ def test_winograd_convolution_equals_direct_convolution(shape, with_bias):
 
 def test_winograd_bands_cover_tall_frames_in_several_passes(monkeypatch):
     """A frame taller than one band of tiles is computed band by band with no seams."""
-    from movq_cli import fastconv
+    from movq_cli.models import fastconv
 
     monkeypatch.setattr(fastconv, "_BAND_TILES", 3)  # 3 tiles per band: bands of one tile row
     weight, bias = _conv_case(96, 96, seed=1)
@@ -118,7 +118,7 @@ def test_winograd_bands_cover_tall_frames_in_several_passes(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_upsampling_convolution_equals_upsampling_first(dtype):
-    from movq_cli.fastconv import upsample_conv3x3, upsample_weight
+    from movq_cli.models.fastconv import upsample_conv3x3, upsample_weight
 
     weight, bias = _conv_case(24, 40, seed=3)
     x = torch.randn(2, 24, 7, 5, generator=torch.Generator().manual_seed(4))
@@ -132,7 +132,7 @@ def test_upsampling_convolution_equals_upsampling_first(dtype):
 
 def test_fast_convolutions_train_like_plain_ones():
     """With gradients on, both convolutions take the plain path and give the plain gradients."""
-    from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
+    from movq_cli.models.fastconv import Conv3x3, UpsampleConv3x3
 
     torch.manual_seed(0)
     x = torch.randn(1, 128, 8, 8, requires_grad=True)
@@ -150,7 +150,7 @@ def test_fast_convolutions_train_like_plain_ones():
 
 def test_fast_convolutions_follow_changes_to_their_weights():
     """Transformed kernels are kept between calls, and recomputed when the weights change."""
-    from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
+    from movq_cli.models.fastconv import Conv3x3, UpsampleConv3x3
 
     torch.manual_seed(0)
     x = torch.randn(1, 96, 8, 8)
@@ -173,7 +173,7 @@ def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
     """Widths of 96 and 192 take the Winograd path on the CPU in fp32; switching it off agrees."""
     from conftest import make_vqmodel
 
-    from movq_cli.fastconv import Conv3x3, use_winograd
+    from movq_cli.models.fastconv import Conv3x3, use_winograd
 
     reference = make_vqmodel(widths=(96, 192), layers=1, attn=(False, False), n_e=64)
     reference.save_pretrained(tmp_path)
@@ -197,7 +197,7 @@ def test_torch_compile_traces_the_model_whole_and_agrees_with_eager(zq_format):
     """Under torch.compile the model takes its functional forms: no graph breaks, same pictures."""
     import torch._dynamo
 
-    from movq_cli.config import MovqConfig
+    from movq_cli.models.config import MovqConfig
 
     torch.manual_seed(0)
     model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=8)).eval()

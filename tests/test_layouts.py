@@ -14,12 +14,12 @@ import torch
 from conftest import diffusers_decode
 from safetensors.torch import save_file
 
-from movq_cli import weights
-from movq_cli.config import MovqConfig, preset
+from movq_cli.checkpoints import weights
+from movq_cli.checkpoints.infer import infer_config
+from movq_cli.checkpoints.layouts import detect_layout, find_prefix
 from movq_cli.errors import InputError
-from movq_cli.infer import infer_config
-from movq_cli.layouts import detect_layout, find_prefix
-from movq_cli.model import Movq
+from movq_cli.models.config import MovqConfig, preset
+from movq_cli.models.movq import Movq
 
 TOLERANCE = 1e-4
 # conftest.SMALL as a MovqConfig: widths (32, 64), 1 layer per block, attention at the lowest level

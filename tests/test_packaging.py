@@ -16,7 +16,7 @@ def test_installed_package_finds_its_default_weights(tmp_path):
         check=True, capture_output=True,
     )  # fmt: skip
     found = subprocess.run(
-        [sys.executable, "-c", "from movq_cli.default_model import default_weights; print(default_weights())"],
+        [sys.executable, "-c", "from movq_cli.checkpoints.bundled import default_weights; print(default_weights())"],
         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
         check=True, capture_output=True, text=True,
     )  # fmt: skip

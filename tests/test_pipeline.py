@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from movq_cli import codes as codes_io
-from movq_cli import weights
+from movq_cli.checkpoints import weights
+from movq_cli.io import codes as codes_io
 from movq_cli.pipeline import decode_chunk, decode_frames
 
 

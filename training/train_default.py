@@ -24,9 +24,9 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from movq_cli import weights
-from movq_cli.config import MovqConfig
-from movq_cli.model import Movq
+from movq_cli.checkpoints import weights
+from movq_cli.models.config import MovqConfig
+from movq_cli.models.movq import Movq
 
 CONFIG = MovqConfig(
     ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_levels=(), mid_attn=True,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from movq_cli.config import MovqConfig
 from movq_cli.errors import InputError
 from movq_cli.memory import gib, host_memory
+from movq_cli.models.config import MovqConfig
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"

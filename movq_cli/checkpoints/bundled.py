@@ -7,7 +7,7 @@ from pathlib import Path
 from movq_cli.errors import InputError
 
 FILE_NAME = "movq-default.safetensors"
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # movq_cli/
 
 
 def default_weights() -> Path:

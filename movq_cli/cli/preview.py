@@ -7,11 +7,19 @@ from typing import Annotated
 
 import typer
 
-from movq_cli import codes as codes_io
-from movq_cli import weights as weights_io
-from movq_cli.console import CodesArgument, DeviceOption, DtypeOption, GridOption, KeyOption, reported_errors, stderr
-from movq_cli.default_model import default_weights
+from movq_cli.checkpoints import weights as weights_io
+from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.cli.console import (
+    CodesArgument,
+    DeviceOption,
+    DtypeOption,
+    GridOption,
+    KeyOption,
+    reported_errors,
+    stderr,
+)
 from movq_cli.device import resolve_device, resolve_dtype
+from movq_cli.io import codes as codes_io
 from movq_cli.preview import preview_to_file
 
 app = typer.Typer()

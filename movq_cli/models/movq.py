@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from movq_cli.config import MovqConfig
-from movq_cli.fastconv import Conv3x3, UpsampleConv3x3
+from movq_cli.models.config import MovqConfig
+from movq_cli.models.fastconv import Conv3x3, UpsampleConv3x3
 
 
 def _inplace() -> bool:

@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from movq_cli import codes as codes_io
-from movq_cli import weights as weights_io
-from movq_cli.config import PRESETS
-from movq_cli.console import CodesArgument, GridOption, KeyOption, reported_errors, stderr
+from movq_cli.checkpoints import weights as weights_io
+from movq_cli.cli.console import CodesArgument, GridOption, KeyOption, reported_errors, stderr
 from movq_cli.device import DTYPES, resolve_dtype
+from movq_cli.io import codes as codes_io
+from movq_cli.models.config import PRESETS
 from movq_cli.report import checkpoint_info, codes_report
 
 app = typer.Typer()

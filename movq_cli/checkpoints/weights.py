@@ -1,7 +1,7 @@
 """Loading and saving decoder weights, whatever layout and file format they come in.
 
 The native format is one `.safetensors` file whose metadata holds the config as JSON under
-`movq_config`, with tensors named as in `movq_cli.model.Movq`. Also read: diffusers VQModel
+`movq_config`, with tensors named as in `movq_cli.models.movq.Movq`. Also read: diffusers VQModel
 folders and files, and original (taming-style) checkpoints as `.safetensors` or pickles.
 """
 
@@ -16,13 +16,20 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from movq_cli.config import PRESETS, MovqConfig, preset
+from movq_cli.checkpoints.infer import infer_config
+from movq_cli.checkpoints.layouts import (
+    LAYOUTS,
+    config_from_diffusers,
+    detect_layout,
+    find_prefix,
+    model_name,
+    to_native,
+)
+from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
+from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.errors import InputError, RunError
-from movq_cli.infer import infer_config
-from movq_cli.layouts import LAYOUTS, config_from_diffusers, detect_layout, find_prefix, model_name, to_native
-from movq_cli.model import Movq
-from movq_cli.pickled import SUFFIXES as PICKLE_SUFFIXES
-from movq_cli.pickled import read_pickled
+from movq_cli.models.config import PRESETS, MovqConfig, preset
+from movq_cli.models.movq import Movq
 
 CONFIG_KEY = "movq_config"
 DIFFUSERS_WEIGHTS = (

@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from movq_cli.config import MovqConfig
+from movq_cli.models.config import MovqConfig
 
 Shapes = Mapping[str, Sequence[int]]
 

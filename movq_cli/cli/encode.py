@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from movq_cli import weights as weights_io
-from movq_cli.console import DeviceOption, DtypeOption, frame_progress, reported_errors, stderr
-from movq_cli.default_model import default_weights
+from movq_cli.checkpoints import weights as weights_io
+from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.cli.console import DeviceOption, DtypeOption, frame_progress, reported_errors, stderr
 from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.encode import encode_to_file
-from movq_cli.images import open_footage
+from movq_cli.io.images import open_footage
 
 app = typer.Typer()
 

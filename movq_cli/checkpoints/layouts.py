@@ -1,6 +1,6 @@
 """Foreign checkpoint layouts, each turned into the native one by a pure function.
 
-The native layout is the module tree of `movq_cli.model.Movq` (the original MoVQ names), so
+The native layout is the module tree of `movq_cli.models.movq.Movq` (the original MoVQ names), so
 "original" files (taming-transformers, Kandinsky-2, MoVQGAN, CogVideo SAT) need almost no
 renaming; diffusers files are renamed level by level.
 """
@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from movq_cli.config import MovqConfig
+from movq_cli.models.config import MovqConfig
 
 # Every decoder has this tensor, in every layout: it marks where the model's names begin.
 TELLTALE = "decoder.conv_in.weight"

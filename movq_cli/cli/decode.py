@@ -11,13 +11,11 @@ import typer
 from rich.markup import escape
 
 from movq_cli import __version__
-from movq_cli import codes as codes_io
-from movq_cli import weights as weights_io
 from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, decode_batch, is_batch, plan, read_clip
-from movq_cli.cli_checkpoints import app as checkpoints_app
-from movq_cli.cli_encode import app as encode_app
-from movq_cli.cli_preview import app as preview_app
-from movq_cli.console import (
+from movq_cli.checkpoints import weights as weights_io
+from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.cli.checkpoints import app as checkpoints_app
+from movq_cli.cli.console import (
     DeviceOption,
     DtypeOption,
     GridOption,
@@ -30,9 +28,11 @@ from movq_cli.console import (
     stderr,
     summary,
 )
-from movq_cli.default_model import default_weights
+from movq_cli.cli.encode import app as encode_app
+from movq_cli.cli.preview import app as preview_app
 from movq_cli.device import resolve_device, resolve_dtype
 from movq_cli.errors import InputError
+from movq_cli.io import codes as codes_io
 from movq_cli.pipeline import decode_to_file
 
 app = typer.Typer(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from movq_cli.checkpoints.layouts import TELLTALE
 from movq_cli.errors import InputError
-from movq_cli.layouts import TELLTALE
 
 SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Keys under which training code nests the model's state dict (Lightning, DDP, plain scripts).
