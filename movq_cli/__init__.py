@@ -1,3 +1,132 @@
-"""movq: decode MoVQ codes and latents into pictures and video."""
+"""movq: decode MoVQ codes and latents into pictures and video.
+
+The public API, what the `movq` command itself calls::
+
+    import movq_cli as movq
+
+    model = movq.load("kandinsky-community/kandinsky-2-2-decoder", device="cuda", dtype="bf16")
+    movq.decode("clip.npy", "clip.mp4", model)            # the whole clip, streamed to a file
+    for frame in movq.decode_frames("clip.npy", model):   # or frame by frame: (H, W, 3) uint8
+        ...
+    encoder = movq.load(encoder=True)                     # the bundled model, with its encoder
+    movq.encode("photo.png", "photo.npy", encoder)
+
+Importing this package does not import torch; each function imports what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from movq_cli.encode import EncodeResult
+    from movq_cli.pipeline import DecodeResult
 
 __version__ = "0.1.0"
+__all__ = ["load", "decode", "decode_frames", "encode", "__version__"]
+
+
+def load(
+    weights: str | Path = "default",
+    device: str = "auto",
+    dtype: str = "fp32",
+    encoder: bool = False,
+) -> torch.nn.Module:
+    """A model ready for inference on `device` ("auto", "cpu", "cuda", "cuda:N", "mps") in `dtype`
+    ("fp32", "bf16", "fp16").
+
+    `weights` is a checkpoint file, a diffusers folder, a Hugging Face Hub id, or "default" for the
+    bundled model. The encoder is loaded only with `encoder` (for `encode`). Raises InputError (one
+    line, saying what is wrong) for anything unusable.
+    """
+    from movq_cli.checkpoints import weights as checkpoints
+    from movq_cli.checkpoints.bundled import default_weights
+    from movq_cli.device import resolve_device, resolve_dtype
+
+    source = default_weights() if str(weights) == "default" else weights
+    return checkpoints.load(source, resolve_device(device), resolve_dtype(dtype), encoder=encoder)
+
+
+def decode(
+    codes: str | Path,
+    out: str | Path,
+    model: torch.nn.Module,
+    *,
+    frames: slice | None = None,
+    key: str | None = None,
+    grid: tuple[int, int] | None = None,
+    chunk: int | None = None,
+    fps: float | None = None,
+    crf: int | None = None,
+    snap: bool = False,
+    overwrite: bool = False,
+    on_frames: Callable[[int], None] | None = None,
+) -> DecodeResult:
+    """Decode the code file `codes` (.npy/.npz) into `out`: a video (.mp4, ...), one picture (.png,
+    .jpg) or a folder of PNG frames, written atomically. `frames` selects output frames (a slice),
+    `key` the array of an .npz, `grid` the frame shape of flat token rows; `on_frames(n)` hears
+    progress. Returns what was written (frames, frame size, seconds)."""
+    from movq_cli.io import codes as codes_io
+    from movq_cli.pipeline import decode_to_file, model_device
+
+    clip = codes_io.read(codes, key=key, grid=grid)
+    if frames is not None:
+        clip = clip.select(frames)
+    return decode_to_file(
+        model, clip, Path(out), model_device(model), chunk=chunk, fps=fps, crf=crf, snap=snap,
+        overwrite=overwrite, on_frames=on_frames,
+    )  # fmt: skip
+
+
+def decode_frames(
+    codes: str | Path,
+    model: torch.nn.Module,
+    *,
+    frames: slice | None = None,
+    key: str | None = None,
+    grid: tuple[int, int] | None = None,
+    chunk: int | None = None,
+    snap: bool = False,
+) -> Iterator[np.ndarray]:
+    """The frames of the code file `codes`, decoded a chunk at a time: (H, W, 3) uint8 arrays in order.
+
+    Everything is checked before the first frame is decoded; memory stays flat however long the clip."""
+    from movq_cli.io import codes as codes_io
+    from movq_cli.pipeline import check_decodable, frame_chunks, model_device
+
+    clip = codes_io.read(codes, key=key, grid=grid)
+    if frames is not None:
+        clip = clip.select(frames)
+    device = model_device(model)
+    check_decodable(model, clip, device, snap)
+    for block in frame_chunks(model, clip, device, chunk, snap):
+        yield from block
+
+
+def encode(
+    source: str | Path,
+    out: str | Path,
+    model: torch.nn.Module,
+    *,
+    latents: bool = False,
+    chunk: int = 8,
+    overwrite: bool = False,
+    on_frames: Callable[[int], None] | None = None,
+) -> EncodeResult:
+    """Encode an image, a folder of images or a video into the .npy file `out`: codes (T, h, w)
+    (or (h, w) for one image), or with `latents` the encoder's continuous output. `model` must be
+    loaded with `load(..., encoder=True)`."""
+    from movq_cli.encode import encode_to_file
+    from movq_cli.io.images import open_footage
+    from movq_cli.pipeline import model_device
+
+    footage = open_footage(source)
+    return encode_to_file(
+        model, footage, Path(out), model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
+        on_frames=on_frames,
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from movq_cli.errors import InputError, MovqError
+from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import output_kind
@@ -146,7 +146,7 @@ def decode_batch(
     is removed); every other failure is one file's "failed" report."""
     reports = []
     for job in jobs:
-        report = decode_one(model, job, device, options, on_start)
+        report = _reported(model, job, device, options, on_start)
         reports.append(report)
         if on_report:
             on_report(report)
@@ -162,21 +162,34 @@ def decode_one(
     options: BatchOptions,
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
-    """Decode one job into its output and say how it went (never raises for a bad file)."""
+    """Decode one job into its output and say how it went: "done" or "skipped".
+
+    Raises what went wrong (MovqError for what the user can act on); `decode_batch` turns that
+    into a "failed" report, a single file lets it reach the user."""
     if options.skip_existing and (job.output.exists() or job.output.is_symlink()):
-        return FileReport(job.codes, job.output, "skipped", error=None)
+        return FileReport(job.codes, job.output, "skipped")
+    clip = read_clip(job.codes, options)
+    result = decode_to_file(
+        model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
+        snap=options.snap, overwrite=options.overwrite,
+        on_frames=on_start(job, clip.n_frames) if on_start else None,
+    )  # fmt: skip
+    return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
+
+
+def _reported(
+    model: Movq,
+    job: Job,
+    device: torch.device,
+    options: BatchOptions,
+    on_start: Callable[[Job, int], Callable[[int], None]] | None,
+) -> FileReport:
+    """`decode_one`, with any failure of the file as its "failed" report (interruptions still propagate)."""
     started = time.perf_counter()
     try:
-        clip = read_clip(job.codes, options)
-        result = decode_to_file(
-            model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-            snap=options.snap, overwrite=options.overwrite,
-            on_frames=on_start(job, clip.n_frames) if on_start else None,
-        )  # fmt: skip
+        return decode_one(model, job, device, options, on_start)
     except MovqError as error:
-        return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=str(error))
+        message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
-        message = str(error).splitlines()[0] if str(error) else ""
-        error_text = f"unexpected {type(error).__name__}: {message}"
-        return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=error_text)
-    return FileReport(job.codes, job.output, "done", result.frames, result.frame_size, result.seconds)
+        message = f"unexpected {type(error).__name__}: {first_line(error)}"
+    return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=message)

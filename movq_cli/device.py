@@ -12,6 +12,9 @@ from movq_cli.models.config import MovqConfig
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BUDGET_BYTES = 512 << 20  # activations one chunk may use on the CPU: larger chunks are no faster there
 MAX_CHUNK = 64
+# Activations of the largest size alive at once while a frame decodes, with room to spare: a
+# ResBlock keeps its input for the shortcut while its norm and its convolution each make another.
+LIVE_ACTIVATIONS = 4
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,12 +35,34 @@ def resolve_device(name: str) -> torch.device:
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
         raise InputError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if torch.version.cuda is None:
+        raise InputError(
+            f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; install a CUDA build "
+            "of torch (https://pytorch.org/get-started/locally/), e.g. pip install torch --index-url "
+            "https://download.pytorch.org/whl/cu126"
+        )
     if not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
+        raise InputError(f"--device {name}: this torch build supports CUDA, but no CUDA device or driver was found")
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads for torch's operators (None: leave torch's choice)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def describe(model: torch.nn.Module) -> str:
+    """Where and how a model computes, for summaries: "cpu, fp32, 2 threads" or "cuda:0, bf16"."""
+    parameter = next(model.parameters())
+    dtype = next((name for name, value in DTYPES.items() if value == parameter.dtype), str(parameter.dtype))
+    device = parameter.device
+    if device.type == "cpu":
+        return f"cpu, {dtype}, {torch.get_num_threads()} thread(s)"
+    return f"{device}, {dtype}"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -54,7 +79,7 @@ def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype) -
         width * rows * cols * 4 ** (len(config.widths) - 1 - level) for level, width in enumerate(config.widths)
     )
     attention = (rows * cols) ** 2 if (config.attn_levels or config.mid_attn) else 0
-    return (4 * largest + attention) * itemsize
+    return (LIVE_ACTIVATIONS * largest + attention) * itemsize
 
 
 def auto_chunk(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> int:

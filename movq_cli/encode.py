@@ -71,7 +71,7 @@ def encode_to_file(
     continuous output before quantization, (T, e, h, w) or (e, h, w), float32.
     """
     config = model.config
-    if not hasattr(model, "encoder"):
+    if model.encoder is None:
         raise InputError("this model has no encoder (its weights carry only the decoder); give weights with one")
     if not latents and not model.has_codebook:
         raise InputError("this model has no codebook; use --latents")

@@ -1,10 +1,17 @@
 """The errors movq reports to users: one line each, with the exit code they deserve."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class MovqError(Exception):
-    """A failure the user can act on. `exit_code` is what the CLI exits with."""
+    """A failure the user can act on. `exit_code` is what the CLI exits with; `hint` is what the CLI
+    adds to the message (the flag that fixes it), since the library does not know its caller's flags."""
 
     exit_code = 1
+    hint: str | None = None
 
 
 class InputError(MovqError):
@@ -17,3 +24,30 @@ class RunError(MovqError):
     """A failure while running: writing, encoding, the device (exit 1)."""
 
     exit_code = 1
+
+
+class OutOfMemory(RunError):
+    hint = "try a smaller --chunk"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+@contextmanager
+def run_errors(what: str, device: object) -> Iterator[None]:
+    """Failures of the device, the file system or torch while doing `what` on `device`, as one-line RunErrors."""
+    try:
+        yield
+    except MovqError:
+        raise
+    except RuntimeError as error:
+        import torch  # only here: callers of this module must not pay for importing torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            raise OutOfMemory(f"out of memory on {device} while {what}") from None
+        raise RunError(f"{what} failed on {device}: {first_line(error)}") from None
+    except OSError as error:
+        raise RunError(f"{what} failed: {error.strerror or first_line(error)}") from None

@@ -61,4 +61,4 @@ def keep_freed_memory() -> None:
         return
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # the largest int: never give the heap's top back

@@ -111,6 +111,19 @@ def decode_frames(
         yield in_flight.popleft().result()
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a loaded model's weights are on."""
+    return next(model.parameters()).device
+
+
+def frame_chunks(
+    model: Movq, clip: Codes, device: torch.device, chunk: int | None = None, snap: bool = False
+) -> Iterator[np.ndarray]:
+    """`decode_frames` with the chunk size chosen from the device's memory when `chunk` is None."""
+    dtype = next(model.parameters()).dtype
+    yield from decode_frames(model, clip, device, chunk or auto_chunk(model.config, clip.grid, device, dtype), snap)
+
+
 class WriterThread:
     """Runs writer.write() on its own thread, fed through a bounded queue."""
 

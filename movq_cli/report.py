@@ -6,12 +6,19 @@ in bounded memory.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors import safe_open
 
+from movq_cli.checkpoints.layouts import ENCODER_ROOTS
+from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
+from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.checkpoints.weights import build, read_checkpoint
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes, check_fits
@@ -21,17 +28,37 @@ TOP_CODES = 5
 
 
 def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
-    """Layout, config, size and geometry of the checkpoint at `path`; frame size for a `grid` of codes."""
-    checkpoint = read_checkpoint(path)
+    """Layout, config, size and geometry of the checkpoint at `path`; frame size for a `grid` of codes.
+
+    Sizes, as tensors and parameters (floating-point values), are given for `file`: every tensor
+    it holds (a pickle: in its state dict), used or not; `decoder`: what decoding uses (codebook,
+    post_quant_conv, decoder), also given as `parameters`; and `encoder`: what encoding uses
+    (encoder, quant_conv), with `present` and, when its tensors do not fit the config, `problem`.
+    """
+    checkpoint = read_checkpoint(path, encoder=True)
     config = checkpoint.config
-    model = build(config, checkpoint.state, source=checkpoint.path)  # also checks every tensor
+    encoder_state = {name: t for name, t in checkpoint.state.items() if name.startswith(ENCODER_ROOTS)}
+    decoder_state = {name: t for name, t in checkpoint.state.items() if name not in encoder_state}
+    problem = None
+    try:
+        build(config, checkpoint.state, source=checkpoint.path)  # also checks every tensor
+    except InputError as error:
+        if not config.encoder:
+            raise
+        # an encoder that does not fit takes nothing from decoding: check the decoder alone
+        build(replace(config, encoder=False), decoder_state, source=checkpoint.path)
+        problem = str(error).removeprefix(f"{checkpoint.path}: ")
     stored = {str(t.dtype).removeprefix("torch.") for t in checkpoint.state.values() if t.is_floating_point()}
+    decoder = _sizes(decoder_state.values())
     return {
         "path": str(checkpoint.path),
         "layout": checkpoint.layout,
         "config_source": checkpoint.config_source,
         "config": asdict(config),
-        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "parameters": decoder["parameters"],
+        "file": _file_sizes(checkpoint.path),
+        "decoder": decoder,
+        "encoder": {"present": config.encoder, **_sizes(encoder_state.values()), "problem": problem},
         "dtypes": sorted(stored),
         "codebook_size": config.n_embed,
         "valid_codes": config.n_codes,
@@ -40,6 +67,21 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
         "grid": list(grid),
         "frame_size": frame_size(config, grid),
     }
+
+
+def _sizes(tensors: Iterable[torch.Tensor]) -> dict[str, int]:
+    tensors = list(tensors)
+    return {"tensors": len(tensors), "parameters": sum(t.numel() for t in tensors if t.is_floating_point())}
+
+
+def _file_sizes(path: Path) -> dict[str, int]:
+    """`_sizes` of every tensor in a weights file, read without the data of a safetensors file."""
+    if path.suffix in PICKLE_SUFFIXES:
+        return _sizes(read_pickled(path).values())
+    with safe_open(path, framework="pt") as file:
+        slices = [file.get_slice(name) for name in file.keys()]
+        floating = [math.prod(s.get_shape()) for s in slices if s.get_dtype().startswith(("F", "BF"))]
+    return {"tensors": len(slices), "parameters": sum(floating)}
 
 
 def frame_size(config: MovqConfig, grid: tuple[int, int]) -> list[int]:

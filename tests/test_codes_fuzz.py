@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import io
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from conftest import SMALL_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
-from movq_cli.models.config import MovqConfig
 
-CONFIGS = [MovqConfig(ch=32, ch_mult=(1, 2), attn_levels=(), n_embed=n) for n in (64, None)]
+CONFIGS = [SMALL_CONFIG, replace(SMALL_CONFIG, n_embed=None)]  # integer codes need a codebook
 DTYPES = st.sampled_from(["i1", "u1", "<i2", ">i4", "<u8", "<i8", "<f2", "<f4", ">f8", "?", "<c8", "U3", "S2"])
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SMALL_CONFIG
 
 from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
-from movq_cli.models.config import MovqConfig
 from movq_cli.report import code_stats, latent_stats
 
 
@@ -37,7 +37,7 @@ def test_a_bad_code_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tiny_
     array[1, 37, 11] = 999
     np.save(tmp_path / "big.npy", array)
     with pytest.raises(InputError, match="code 999 at frame 1, row 37, column 11"):
-        codes_io.check_fits(codes_io.read(tmp_path / "big.npy"), MovqConfig(n_embed=64))
+        codes_io.check_fits(codes_io.read(tmp_path / "big.npy"), SMALL_CONFIG)
 
 
 def test_a_bad_latent_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tiny_scans):
@@ -46,5 +46,5 @@ def test_a_bad_latent_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tin
     np.save(tmp_path / "big.npy", array)
     clip = codes_io.read(tmp_path / "big.npy")
     with pytest.raises(InputError, match="latent nan at frame 0, channel 2, row 17, column 3"):
-        codes_io.check_fits(clip, MovqConfig(n_embed=64))
+        codes_io.check_fits(clip, SMALL_CONFIG)
     assert latent_stats(clip)["nan"] == 1

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import codes_to_zq, diffusers_decode, make_vqmodel
+from conftest import SMALL, SMALL_CONFIG, codes_to_zq, diffusers_decode, make_vqmodel
 from safetensors.torch import load_file, save_file
 
 from movq_cli.checkpoints import weights
 from movq_cli.errors import InputError
-from movq_cli.models.config import MovqConfig, preset
+from movq_cli.models.config import preset
 from movq_cli.models.movq import Movq, SpatialNorm
 
 TOLERANCE = 1e-4
 
 CONFIGS = {
-    "two-levels-attn-low": dict(widths=(32, 64), layers=1, attn=(True, False), latent=4, n_e=64),
+    "two-levels-attn-low": SMALL,
     "three-levels-attn-middle-no-mid-attn": dict(
         widths=(32, 32, 64), layers=2, attn=(False, True, False), latent=3, n_e=40, mid_attn=False
     ),
@@ -129,7 +130,7 @@ def test_mismatched_weights_name_the_offending_tensors(small_folder, tmp_path):
 
 
 def test_missing_and_unexpected_tensors_are_named(tmp_path):
-    model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=16))
+    model = Movq(SMALL_CONFIG)
     state = {name: tensor for name, tensor in model.state_dict().items() if name != "decoder.conv_out.bias"}
     state["decoder.extra.weight"] = torch.zeros(1)
     with pytest.raises(InputError, match=r"missing: decoder\.conv_out\.bias; unexpected: decoder\.extra\.weight"):
@@ -138,7 +139,7 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
 
 def test_used_remap_selects_codebook_rows():
     torch.manual_seed(0)
-    model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=0, attn_levels=(), n_embed=16, n_used=5)).eval()
+    model = Movq(replace(SMALL_CONFIG, n_embed=16, n_used=5)).eval()
     model.quantize.used.copy_(torch.tensor([3, 9, 0, 15, 7]))
     codes = torch.tensor([[[0, 1], [4, 2]]])
     with torch.inference_mode():
@@ -157,6 +158,22 @@ def test_spatial_norm_with_add_conv_follows_the_formula():
         assert (norm(f, zq) - expected).abs().max().item() <= 1e-5
     with torch.inference_mode():
         assert (norm(f, zq) - expected).abs().max().item() <= 1e-5
+
+
+def test_optional_parts_are_none_and_leave_the_tensor_names_alone():
+    bare = Movq(replace(SMALL_CONFIG, mid_attn=False, n_embed=None))
+    assert bare.encoder is None and bare.quant_conv is None and bare.quantize is None
+    assert bare.decoder.mid.attn_1 is None and bare.decoder.up[0].upsample is None
+    assert bare.decoder.norm_out.conv is None
+    assert not any(name.startswith(("encoder.", "quant_conv.", "quantize.")) for name in bare.state_dict())
+    full = Movq(replace(SMALL_CONFIG, add_conv=True, n_used=8, encoder=True))
+    names = set(full.state_dict())
+    assert {
+        "quantize.embedding.weight", "quantize.used", "quant_conv.weight", "decoder.mid.attn_1.q.weight",
+        "decoder.up.1.upsample.conv.weight", "decoder.norm_out.conv.weight", "encoder.down.0.downsample.conv.weight",
+        "encoder.mid.attn_1.norm.weight",
+    } <= names  # fmt: skip
+    assert full.encoder.down[1].downsample is None and "encoder.down.1.downsample.conv.weight" not in names
 
 
 def test_presets_describe_the_published_models():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from conftest import psnr
 
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
@@ -20,11 +20,6 @@ from movq_cli.pipeline import decode_chunk
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = Path(skimage.data.__file__).parent
 CPU = torch.device("cpu")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +44,7 @@ def test_the_bundled_model_is_small_and_uses_its_codebook(model):
     assert len(np.unique(clip)) > model.config.n_embed // 4  # no collapse onto a few codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["coffee_pan_zoom", "hubble_pan"])
 def test_examples_decode_to_their_source_footage(model, name):
     spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")

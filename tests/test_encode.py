@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from conftest import make_vqmodel
-from typer.testing import CliRunner
+from conftest import SMALL_CONFIG, make_vqmodel, movq
 
 from movq_cli.checkpoints import weights
-from movq_cli.cli import app
-
-runner = CliRunner()
-
-
-def movq(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from movq_cli.models.config import MovqConfig
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,49 @@ def test_native_file_keeps_the_encoder(encoder_pair, tmp_path):
     images = torch.rand(1, 3, 16, 16)
     with torch.inference_mode():
         assert torch.equal(model.encode(images), again.encode(images))
-    assert not hasattr(weights.load(tmp_path / "m.safetensors"), "encoder")  # decoding skips it
+    assert weights.load(tmp_path / "m.safetensors").encoder is None  # decoding skips it
+
+
+@pytest.fixture(scope="module")
+def eight_groups(tmp_path_factory):
+    """A model shaped like diffusers' tiny Kandinsky 2.2 test MoVQ: the encoder's GroupNorms have 8
+    groups (norm_num_groups), the decoder's SpatialNorms the fixed 32."""
+    reference = make_vqmodel(widths=(32, 64), layers=1, attn=(True, False), n_e=12, norm_groups=8)
+    folder = tmp_path_factory.mktemp("groups") / "movq"
+    reference.save_pretrained(folder)
+    return reference, folder
+
+
+def test_an_encoder_with_8_groups_matches_diffusers(eight_groups):
+    reference, folder = eight_groups
+    assert reference.encoder.conv_norm_out.num_groups == 8
+    assert reference.decoder.conv_norm_out.norm_layer.num_groups == 32
+    model = weights.load(folder, encoder=True)
+    assert model.config.encoder_norm_groups == 8 and model.config.norm_groups == 32
+    images = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        expected = reference.encode(images).latents
+    with torch.inference_mode():
+        got = model.encode(images)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert expected.abs().max().item() > 0.05
+
+
+def test_native_files_keep_the_encoder_groups(eight_groups, tmp_path):
+    _, folder = eight_groups
+    model = weights.load(folder, encoder=True)
+    weights.save(model, tmp_path / "m.safetensors")
+    again = weights.load(tmp_path / "m.safetensors", encoder=True)
+    assert again.config == model.config and again.config.encoder_norm_groups == 8
+    images = torch.rand(1, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(model.encode(images), again.encode(images))
+
+
+def test_a_native_config_without_encoder_groups_means_32():
+    stored = json.loads(SMALL_CONFIG.to_json())
+    del stored["encoder_norm_groups"]  # what older native files hold
+    assert MovqConfig.from_dict(stored).encoder_norm_groups == 32
 
 
 def _picture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -64,6 +101,7 @@ def _picture(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_encode_an_image_a_folder_and_a_video(encoder_pair, tmp_path):
     _, folder = encoder_pair
     iio.imwrite(tmp_path / "one.png", _picture(37, 50))  # not multiples of 4: cropped to 36x48

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from conftest import codes_to_zq, diffusers_decode
+from conftest import SMALL_CONFIG, codes_to_zq, diffusers_decode, psnr, to_pixels
 
 from movq_cli.checkpoints import weights
-from movq_cli.models.movq import Movq
-from movq_cli.pipeline import to_pixels
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (to_pixels(a).float() - to_pixels(b).float()).pow(2).mean().item()
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
+from movq_cli.models.movq import Movq, SpatialNorm, use_fast_spatial_norm
 
 
 def test_loaded_models_run_channels_last_and_match_the_contiguous_reference(small_folder):
@@ -37,21 +29,58 @@ def test_half_precision_stays_close_to_fp32(small_folder, dtype):
     with torch.inference_mode():
         expected, got = plain.decode_codes(codes), fast.decode_codes(codes)
     assert got.dtype == dtype
-    assert psnr(got, expected) >= 35
+    assert psnr(to_pixels(got), to_pixels(expected)) >= 35
 
 
 def test_code_resolution_spatial_norm_equals_upsampling_first():
     """SpatialNorm computes conv_y/conv_b at code resolution; upsampling zq first gives the same."""
     torch.manual_seed(0)
-    from movq_cli.models.config import MovqConfig
-
-    model = Movq(MovqConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(), n_embed=8)).eval()
-    norm = model.decoder.norm_out
+    norm = Movq(SMALL_CONFIG).eval().decoder.norm_out
     f, zq = torch.randn(1, 32, 16, 12), torch.randn(1, 4, 4, 3)
     with torch.no_grad():
         up = torch.nn.functional.interpolate(zq, size=(16, 12), mode="nearest")
         expected = norm.norm_layer(f) * norm.conv_y(up) + norm.conv_b(up)
         assert (norm(f, zq) - expected).abs().max().item() <= 1e-5
+
+
+SPATIAL_NORM_CASES = {  # add_conv, f's size, zq's size
+    "4x4-blocks": (False, (16, 12), (4, 3)),
+    "add-conv": (True, (16, 12), (4, 3)),
+    "not-whole-blocks": (False, (10, 7), (4, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(SPATIAL_NORM_CASES))
+@pytest.mark.parametrize(
+    "memory_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"]
+)
+@pytest.mark.parametrize("mode", ["inference", "grad"])
+def test_fast_spatial_norm_equals_the_plain_formula(case, memory_format, mode):
+    add_conv, size, grid = SPATIAL_NORM_CASES[case]
+    torch.manual_seed(0)
+    norm = SpatialNorm(64, 4, add_conv=add_conv, groups=32)
+    f = torch.randn(2, 64, *size).contiguous(memory_format=memory_format)
+    zq = torch.randn(2, 4, *grid).contiguous(memory_format=memory_format)
+    with torch.inference_mode() if mode == "inference" else torch.enable_grad():
+        fast = norm(f, zq)
+        norm.fast = False
+        plain = norm(f, zq)
+    assert plain.shape == fast.shape == f.shape
+    assert (fast - plain).abs().max().item() <= 1e-5
+
+
+def test_a_model_with_plain_spatial_norms_decodes_the_same_pictures(small_folder):
+    folder, reference = small_folder
+    model = weights.load(folder)
+    codes = torch.randint(0, 64, (2, 6, 5), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        fast = model.decode_codes(codes)
+        use_fast_spatial_norm(model, False)
+        plain = model.decode_codes(codes)
+    norms = [module for module in model.modules() if isinstance(module, SpatialNorm)]
+    assert norms and not any(norm.fast for norm in norms)
+    assert (fast - plain).abs().max().item() <= 1e-5
+    assert (plain - diffusers_decode(reference, codes_to_zq(reference, codes))).abs().max().item() <= 1e-4
 
 
 @pytest.mark.xfail(
@@ -61,8 +90,6 @@ def test_code_resolution_spatial_norm_equals_upsampling_first():
 )
 def test_spatial_norm_stays_precise_on_large_channels_last_frames():
     """SpatialNorm on a large channels_last frame whose activations have a large mean."""
-    from movq_cli.models.movq import SpatialNorm
-
     torch.manual_seed(0)
     norm = SpatialNorm(64, 4, add_conv=False, groups=32)
     f = (torch.randn(1, 64, 512, 512) * 3 + 5).contiguous(memory_format=torch.channels_last)
@@ -190,6 +217,7 @@ def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
     assert (fast - plain).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "zq_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"]
 )
@@ -197,10 +225,8 @@ def test_torch_compile_traces_the_model_whole_and_agrees_with_eager(zq_format):
     """Under torch.compile the model takes its functional forms: no graph breaks, same pictures."""
     import torch._dynamo
 
-    from movq_cli.models.config import MovqConfig
-
     torch.manual_seed(0)
-    model = Movq(MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=8)).eval()
+    model = Movq(SMALL_CONFIG).eval()
     model.requires_grad_(False)
     zq = torch.randn(1, 4, 6, 6).contiguous(memory_format=zq_format)
     with torch.inference_mode():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_mp4_leaves_nothing_and_exits_130(signum, small_folder, tmp_path):
     np.save(tmp_path / "long.npy", np.random.default_rng(0).integers(0, 64, (400, 8, 8)))

@@ -1,17 +1,14 @@
 """Every checkpoint layout loads and decodes like diffusers; configs are inferred from the tensors.
 
-Foreign checkpoints are built here from a diffusers VQModel through a mapping written from
-MOVQ_REFERENCE.md section 4, not through the project's converters.
+Foreign checkpoints are built from a diffusers VQModel through conftest's mapping (written from
+the published names of both layouts), not through the project's converters.
 """
 
 from __future__ import annotations
 
-import os
-import re
-
 import pytest
 import torch
-from conftest import diffusers_decode
+from conftest import SMALL_CONFIG, RunsCode, diffusers_decode, original_state, write_lightning_ckpt
 from safetensors.torch import save_file
 
 from movq_cli.checkpoints import weights
@@ -22,48 +19,7 @@ from movq_cli.models.config import MovqConfig, preset
 from movq_cli.models.movq import Movq
 
 TOLERANCE = 1e-4
-# conftest.SMALL as a MovqConfig: widths (32, 64), 1 layer per block, attention at the lowest level
-SMALL_CONFIG = MovqConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), n_embed=64)
-
-# diffusers name -> original name, straight from the reference's table
-ORIGINAL_NAMES = [
-    (r"decoder\.mid_block\.resnets\.0\.", "decoder.mid.block_1."),
-    (r"decoder\.mid_block\.resnets\.1\.", "decoder.mid.block_2."),
-    (r"decoder\.mid_block\.attentions\.0\.", "decoder.mid.attn_1."),
-    (r"decoder\.conv_norm_out\.", "decoder.norm_out."),
-    (r"\.resnets\.", ".block."),
-    (r"\.attentions\.", ".attn."),
-    (r"\.upsamplers\.0\.", ".upsample."),
-    (r"\.conv_shortcut\.", ".nin_shortcut."),
-    (r"\.spatial_norm\.", ".norm."),
-    (r"\.to_q\.", ".q."),
-    (r"\.to_k\.", ".k."),
-    (r"\.to_v\.", ".v."),
-    (r"\.to_out\.0\.", ".proj_out."),
-]
-
-
-def original_state(reference, linear_attention: bool = False) -> dict[str, torch.Tensor]:
-    """The reference model's tensors as a taming-style checkpoint holds them (encoder included)."""
-    levels = len(reference.config.block_out_channels)
-    state = {}
-    for name, tensor in reference.state_dict().items():
-        name = re.sub(r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.", name)
-        for pattern, replacement in ORIGINAL_NAMES:
-            name = re.sub(pattern, replacement, name)
-        if re.search(r"attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$", name) and not linear_attention:
-            tensor = tensor[:, :, None, None]
-        state[name] = tensor.clone()
-    return state
-
-
-def _lightning_ckpt(reference, path):
-    state = {f"first_stage_model.{name}": tensor for name, tensor in original_state(reference).items()}
-    state["loss.logvar"] = torch.zeros(())
-    state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
-    state["cond_stage_model.proj.weight"] = torch.randn(3, 3)
-    optimizer = {"state": {0: {"exp_avg": torch.randn(5)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
-    torch.save({"state_dict": state, "optimizer_states": [optimizer], "epoch": 7, "global_step": 1000}, path)
+_lightning_ckpt, _RunsCode = write_lightning_ckpt, RunsCode  # the names test_checkpoint_cli imports from here
 
 
 def _bare_pt_with_linear_attention(reference, path):
@@ -83,7 +39,7 @@ def _diffusers_safetensors_without_config(reference, path):
 
 
 CHECKPOINTS = {
-    "lightning.ckpt": (_lightning_ckpt, "original"),
+    "lightning.ckpt": (write_lightning_ckpt, "original"),
     "bare.pt": (_bare_pt_with_linear_attention, "original"),
     "nested.pth": (_nested_model_module_pth, "original"),
     "original.safetensors": (_original_safetensors, "original"),
@@ -120,22 +76,14 @@ def test_every_layout_decodes_like_diffusers(name, with_config, reference, laten
 
 
 def test_pickled_tensors_arrive_on_the_requested_dtype(reference, tmp_path):
-    _lightning_ckpt(reference, tmp_path / "m.ckpt")
+    write_lightning_ckpt(reference, tmp_path / "m.ckpt")
     model = weights.load(tmp_path / "m.ckpt", "cpu", torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"echo pwned > {self.marker}",)
-
-
 def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {"decoder.conv_in.weight": _RunsCode(marker)}}, tmp_path / "evil.ckpt")
+    torch.save({"state_dict": {"decoder.conv_in.weight": RunsCode(marker)}}, tmp_path / "evil.ckpt")
     with pytest.raises(InputError, match="needs code execution to unpickle; refused"):
         weights.load(tmp_path / "evil.ckpt")
     assert not marker.exists()

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_installed_package_finds_its_default_weights(tmp_path):
     target = tmp_path / "site"
     subprocess.run(

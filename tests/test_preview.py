@@ -5,7 +5,7 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from test_cli import _assert_one_line_error, movq
+from conftest import assert_one_line_error, movq
 
 from movq_cli.preview import BACKGROUND, GAP, contact_sheet, draw_number, frame_numbers, label_box
 
@@ -42,7 +42,7 @@ def test_preview_tiles_equal_the_decoded_frames(small_folder, tmp_path):
         tmp_path / "sheet.png",
         "-w",
         small_folder[0],
-        "--frames",
+        "--count",
         "4",
         "--columns",
         "3",
@@ -64,11 +64,11 @@ def test_preview_tiles_equal_the_decoded_frames(small_folder, tmp_path):
 
 def test_preview_refuses_what_is_not_a_png(small_folder, tmp_path):
     np.save(tmp_path / "clip.npy", np.zeros((3, 4, 4), np.int64))
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("preview", tmp_path / "clip.npy", tmp_path / "s.mp4", "-w", small_folder[0]), 2, "NAME.png"
     )
     np.save(tmp_path / "bad.npy", np.full((3, 4, 4), 70))
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("preview", tmp_path / "bad.npy", tmp_path / "s.png", "-w", small_folder[0]), 2, "code 70 at frame 0"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "clip.npy"]

@@ -20,18 +20,27 @@ DECODER_ROOTS = ("decoder.", "quantize.", "post_quant_conv.")
 ENCODER_ROOTS = ("encoder.", "quant_conv.")
 LAYOUTS = ("diffusers", "original")
 
-_DIFFUSERS_ATTENTION = {
-    "to_q": "q",
-    "to_k": "k",
-    "to_v": "v",
-    "to_out.0": "proj_out",
-    "query": "q",
-    "key": "k",
-    "value": "v",
-    "proj_attn": "proj_out",
-    "spatial_norm": "norm",
-    "group_norm": "norm",
-}
+# diffusers name -> native name, applied in order to every tensor name (after the decoder's block
+# index is reversed, which is the one rule a table cannot hold: see _diffusers_name).
+_IN_ATTENTION = r"(\.attn(?:_1|\.\d+)\.)"  # what precedes a tensor of an attention layer, once renamed
+DIFFUSERS_RENAMES = [
+    (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
+    (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
+    (r"\.mid_block\.attentions\.0\.", ".mid.attn_1."),
+    (r"\.conv_norm_out\.", ".norm_out."),
+    (r"encoder\.down_blocks\.", "encoder.down."),
+    (r"\.resnets\.", ".block."),
+    (r"\.attentions\.", ".attn."),
+    (r"\.upsamplers\.0\.", ".upsample."),
+    (r"\.downsamplers\.0\.", ".downsample."),
+    (r"\.conv_shortcut\.", ".nin_shortcut."),
+    # inside attention layers; query/key/value/proj_attn are what older diffusers files call them
+    (_IN_ATTENTION + r"(?:to_q|query)\.", r"\1q."),
+    (_IN_ATTENTION + r"(?:to_k|key)\.", r"\1k."),
+    (_IN_ATTENTION + r"(?:to_v|value)\.", r"\1v."),
+    (_IN_ATTENTION + r"(?:to_out\.0|proj_attn)\.", r"\1proj_out."),
+    (_IN_ATTENTION + r"(?:spatial_norm|group_norm)\.", r"\1norm."),
+]
 
 
 def is_diffusers(names: list[str]) -> bool:
@@ -108,28 +117,11 @@ def diffusers_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _diffusers_name(name: str, levels: int) -> str:
-    name = name.replace(".mid_block.resnets.0.", ".mid.block_1.")
-    name = name.replace(".mid_block.resnets.1.", ".mid.block_2.")
-    name = name.replace(".mid_block.attentions.0.", ".mid.attn_1.")
-    name = name.replace(".conv_norm_out.", ".norm_out.")
-    # diffusers counts decoder blocks in decode order (lowest resolution first), encoder blocks from the top
-    name = re.sub(
-        r"decoder\.up_blocks\.(\d+)\.",
-        lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.",
-        name,
-    )
-    name = re.sub(r"encoder\.down_blocks\.(\d+)\.", r"encoder.down.\1.", name)
-    name = name.replace(".resnets.", ".block.").replace(".attentions.", ".attn.")
-    name = name.replace(".upsamplers.0.", ".upsample.").replace(".downsamplers.0.", ".downsample.")
-    name = name.replace(".conv_shortcut.", ".nin_shortcut.")
-    if ".attn" in name:
-        head, _, tail = name.rpartition(".")  # tail: weight or bias
-        for old, new in _DIFFUSERS_ATTENTION.items():
-            if head.endswith("." + old):
-                head = head[: -len(old)] + new
-            elif f".{old}." in head:
-                head = head.replace(f".{old}.", f".{new}.")
-        name = f"{head}.{tail}"
+    # diffusers counts decoder blocks in decode order (lowest resolution first), the native
+    # layout from full resolution: up_blocks.{b} is up.{levels - 1 - b}. Encoder blocks agree.
+    name = re.sub(r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.", name)
+    for pattern, replacement in DIFFUSERS_RENAMES:
+        name = re.sub(pattern, replacement, name)
     return name
 
 
@@ -159,4 +151,5 @@ def config_from_diffusers(values: dict) -> MovqConfig:
         n_embed=values.get("num_vq_embeddings", 256),
         out_ch=values.get("out_channels", 3),
         norm_groups=32,  # diffusers' SpatialNorm always uses 32 groups, whatever norm_num_groups says
+        encoder_norm_groups=values.get("norm_num_groups", 32),  # the encoder's plain GroupNorms do use it
     )

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from movq_cli.checkpoints.layouts import TELLTALE
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, first_line
+from movq_cli.io.codes import ZIP_MAGIC
 
 SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Keys under which training code nests the model's state dict (Lightning, DDP, plain scripts).
 WRAPPERS = ("state_dict", "model", "module")
-ZIP_MAGIC = b"PK\x03\x04"
 
 
 def read_pickled(path: Path) -> dict[str, torch.Tensor]:
@@ -39,8 +39,7 @@ def read_pickled(path: Path) -> dict[str, torch.Tensor]:
         detail = f" ({blocked[0][:160]})" if blocked else ""
         raise InputError(f"{path}: needs code execution to unpickle; refused{detail}") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        lines = str(error).strip().splitlines()
-        detail = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        detail = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     state = unwrap(contents)
     if not state:

@@ -3,6 +3,8 @@
 The native format is one `.safetensors` file whose metadata holds the config as JSON under
 `movq_config`, with tensors named as in `movq_cli.models.movq.Movq`. Also read: diffusers VQModel
 folders and files, and original (taming-style) checkpoints as `.safetensors` or pickles.
+Weights are named by a path, by `default` (the bundled model) or by a Hugging Face Hub id
+(`owner/name[/subfolder][@revision][:path/in/repo]`, see `movq_cli.checkpoints.hub`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from movq_cli.checkpoints import hub
+from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.checkpoints.infer import infer_config
 from movq_cli.checkpoints.layouts import (
     LAYOUTS,
@@ -37,6 +41,8 @@ DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.fp16.safetensors",
     "diffusion_pytorch_model.bin",
 )
+PIPELINE_FOLDERS = ("movq", "vae")  # where diffusers pipelines keep the model: Kandinsky, CogVideoX
+DEFAULT_NAME = "default"  # --weights default: the bundled model
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,16 @@ class Located:
 
 
 def locate(path: str | Path) -> Located:
-    """Find the weights file and, when there is one, its config."""
-    path = Path(path)
+    """Find the weights file and, when there is one, its config.
+
+    `path` is a file or a folder; when nothing exists there, `default` (the bundled model) or a
+    Hugging Face Hub id, taken from the Hub cache and downloaded into it when missing.
+    """
+    name, path = str(path), Path(path)
+    if not path.exists():
+        path = _named(name)
     if path.is_dir():
         return _locate_folder(path)
-    if not path.exists():
-        raise InputError(f"weights not found: {path}")
     if path.suffix in PICKLE_SUFFIXES:
         return Located(path, None, "inferred")
     if path.suffix != ".safetensors":
@@ -86,9 +96,21 @@ def locate(path: str | Path) -> Located:
     return Located(path, None, "inferred")
 
 
+def _named(name: str) -> Path:
+    """The local file or folder that `name`, which is not a path, stands for."""
+    if name == DEFAULT_NAME:
+        return default_weights()
+    hub_id = hub.parse(name)
+    if hub_id is None:
+        raise InputError(f"weights not found: {name}")
+    return hub.fetch(hub_id, PIPELINE_FOLDERS, DIFFUSERS_WEIGHTS)
+
+
 def _locate_folder(folder: Path) -> Located:
-    if (folder / "movq" / "config.json").exists():  # a whole pipeline repository
-        folder = folder / "movq"
+    for part in PIPELINE_FOLDERS:  # a whole pipeline repository
+        if (folder / part / "config.json").exists():
+            folder = folder / part
+            break
     config_file = folder / "config.json"
     if not config_file.exists():
         raise InputError(f"{folder}: a weights folder needs config.json (a diffusers VQModel folder)")

@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from movq_cli.checkpoints import weights as weights_io
-from movq_cli.cli.console import CodesArgument, GridOption, KeyOption, reported_errors, stderr
-from movq_cli.device import DTYPES, resolve_dtype
-from movq_cli.io import codes as codes_io
-from movq_cli.models.config import PRESETS
-from movq_cli.report import checkpoint_info, codes_report
-
-app = typer.Typer()
-stdout = Console(highlight=False)
-
-WEIGHTS_HELP = (
-    "A .safetensors file (native, original or diffusers names), a .ckpt/.pt/.pth/.bin pickle, or a diffusers folder."
+from movq_cli.cli.app import command
+from movq_cli.cli.console import reported_errors, stderr
+from movq_cli.cli.options import (
+    DTYPE_NAMES,
+    CodesArgument,
+    GridOption,
+    JsonOption,
+    KeyOption,
+    WeightsArgument,
+    parse_grid,
+    typer_parser,
 )
 
+stdout = Console(highlight=False)
 
-@app.command(
+
+@command(
     epilog=(
         "Examples:\n\n"
         "  movq convert movq_final.ckpt movq.safetensors\n\n"
@@ -35,22 +36,29 @@ WEIGHTS_HELP = (
     ),
 )
 def convert(
-    source: Annotated[Path, typer.Argument(help=WEIGHTS_HELP)],
-    target: Annotated[Path, typer.Argument(help="The native file to write: NAME.safetensors.")],
+    source: WeightsArgument,
+    target: Annotated[
+        Path, typer.Argument(help="The native file to write: NAME.safetensors.", metavar="TARGET", show_default=False)
+    ],
     dtype: Annotated[
-        str | None, typer.Option(help=f"Store the tensors as {', '.join(DTYPES)} (default: as in SOURCE).")
+        str | None,
+        typer.Option(metavar="DTYPE", help=f"Store the tensors as {', '.join(DTYPE_NAMES)} (default: as in SOURCE)."),
     ] = None,
     config: Annotated[
         str | None,
         typer.Option(
-            help=f"Config instead of the one found or inferred: a preset ({', '.join(PRESETS)}), "
-            "or a JSON file of MovqConfig fields or a diffusers config.json."
+            metavar="CONFIG",
+            help="Config instead of the one found or inferred: a preset (kandinsky-2.2, kandinsky-3, movqgan-67m, "
+            "...), or a JSON file of MovqConfig fields or a diffusers config.json.",
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing TARGET.")] = False,
 ) -> None:
     """Convert any supported checkpoint into one native .safetensors file (config in its metadata)."""
     with reported_errors():
+        from movq_cli.checkpoints import weights as weights_io
+        from movq_cli.device import resolve_dtype
+
         checkpoint = weights_io.convert(
             source,
             target,
@@ -62,37 +70,45 @@ def convert(
         print(target)
 
 
-@app.command(epilog="Examples:\n\n  movq info movq_final.ckpt\n\n  movq info kandinsky-3/movq --grid 64x64 --json")
+@command(epilog="Examples:\n\n  movq info movq_final.ckpt\n\n  movq info kandinsky-3/movq --grid 64x64 --json")
 def info(
-    weights: Annotated[Path, typer.Argument(help=WEIGHTS_HELP)],
-    grid: Annotated[str, typer.Option(help="HxW codes per frame, for the frame size.")] = "32x32",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")] = False,
+    weights: WeightsArgument,
+    grid: Annotated[
+        Any, typer.Option(metavar="HxW", help="Codes per frame, for the frame size.", parser=typer_parser(parse_grid))
+    ] = "32x32",
+    as_json: JsonOption = False,
 ) -> None:
     """Show a checkpoint's layout, config, size, codebook, downsampling factor and attention."""
     with reported_errors():
-        report = checkpoint_info(weights, codes_io.parse_grid(grid))
+        from movq_cli.report import checkpoint_info
+
+        report = checkpoint_info(weights, grid)
     if as_json:
         print(json.dumps(report))
         return
     attention = report["attention"]
     where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
     height, width = report["frame_size"]
+    encoder = report["encoder"]
+    encoder_size = f"{encoder['parameters']:,} parameters ({encoder['tensors']} tensors)"
     _print_table(
         {
             "file": report["path"],
             "layout": report["layout"],
             "config": f"{report['config_source']}: {json.dumps(report['config'])}",
-            "parameters": f"{report['parameters']:,}",
+            "file holds": f"{report['file']['tensors']} tensors, {report['file']['parameters']:,} parameters",
+            "decoder": f"{report['decoder']['parameters']:,} parameters ({report['decoder']['tensors']} tensors)",
+            "encoder": encoder_size if encoder["present"] else "none (decoding only)",
             "stored dtype": ", ".join(report["dtypes"]),
             "codebook": "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"]),
             "downsampling": f"x{report['factor']}",
             "attention": ", ".join(where) or "none",
-            f"frame for {grid}": f"{width}x{height} pixels",
+            f"frame for {grid[0]}x{grid[1]} codes": f"{width}x{height} pixels",
         }
     )
 
 
-@app.command(
+@command(
     epilog=(
         "Examples:\n\n"
         "  movq inspect clip.npy --weights movq.safetensors\n\n"
@@ -102,15 +118,20 @@ def info(
 def inspect(
     codes: CodesArgument,
     weights: Annotated[
-        Path | None, typer.Option("--weights", "-w", help="Also check that the codes fit this model.")
+        str | None,
+        typer.Option("--weights", "-w", metavar="WEIGHTS", help="Also check that the codes fit this model."),
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Describe a code file: shape, reading, range, most used codes, NaN/Inf; and whether it fits a model."""
     with reported_errors():
-        clip = codes_io.read(codes, key=key, grid=codes_io.parse_grid(grid) if grid else None)
+        from movq_cli.checkpoints import weights as weights_io
+        from movq_cli.io import codes as codes_io
+        from movq_cli.report import codes_report
+
+        clip = codes_io.read(codes, key=key, grid=grid)
         config = weights_io.read_checkpoint(weights).config if weights is not None else None
         report = codes_report(clip, config)
     if as_json:

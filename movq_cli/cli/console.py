@@ -9,8 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -26,8 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from movq_cli.device import DTYPES
-from movq_cli.errors import MovqError
+from movq_cli.errors import MovqError, first_line
 
 if TYPE_CHECKING:
     from movq_cli.batch import FileReport
@@ -46,7 +44,7 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except MovqError as error:
-        error_line(str(error))
+        error_line(f"{error}; {error.hint}" if error.hint else str(error))
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/red]; partial output removed")
@@ -54,8 +52,7 @@ def reported_errors() -> Iterator[None]:
     except Exception as error:  # the last line of defence: still one line, no traceback
         if os.environ.get("MOVQ_DEBUG"):
             raise
-        message = str(error).splitlines()[0] if str(error) else ""
-        error_line(f"unexpected {type(error).__name__}: {message} (MOVQ_DEBUG=1 shows more)")
+        error_line(f"unexpected {type(error).__name__}: {first_line(error)} (MOVQ_DEBUG=1 shows more)")
         raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -84,18 +81,30 @@ def _frames_per_second(frames: int, seconds: float) -> str:
     return f"{frames / seconds:.2f} frames/s" if frames and seconds > 0 else ""
 
 
-@contextmanager
-def frame_progress(description: str, total: int, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A Rich progress bar on stderr (only when it is a terminal); yields `advance(frames)`."""
-    with _progress(quiet) as progress:
-        task = progress.add_task(description, total=total, unit="frames", rate="")
+class FileProgress:
+    """One bar on stderr for one file, started once its frame count is known."""
+
+    def __init__(self, progress: Progress, description: str) -> None:
+        self.progress = progress
+        self.description = description
+
+    def start(self, total: int) -> Callable[[int], None]:
+        """Show the bar for `total` frames; returns its `advance(frames)`."""
+        task = self.progress.add_task(self.description, total=total, unit="frames", rate="")
 
         def advance(frames: int) -> None:
-            progress.advance(task, frames)
-            state = progress.tasks[task]
-            progress.update(task, rate=_frames_per_second(int(state.completed), state.elapsed or 0))
+            self.progress.advance(task, frames)
+            state = self.progress.tasks[task]
+            self.progress.update(task, rate=_frames_per_second(int(state.completed), state.elapsed or 0))
 
-        yield advance
+        return advance
+
+
+@contextmanager
+def frame_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
+    """A Rich progress bar on stderr (only when it is a terminal), shown from `start(total)` on."""
+    with _progress(quiet) as progress:
+        yield FileProgress(progress, description)
 
 
 class BatchProgress:
@@ -135,19 +144,30 @@ def batch_progress(files: int, quiet: bool) -> Iterator[BatchProgress]:
         yield BatchProgress(progress, files)
 
 
-def summary(frames: int, frame_size: tuple[int, int], seconds: float, output: object) -> None:
-    height, width = frame_size
+def summary(report: FileReport, decoder: str) -> None:
+    """One line on stderr for one decoded file; `decoder` says on what it ran ("cpu, fp32")."""
+    if report.status == "skipped":
+        stderr.print(f"skipped: {escape(str(report.output))} exists", soft_wrap=True)
+        return
+    height, width = report.frame_size
+    speed = f"{report.frames / max(report.seconds, 1e-9):.2f} frames/s"
     stderr.print(
-        f"wrote {frames} frame(s) of {width}x{height} in {seconds:.1f} s "
-        f"({frames / max(seconds, 1e-9):.2f} frames/s) -> {escape(str(output))}",
+        f"wrote {report.frames} frame(s) of {width}x{height} in {report.seconds:.1f} s ({speed}, {decoder}) "
+        f"-> {escape(str(report.output))}",
         soft_wrap=True,
     )
 
 
-def batch_summary(reports: list[FileReport], seconds: float) -> None:
-    """The end of a batch on stderr: a table of the files that were skipped or failed, then the totals."""
+def batch_summary(reports: list[FileReport], seconds: float, decoder: str) -> None:
+    """The end of a batch on stderr: the files that were skipped or failed, then the totals.
+
+    On a terminal the files are a table; elsewhere one line each, never wrapped, so that paths can be copied."""
     missed = [report for report in reports if report.status != "done"]
-    if missed:
+    if missed and not stderr.is_terminal:
+        for report in missed:
+            reason = report.error or f"{report.output} exists"
+            stderr.print(f"{report.status}: {escape(str(report.input))}: {escape(reason)}", soft_wrap=True)
+    elif missed:
         table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False)
         for column in ("status", "input", "reason"):
             table.add_column(column, overflow="fold")
@@ -161,14 +181,6 @@ def batch_summary(reports: list[FileReport], seconds: float) -> None:
     speed = _frames_per_second(frames, seconds)
     stderr.print(
         f"{counts['done']} done ({frames} frame(s) in {seconds:.1f} s{', ' + speed if speed else ''}), "
-        f"{counts['skipped']} skipped, {counts['failed']} failed",
+        f"{counts['skipped']} skipped, {counts['failed']} failed ({decoder})",
         soft_wrap=True,
     )
-
-
-# Options several commands share, declared once.
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOption = Annotated[str, typer.Option(help=f"Compute precision: {', '.join(DTYPES)}.")]
-GridOption = Annotated[str | None, typer.Option(help="HxW: frame shape for flat token rows (L,) or (T, L).")]
-KeyOption = Annotated[str | None, typer.Option(help="Which array of an .npz file to read.")]
-CodesArgument = Annotated[Path, typer.Argument(help="Code file: .npy or .npz of integer codes or float latents.")]

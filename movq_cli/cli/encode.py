@@ -7,17 +7,12 @@ from typing import Annotated
 
 import typer
 
-from movq_cli.checkpoints import weights as weights_io
-from movq_cli.checkpoints.bundled import default_weights
-from movq_cli.cli.console import DeviceOption, DtypeOption, frame_progress, reported_errors, stderr
-from movq_cli.device import resolve_device, resolve_dtype
-from movq_cli.encode import encode_to_file
-from movq_cli.io.images import open_footage
-
-app = typer.Typer()
+from movq_cli.cli.app import command
+from movq_cli.cli.console import frame_progress, reported_errors, stderr
+from movq_cli.cli.options import DeviceOption, DtypeOption, OverwriteOption, QuietOption, ThreadsOption, WeightsOption
 
 
-@app.command(
+@command(
     epilog=(
         "Sides that are not multiples of the model's downsampling factor are cropped at the bottom and right.\n\n"
         "Examples:\n\n"
@@ -27,35 +22,49 @@ app = typer.Typer()
     ),
 )
 def encode(
-    source: Annotated[Path, typer.Argument(help="An image (PNG/JPEG), a folder of images, or a video (MP4, GIF).")],
-    out: Annotated[Path, typer.Argument(help="Output .npy: codes (T, H, W), (H, W) for one image, or latents.")],
-    weights: Annotated[
-        Path | None, typer.Option("--weights", "-w", help="Weights with an encoder (default: the bundled model).")
-    ] = None,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An image (PNG/JPEG), a folder of images, or a video (MP4, GIF).", metavar="SOURCE", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="Output .npy: codes (T, H, W), (H, W) for one image, or latents.", metavar="OUT", show_default=False
+        ),
+    ],
+    weights: WeightsOption = "default",
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
-    chunk: Annotated[int, typer.Option(min=1, help="Frames per encoder call.")] = 8,
+    threads: ThreadsOption = None,
+    chunk: Annotated[int, typer.Option(min=1, metavar="N", help="Frames per encoder call.")] = 8,
     latents: Annotated[
         bool, typer.Option("--latents", help="Write the continuous latents (T, e, H, W) instead of codes.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Encode pictures or a video into MoVQ codes or latents."""
     with reported_errors():
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype)
+        from movq_cli import load
+        from movq_cli.device import describe, set_threads
+        from movq_cli.encode import encode_to_file
+        from movq_cli.io.images import open_footage
+        from movq_cli.pipeline import model_device
+
         footage = open_footage(source)
-        model = weights_io.load(weights or default_weights(), torch_device, torch_dtype, encoder=True)
-        with frame_progress(f"encoding {source.name}", footage.n_frames, quiet) as advance:
+        set_threads(threads)
+        model = load(weights, device, dtype, encoder=True)
+        with frame_progress(f"encoding {source.name}", quiet) as progress:
             result = encode_to_file(
-                model, footage, out, torch_device, chunk=chunk, latents=latents, overwrite=overwrite,
-                on_frames=advance,
+                model, footage, out, model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
+                on_frames=progress.start(footage.n_frames),
             )  # fmt: skip
         if not quiet:
             stderr.print(
                 f"wrote {result.dtype} {result.shape} from {footage.n_frames} frame(s) in {result.seconds:.1f} s "
-                f"-> {result.output}",
+                f"({describe(model)}) -> {result.output}",
                 soft_wrap=True,
                 markup=False,
             )

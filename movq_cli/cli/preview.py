@@ -7,55 +7,61 @@ from typing import Annotated
 
 import typer
 
-from movq_cli.checkpoints import weights as weights_io
-from movq_cli.checkpoints.bundled import default_weights
-from movq_cli.cli.console import (
+from movq_cli.cli.app import command
+from movq_cli.cli.console import reported_errors, stderr
+from movq_cli.cli.options import (
     CodesArgument,
     DeviceOption,
     DtypeOption,
     GridOption,
     KeyOption,
-    reported_errors,
-    stderr,
+    OverwriteOption,
+    QuietOption,
+    ThreadsOption,
+    WeightsOption,
 )
-from movq_cli.device import resolve_device, resolve_dtype
-from movq_cli.io import codes as codes_io
-from movq_cli.preview import preview_to_file
-
-app = typer.Typer()
 
 
-@app.command(
+@command(
     epilog=(
         "Examples:\n\n"
         "  movq preview clip.npy sheet.png\n\n"
-        "  movq preview clip.npy sheet.png --frames 16 --columns 8 --weights movq.safetensors"
+        "  movq preview clip.npy sheet.png --count 16 --columns 8 --weights movq.safetensors"
     ),
 )
 def preview(
     codes: CodesArgument,
-    out: Annotated[Path, typer.Argument(help="The contact sheet to write: NAME.png.")],
-    frames: Annotated[int, typer.Option(min=1, help="How many evenly spaced frames (at most the clip's).")] = 8,
-    columns: Annotated[int | None, typer.Option(min=1, help="Tiles per row (default: up to 4).")] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", "-w", help="A checkpoint or diffusers folder (default: bundled).")
-    ] = None,
+    out: Annotated[
+        Path, typer.Argument(help="The contact sheet to write: NAME.png.", metavar="OUT", show_default=False)
+    ],
+    count: Annotated[
+        int, typer.Option(min=1, metavar="N", help="How many evenly spaced frames (at most the clip's).")
+    ] = 8,
+    columns: Annotated[int | None, typer.Option(min=1, metavar="N", help="Tiles per row (default: up to 4).")] = None,
+    weights: WeightsOption = "default",
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
+    threads: ThreadsOption = None,
     grid: GridOption = None,
     key: KeyOption = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a contact sheet of evenly spaced frames, each labelled with its frame number."""
     with reported_errors():
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype)
-        clip = codes_io.read(codes, key=key, grid=codes_io.parse_grid(grid) if grid else None)
-        model = weights_io.load(weights or default_weights(), torch_device, torch_dtype)
-        result = preview_to_file(model, clip, out, torch_device, frames, columns, overwrite)
+        from movq_cli import load
+        from movq_cli.device import set_threads
+        from movq_cli.io import codes as codes_io
+        from movq_cli.pipeline import model_device
+        from movq_cli.preview import preview_to_file
+
+        clip = codes_io.read(codes, key=key, grid=grid)
+        set_threads(threads)
+        model = load(weights, device, dtype)
+        result = preview_to_file(model, clip, out, model_device(model), count, columns, overwrite)
         if not quiet:
             numbers = ", ".join(map(str, result.frame_numbers))
             height, width = result.size
-            sheet = f"{width}x{height}"
-            stderr.print(f"frames {numbers} of {clip.n_frames} -> {out} ({sheet})", soft_wrap=True, markup=False)
+            stderr.print(
+                f"frames {numbers} of {clip.n_frames} -> {out} ({width}x{height})", soft_wrap=True, markup=False
+            )

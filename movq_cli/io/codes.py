@@ -13,13 +13,15 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, first_line
 from movq_cli.memory import gib, host_memory
 from movq_cli.models.config import MovqConfig
 
+# how the files start: .npy, and zip archives (.npz, and torch.save's format since torch 1.6)
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 SCAN_BYTES = 64 << 20  # how much of a file one validation step looks at
@@ -147,11 +149,7 @@ def _open_array(path: Path, key: str | None) -> np.ndarray:
 def _open_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as file:
-            version = np.lib.format.read_magic(file)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(file)
+            shape, dtype = _npy_header(file)
             offset = file.tell()
         if dtype.hasobject:
             raise InputError(f"{path} holds Python objects (a pickled array); movq reads only numeric arrays")
@@ -165,7 +163,7 @@ def _open_npy(path: Path) -> np.ndarray:
     except InputError:
         raise
     except DAMAGED as error:
-        raise InputError(f"{path}: damaged .npy file ({_first_line(error)})") from None
+        raise InputError(f"{path}: damaged .npy file ({first_line(error)})") from None
 
 
 def _open_npz(path: Path, key: str | None) -> np.ndarray:
@@ -183,20 +181,21 @@ def _open_npz(path: Path, key: str | None) -> np.ndarray:
     except InputError:
         raise
     except (*DAMAGED, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError, RuntimeError) as error:
-        raise InputError(f"{path}: damaged .npz file ({_first_line(error)})") from None
+        raise InputError(f"{path}: damaged .npz file ({first_line(error)})") from None
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).splitlines()
-    return lines[0] if lines else type(error).__name__
+def _npy_header(file: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype in the header of the .npy stream `file`, left at the first byte of data."""
+    version = np.lib.format.read_magic(file)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(file)
+    return shape, dtype
 
 
 def _check_npz_size(archive, key: str, path: Path) -> None:
     """An .npz member is read whole, so refuse one that would not fit in memory before inflating it."""
     with archive.zip.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
+        shape, dtype = _npy_header(member)
     needed, memory = math.prod(shape) * dtype.itemsize, host_memory()
     if memory is not None and needed > memory:
         raise InputError(

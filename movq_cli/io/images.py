@@ -11,7 +11,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".gif", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
@@ -73,8 +73,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         image = np.asarray(iio.imread(path))
     except Exception as error:  # imageio raises many kinds for a bad file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{path}: not a readable image ({reason})") from None
+        raise InputError(f"{path}: not a readable image ({first_line(error)})") from None
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):

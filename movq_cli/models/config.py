@@ -21,8 +21,9 @@ class MovqConfig:
     n_used: int | None = None  # length of the `used` remap table, when the quantizer has one
     out_ch: int = 3
     add_conv: bool = False  # SpatialNorm's optional 3x3 conv on the upsampled zq
-    norm_groups: int = 32
+    norm_groups: int = 32  # GroupNorm groups of the decoder's SpatialNorms (32 in every implementation)
     encoder: bool = False  # whether the model carries its encoder (plain GroupNorm, N ResBlocks a level)
+    encoder_norm_groups: int = 32  # GroupNorm groups of the encoder (diffusers' norm_num_groups)
     in_ch: int = 3
 
     def __post_init__(self) -> None:
@@ -35,8 +36,14 @@ class MovqConfig:
             problems.append("num_res_blocks must be >= 0")
         if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
             problems.append(f"attn_levels {self.attn_levels} outside 0..{len(self.ch_mult) - 1}")
-        if any(width % self.norm_groups for width in self.widths):
-            problems.append(f"widths {self.widths} must be multiples of {self.norm_groups} groups")
+        groups = {"the decoder's": self.norm_groups}
+        if self.encoder:
+            groups["the encoder's"] = self.encoder_norm_groups
+        for whose, count in groups.items():
+            if count < 1:
+                problems.append(f"{whose} norm groups must be positive, not {count}")
+            elif any(width % count for width in self.widths):
+                problems.append(f"widths {self.widths} must be multiples of {whose} {count} norm groups")
         if self.n_embed is not None and self.n_embed < 1:
             problems.append("n_embed must be positive")
         if problems:

@@ -1,8 +1,9 @@
-"""The MoVQ decoder, read top to bottom like the math in MOVQ_REFERENCE.md.
+"""The MoVQ model, read top to bottom like the math in docs/ARCHITECTURE.md.
 
 Every normalization of the decoder is a SpatialNorm conditioned on zq, the quantized latent
 *before* post_quant_conv. Parameter names fall out of attribute names and are the native
-weight format (the layout of the original MoVQ code).
+weight format (the layout of the original MoVQ code); optional parts are None attributes,
+which register no parameters, so the names are the same whichever parts a model has.
 """
 
 from __future__ import annotations
@@ -28,26 +29,42 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 
 
 class SpatialNorm(nn.Module):
-    """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size by nearest."""
+    """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size by nearest.
+
+    Two paths give the same numbers: the plain formula, which documents the math and is what
+    the fast path is tested against, and the fast one (the default; `use_fast_spatial_norm`
+    switches it off).
+    """
+
+    fast = True
 
     def __init__(self, channels: int, zq_channels: int, add_conv: bool, groups: int) -> None:
         super().__init__()
         self.norm_layer = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
-        if add_conv:
-            self.conv = nn.Conv2d(zq_channels, zq_channels, 3, padding=1)
+        self.conv = nn.Conv2d(zq_channels, zq_channels, 3, padding=1) if add_conv else None
         self.conv_y = nn.Conv2d(zq_channels, channels, 1)
         self.conv_b = nn.Conv2d(zq_channels, channels, 1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self._fast_forward(f, zq)
+        zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
+        if self.conv is not None:
+            zq = self.conv(zq)
+        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+
+    def _fast_forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        """The formula without materialising the upsampled zq or a full-size scale and shift.
+
+        conv_y and conv_b are 1x1, so they commute with nearest upsampling: computed at code
+        resolution, they are broadcast over the s x s block of f that each code covers. Only the
+        3x3 `conv`, or a size that is not a whole number of blocks, needs zq upsampled first.
+        """
         size = f.shape[-2:]
-        whole_blocks = size[0] % zq.shape[-2] == 0 and size[1] % zq.shape[-1] == 0
-        if hasattr(self, "conv"):
-            zq = self.conv(F.interpolate(zq, size=size, mode="nearest"))
-        elif not whole_blocks:
+        if self.conv is not None or size[0] % zq.shape[-2] or size[1] % zq.shape[-1]:
             zq = F.interpolate(zq, size=size, mode="nearest")
-        # conv_y and conv_b are 1x1, so they commute with nearest upsampling: computing them at
-        # code resolution and broadcasting over each s x s block gives the same numbers
-        # without materialising the upsampled zq or full-size scale and shift.
+            if self.conv is not None:
+                zq = self.conv(zq)
         return _modulate(self.norm_layer(f), self.conv_y(zq), self.conv_b(zq))
 
 
@@ -77,11 +94,18 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(f)
 
 
+def use_fast_spatial_norm(model: nn.Module, enabled: bool) -> None:
+    """Switch the fast form of every SpatialNorm in `model` on or off (off: the plain formula)."""
+    for module in model.modules():
+        if isinstance(module, SpatialNorm):
+            module.fast = enabled
+
+
 def norm_factory(config: MovqConfig, spatial: bool) -> Callable[[int], nn.Module]:
     """channels -> the norm the decoder (spatial) or the encoder (plain) uses."""
     if spatial:
         return lambda channels: SpatialNorm(channels, config.embed_dim, config.add_conv, config.norm_groups)
-    return lambda channels: GroupNorm(channels, config.norm_groups)
+    return lambda channels: GroupNorm(channels, config.encoder_norm_groups)
 
 
 class ResBlock(nn.Module):
@@ -138,13 +162,12 @@ class Middle(nn.Module):
     def __init__(self, channels: int, attention: bool, norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
         self.block_1 = ResBlock(channels, channels, norm)
-        if attention:
-            self.attn_1 = Attention(channels, norm)
+        self.attn_1 = Attention(channels, norm) if attention else None
         self.block_2 = ResBlock(channels, channels, norm)
 
     def forward(self, h: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         h = self.block_1(h, zq)
-        if hasattr(self, "attn_1"):
+        if self.attn_1 is not None:
             h = self.attn_1(h, zq)
         return self.block_2(h, zq)
 
@@ -175,8 +198,7 @@ class Encoder(nn.Module):
             )
             has_attn = level in config.attn_levels
             stage.attn = nn.ModuleList(Attention(width, norm) for _ in range(config.num_res_blocks) if has_attn)
-            if level != len(widths) - 1:
-                stage.downsample = Downsample(width)
+            stage.downsample = Downsample(width) if level != len(widths) - 1 else None
             self.down.append(stage)
         self.mid = Middle(widths[-1], config.mid_attn, norm)
         self.norm_out = norm(widths[-1])
@@ -184,12 +206,12 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for level, stage in enumerate(self.down):
+        for stage in self.down:
             for j, block in enumerate(stage.block):
                 h = block(h)
                 if stage.attn:
                     h = stage.attn[j](h)
-            if level != len(self.down) - 1:
+            if stage.downsample is not None:
                 h = stage.downsample(h)
         h = self.mid(h)
         return self.conv_out(silu(self.norm_out(h)))
@@ -213,8 +235,7 @@ class Decoder(nn.Module):
             )
             has_attn = level in config.attn_levels
             stage.attn = nn.ModuleList(Attention(width, norm) for _ in range(config.num_res_blocks + 1) if has_attn)
-            if level != 0:
-                stage.upsample = Upsample(width)
+            stage.upsample = Upsample(width) if level != 0 else None
             self.up.append(stage)
 
         self.norm_out = norm(widths[0])
@@ -229,7 +250,7 @@ class Decoder(nn.Module):
                 h = block(h, zq)
                 if stage.attn:
                     h = stage.attn[j](h, zq)
-            if level != 0:
+            if stage.upsample is not None:
                 h = stage.upsample(h)
 
         return self.conv_out(silu(self.norm_out(h, zq)))
@@ -242,17 +263,18 @@ class Quantizer(nn.Module):
         super().__init__()
         assert config.n_embed is not None
         self.embedding = nn.Embedding(config.n_embed, config.embed_dim)
-        if config.n_used is not None:
-            self.register_buffer("used", torch.zeros(config.n_used, dtype=torch.long))
+        # remap table: code i selects codebook row used[i]
+        used = torch.zeros(config.n_used, dtype=torch.long) if config.n_used is not None else None
+        self.register_buffer("used", used)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        rows = self.used[codes] if hasattr(self, "used") else codes
+        rows = codes if self.used is None else self.used[codes]
         return F.embedding(rows, self.embedding.weight).permute(0, 3, 1, 2)
 
     def nearest(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, e, h, w) -> the codes (B, h, w) whose vectors are nearest in L2."""
         codebook = self.embedding.weight.float()
-        if hasattr(self, "used"):
+        if self.used is not None:
             codebook = codebook[self.used]
         flat = latents.float().permute(0, 2, 3, 1)
         distances = codebook.pow(2).sum(-1) - 2 * flat @ codebook.T  # + |flat|^2, the same for every code
@@ -269,17 +291,15 @@ class Movq(nn.Module):
     def __init__(self, config: MovqConfig) -> None:
         super().__init__()
         self.config = config
-        if config.encoder:
-            self.encoder = Encoder(config)
-            self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        if config.n_embed is not None:
-            self.quantize = Quantizer(config)
+        self.encoder = Encoder(config) if config.encoder else None
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1) if config.encoder else None
+        self.quantize = Quantizer(config) if config.n_embed is not None else None
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
 
     @property
     def has_codebook(self) -> bool:
-        return hasattr(self, "quantize")
+        return self.quantize is not None
 
     def forward(self, zq: torch.Tensor) -> torch.Tensor:
         """zq (B, e, h, w) -> images (B, out_ch, h*factor, w*factor), about [-1, 1]."""

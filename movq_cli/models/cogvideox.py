@@ -1,0 +1,335 @@
+"""The CogVideoX video-VAE decoder: the MoVQ decoder in 3D, read top to bottom.
+
+Latents (B, 16, t, h, w) -> frames (B, 3, T, 8h, 8w). Every norm is a SpatialNorm3D conditioned on
+the latent chunk itself; every 3x3x3 convolution is causal in time (it sees the current frame and
+the two before it). A video is decoded in chunks of latent frames (`CogVideoX.schedule`); each
+causal convolution carries its last two input frames from one chunk to the next in a cache that
+the caller owns, so the chunks decode to exactly what one pass of diffusers'
+`AutoencoderKLCogVideoX.decode` gives.
+
+Parameter names are diffusers' decoder names, so a diffusers file loads after dropping its
+encoder tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CogVideoXConfig:
+    """A CogVideoX decoder. `block_out_channels` lists widths full resolution first, as diffusers does."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
+    layers_per_block: int = 3  # each up block runs layers_per_block + 1 resnets
+    latent_channels: int = 16
+    out_channels: int = 3
+    norm_num_groups: int = 32
+    temporal_compression_ratio: int = 4  # 2 ** (up blocks that also double time)
+    scaling_factor: float = 1.15258426  # latents from the pipeline are divided by it before decoding
+    # The 1.5 models' image-to-video pipeline divides encoded image latents by scaling_factor
+    # instead of multiplying; decoding divides by it either way.
+    invert_scale_latents: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+        problems = []
+        if not self.block_out_channels or min(self.block_out_channels) < 1:
+            problems.append("block_out_channels must be positive")
+        if self.layers_per_block < 0:
+            problems.append("layers_per_block must be >= 0")
+        if any(width % self.norm_num_groups for width in self.block_out_channels):
+            problems.append(f"widths {self.block_out_channels} must be multiples of {self.norm_num_groups} groups")
+        ratio = self.temporal_compression_ratio
+        if ratio < 1 or ratio & (ratio - 1):
+            problems.append(f"temporal_compression_ratio {ratio} must be a power of 2")
+        if self.scaling_factor <= 0:
+            problems.append("scaling_factor must be positive")
+        if problems:
+            raise ValueError("invalid CogVideoX config: " + "; ".join(problems))
+
+    @property
+    def factor(self) -> int:
+        """How many pixels one latent spans along each spatial axis."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def time_doublings(self) -> int:
+        """How many up blocks double time as well as space: the first ones, never the last."""
+        return min(int(math.log2(self.temporal_compression_ratio)), len(self.block_out_channels) - 1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CogVideoXConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> CogVideoXConfig:
+        return cls.from_dict(json.loads(text))
+
+
+# The vae/config.json of each released model; they differ only in how latents are scaled.
+PRESETS: dict[str, dict] = {
+    "cogvideox-2b": dict(scaling_factor=1.15258426),
+    "cogvideox-5b": dict(scaling_factor=0.7),
+    "cogvideox1.5-5b": dict(scaling_factor=0.7, invert_scale_latents=True),
+}
+
+
+def preset(name: str) -> CogVideoXConfig:
+    """The published configuration called `name` (see PRESETS)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return CogVideoXConfig(**PRESETS[name])
+
+
+# Each causal convolution's last input frames, kept from one chunk for the next. Keyed by the
+# convolution module; owned by whoever decodes the stream, so one model serves several streams.
+Cache = dict[nn.Module, torch.Tensor]
+
+
+def _inplace() -> bool:
+    """In-place activations save memory, but only when no backward pass needs the inputs."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=_inplace())
+
+
+class CausalConv3d(nn.Module):
+    """A k x k x k convolution that looks only backwards in time.
+
+    Time is padded on the past side with k-1 frames: the previous chunk's last input frames when
+    the cache holds them, else copies of the first frame. Space is padded with zeros.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.context = kernel - 1  # past frames each output frame sees
+        self.conv = nn.Conv3d(c_in, c_out, kernel, padding=(0, kernel // 2, kernel // 2))
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if self.context == 0:
+            return self.conv(x)
+        assert cache is not None, "a causal convolution over time needs the stream's cache"
+        past = cache.get(self)
+        if past is None:
+            past = x[:, :, :1].expand(-1, -1, self.context, -1, -1)
+        padded = torch.cat([past, x], dim=2)
+        # a copy, not a view: a view would keep the whole padded chunk alive until the next one
+        cache[self] = padded[:, :, -self.context :].clone()
+        return self.conv(padded)
+
+
+def _first_frame_apart(frames_out: int) -> bool:
+    """Whether a chunk of `frames_out` frames treats its first frame on its own.
+
+    CogVideoX upsamples time only after the first frame of an odd-length chunk (the first latent
+    frame of a video stands for one picture, each later one for four); the norms follow suit.
+    """
+    return frames_out > 1 and frames_out % 2 == 1
+
+
+def fit_latents(zq: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """zq (B, C, t, h, w) brought to (T, H, W) = `size` by nearest interpolation, with the first
+    frame of an odd T > 1 taken from zq's first frame alone and the rest from zq's rest."""
+    if _first_frame_apart(size[0]):
+        first = F.interpolate(zq[:, :, :1], size=(1, *size[1:]), mode="nearest")
+        rest = F.interpolate(zq[:, :, 1:], size=(size[0] - 1, *size[1:]), mode="nearest")
+        return torch.cat([first, rest], dim=2)
+    return F.interpolate(zq, size=tuple(size), mode="nearest")
+
+
+class SpatialNorm3D(nn.Module):
+    """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size (see fit_latents).
+
+    GroupNorm statistics span every frame of the chunk: the chunk schedule therefore defines
+    the output, and decoding a video in one piece would give different pixels.
+    """
+
+    def __init__(self, channels: int, zq_channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm_layer = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+        self.conv_y = CausalConv3d(zq_channels, channels, kernel=1)
+        self.conv_b = CausalConv3d(zq_channels, channels, kernel=1)
+
+    def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        zq = fit_latents(zq, f.shape[-3:])
+        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+
+
+class ResnetBlock3D(nn.Module):
+    def __init__(self, c_in: int, c_out: int, zq_channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = SpatialNorm3D(c_in, zq_channels, groups)
+        self.conv1 = CausalConv3d(c_in, c_out)
+        self.norm2 = SpatialNorm3D(c_out, zq_channels, groups)
+        self.conv2 = CausalConv3d(c_out, c_out)
+        self.conv_shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
+        h = self.conv1(silu(self.norm1(x, zq)), cache)
+        h = self.conv2(silu(self.norm2(h, zq)), cache)
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h.add_(shortcut) if _inplace() else h + shortcut
+
+
+class Upsample3D(nn.Module):
+    """Nearest x2 in space (and, with `compress_time`, in time), then a per-frame 3x3 conv.
+
+    Doubling time repeats each frame twice, except the first frame of an odd-length chunk.
+    """
+
+    def __init__(self, channels: int, compress_time: bool) -> None:
+        super().__init__()
+        self.compress_time = compress_time
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[2]
+        if self.compress_time and _first_frame_apart(frames):
+            x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)
+        elif self.compress_time and frames > 1:
+            x = x.repeat_interleave(2, dim=2)
+        batch, channels, frames, height, width = x.shape
+        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        up = self.conv(F.interpolate(per_frame, scale_factor=2.0, mode="nearest"))
+        return up.reshape(batch, frames, channels, 2 * height, 2 * width).transpose(1, 2)
+
+
+class MidBlock3D(nn.Module):
+    def __init__(self, channels: int, zq_channels: int, groups: int) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(ResnetBlock3D(channels, channels, zq_channels, groups) for _ in range(2))
+
+    def forward(self, h: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
+        for resnet in self.resnets:
+            h = resnet(h, zq, cache)
+        return h
+
+
+class UpBlock3D(nn.Module):
+    def __init__(
+        self, c_in: int, c_out: int, layers: int, zq_channels: int, groups: int, upsample: bool, compress_time: bool
+    ) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(c_in if j == 0 else c_out, c_out, zq_channels, groups) for j in range(layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample3D(c_out, compress_time)]) if upsample else None
+
+    def forward(self, h: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
+        for resnet in self.resnets:
+            h = resnet(h, zq, cache)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h)
+        return h
+
+
+class Decoder3D(nn.Module):
+    def __init__(self, config: CogVideoXConfig) -> None:
+        super().__init__()
+        widths = tuple(reversed(config.block_out_channels))  # decode order: lowest resolution first
+        zq_channels, groups = config.latent_channels, config.norm_num_groups
+        self.conv_in = CausalConv3d(zq_channels, widths[0])
+        self.mid_block = MidBlock3D(widths[0], zq_channels, groups)
+        self.up_blocks = nn.ModuleList(
+            UpBlock3D(
+                widths[max(i - 1, 0)],
+                width,
+                config.layers_per_block + 1,
+                zq_channels,
+                groups,
+                upsample=i < len(widths) - 1,
+                compress_time=i < config.time_doublings,
+            )
+            for i, width in enumerate(widths)
+        )
+        self.norm_out = SpatialNorm3D(widths[-1], zq_channels, groups)
+        self.conv_out = CausalConv3d(widths[-1], config.out_channels)
+
+    def forward(self, z: torch.Tensor, cache: Cache) -> torch.Tensor:
+        zq = z  # every norm is conditioned on the raw latent chunk
+        h = self.mid_block(self.conv_in(z, cache), zq, cache)
+        for block in self.up_blocks:
+            h = block(h, zq, cache)
+        return self.conv_out(silu(self.norm_out(h, zq)), cache)
+
+
+class CogVideoX(nn.Module):
+    """The CogVideoX VAE decoder, decoding latent videos chunk by chunk as diffusers does."""
+
+    def __init__(self, config: CogVideoXConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder = Decoder3D(config)
+
+    @property
+    def factor(self) -> int:
+        """Frame size = latent size * factor, along each spatial axis."""
+        return self.config.factor
+
+    @staticmethod
+    def schedule(n_latent_frames: int) -> list[int]:
+        """Latent frames per chunk: 2 + (F mod 2) first, then 2s, as diffusers' `_decode` walks them.
+
+        13 -> [3, 2, 2, 2, 2, 2]; 1 -> [1]; 2 -> [2]; 4 -> [2, 2]. The released VAEs were trained
+        on these chunk sizes only, and GroupNorm statistics span a chunk, so they define the pixels.
+        """
+        if n_latent_frames < 1:
+            raise ValueError(f"a latent video needs at least one frame, not {n_latent_frames}")
+        first = min(n_latent_frames, 2 + n_latent_frames % 2)
+        return [first] + [2] * ((n_latent_frames - first) // 2)
+
+    def chunk_frames(self, latent_frames: int) -> int:
+        """Frames a chunk of `latent_frames` decodes to: each time-doubling up block keeps an odd
+        chunk's first frame single and doubles every other frame."""
+        frames = latent_frames
+        for _ in range(self.config.time_doublings):
+            frames = 2 * frames - 1 if _first_frame_apart(frames) else (frames if frames == 1 else 2 * frames)
+        return frames
+
+    def output_frames(self, n_latent_frames: int) -> int:
+        """Frames a latent video of `n_latent_frames` decodes to (13 -> 49 for the released models)."""
+        return sum(self.chunk_frames(t) for t in self.schedule(n_latent_frames))
+
+    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as a CogVideoX pipeline hands them (multiplied by scaling_factor) -> decoder input.
+
+        The pipelines decode `latents / scaling_factor` whether or not `invert_scale_latents` is set
+        (that flag changes only how image latents are encoded for image-to-video).
+        """
+        return latents / self.config.scaling_factor
+
+    def decode_chunk(self, latents: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """One chunk of latents (B, C, t, h, w), already unscaled, -> frames (B, out, T, H, W),
+        about [-1, 1]. `cache` carries the causal context from the previous chunk of the same
+        stream (start with an empty dict) and is updated for the next one."""
+        return self.decoder(latents, cache)
+
+    def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Chunks of unscaled latents (1, C, t, h, w), in the model's dtype and device and cut as
+        `schedule` says -> each chunk's frames (1, out, T, H, W) as soon as they are decoded.
+
+        Only the causal caches (two frames per convolution) live from one chunk to the next.
+        Each chunk is decoded under inference mode; the mode is left between chunks.
+        """
+        cache: Cache = {}
+        for latents in chunks:
+            with torch.inference_mode():
+                frames = self.decode_chunk(latents, cache)
+            yield frames

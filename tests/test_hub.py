@@ -1,0 +1,326 @@
+"""Weights named by Hugging Face Hub id, read from a Hub cache the tests build (never the network),
+and `movq info` counting every tensor of a file and what the decoder and the encoder use."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import subprocess
+import sys
+
+import httpx2
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, make_vqmodel, movq, write_lightning_ckpt
+from huggingface_hub import errors as hub_errors
+
+from movq_cli.checkpoints import hub, weights
+from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.errors import InputError
+
+MAIN = "0123456789abcdef0123456789abcdef01234567"
+SECOND = "89abcdef0123456789abcdef0123456789abcdef"
+KANDINSKY = "kandinsky-community/kandinsky-2-2-decoder"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection a test attempts fails it, even one that huggingface_hub would forgive."""
+    attempts = []
+
+    def refuse(sock, address):
+        attempts.append(address)
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    yield
+    assert not attempts, f"tried to connect to {attempts}"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty Hub cache, the one huggingface_hub uses, offline."""
+    folder = tmp_path / "hub-cache"
+    folder.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return folder
+
+
+def cache_repo(cache, repo: str, files: dict, commit: str = MAIN, refs: tuple[str, ...] = ("main",)):
+    """Put `files` (path in the repository -> local file) in the cache as `repo` at `commit`; returns the snapshot."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        (root / "refs" / ref).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    for name, source in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, snapshot / name)
+    return snapshot
+
+
+def model_files(folder, under: str = "") -> dict:
+    """A diffusers model folder's files, placed `under` a folder of the repository."""
+    prefix = f"{under}/" if under else ""
+    return {f"{prefix}{path.name}": path for path in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def other_folder(tmp_path_factory):
+    """A second small model, different weights: tells which of two was read."""
+    folder = tmp_path_factory.mktemp("other") / "movq"
+    make_vqmodel(widths=(32, 64), layers=1, attn=(True, False), latent=4, n_e=64, seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, small_folder):
+    path = tmp_path_factory.mktemp("ckpt") / "movqgan_67M.ckpt"
+    write_lightning_ckpt(small_folder[1], path)
+    return path
+
+
+# Names
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (KANDINSKY, hub.HubId(KANDINSKY)),
+        ("owner/name/movq", hub.HubId("owner/name", "movq")),
+        ("owner/name/a/b", hub.HubId("owner/name", "a/b")),
+        ("owner/name@v2.1", hub.HubId("owner/name", revision="v2.1")),
+        ("owner/name/movq@refs/pr/3", hub.HubId("owner/name", "movq", "refs/pr/3")),
+        ("ai-forever/MoVQGAN:movqgan_67M.ckpt", hub.HubId("ai-forever/MoVQGAN", filename="movqgan_67M.ckpt")),
+        (f"owner/name@{MAIN}:w/m.ckpt", hub.HubId("owner/name", revision=MAIN, filename="w/m.ckpt")),
+        ("owner/name/movq:model.safetensors", hub.HubId("owner/name", filename="movq/model.safetensors")),
+        ("models/movq.ckpt", None),  # a missing file, not a repository named movq.ckpt
+        ("checkpoints/run/last.safetensors", None),
+        ("movq", None),
+        ("./owner/name", None),
+        ("/owner/name", None),
+        ("owner/name/../x", None),
+        ("owner/name:", None),
+        ("owner/name:/etc/passwd", None),
+        ("owner/name:a/../b.ckpt", None),
+    ],
+)
+def test_hub_ids_are_told_from_paths(name, expected):
+    assert hub.parse(name) == expected
+    if expected is not None:
+        assert hub.parse(str(expected)) == expected
+
+
+def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
+    folders, files = weights.PIPELINE_FOLDERS, weights.DIFFUSERS_WEIGHTS
+    assert hub.fetch_command(hub.parse(KANDINSKY), folders, files) == (
+        f"hf download {KANDINSKY} --include 'movq/*' --include 'vae/*' "
+        "--include config.json --include 'diffusion_pytorch_model.*'"
+    )
+    assert (
+        hub.fetch_command(hub.parse("o/n/movq@v2"), folders, files)
+        == "hf download o/n --revision v2 --include 'movq/*'"
+    )
+    assert hub.fetch_command(hub.parse("o/n:a b.ckpt"), folders, files) == "hf download o/n 'a b.ckpt'"
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "__version__", "0.23.4")
+    assert hub.fetch_command(hub.parse("o/n/movq"), folders, files) == "huggingface-cli download o/n --include 'movq/*'"
+    assert hub.fetch_command(hub.parse("o/n"), folders, files).endswith(
+        "--include 'movq/*' 'vae/*' config.json 'diffusion_pytorch_model.*'"
+    )
+
+
+# Resolution from the cache
+
+
+def test_a_pipeline_repository_id_finds_its_movq_folder(cache, small_folder):
+    snapshot = cache_repo(cache, KANDINSKY, model_files(small_folder[0], "movq"))
+    (snapshot / "model_index.json").write_text("{}")
+    located = weights.locate(KANDINSKY)
+    assert located.path == snapshot / "movq" / "diffusion_pytorch_model.safetensors"
+    assert located.config_source == "config.json"
+
+
+def test_a_pipeline_repository_id_finds_its_vae_folder(cache, small_folder):
+    snapshot = cache_repo(cache, "THUDM/CogVideoX-2b", model_files(small_folder[0], "vae"))
+    assert weights.locate("THUDM/CogVideoX-2b").path.parent == snapshot / "vae"
+
+
+def test_a_subfolder_id_and_a_model_at_the_root(cache, small_folder, other_folder):
+    snapshot = cache_repo(
+        cache, "owner/name", {**model_files(small_folder[0], "movq"), **model_files(other_folder, "b")}
+    )
+    assert weights.locate("owner/name/b").path.parent == snapshot / "b"
+    assert weights.locate("owner/name/movq").path.parent == snapshot / "movq"
+    root = cache_repo(cache, "owner/root-model", model_files(small_folder[0]))
+    assert weights.locate("owner/root-model").path == root / "diffusion_pytorch_model.safetensors"
+
+
+def test_a_revision_picks_that_commit(cache, small_folder, other_folder):
+    main = cache_repo(cache, "owner/name", model_files(small_folder[0], "movq"))
+    second = cache_repo(cache, "owner/name", model_files(other_folder, "movq"), commit=SECOND, refs=("v2",))
+    assert weights.locate("owner/name").path.parent == main / "movq"
+    for name in ("owner/name@v2", f"owner/name@{SECOND}", "owner/name/movq@v2", f"owner/name@{MAIN}"):
+        expected = main if MAIN in name else second
+        assert weights.locate(name).path.parent == expected / "movq", name
+
+
+def test_one_file_of_a_repository(cache, ckpt, small_folder):
+    snapshot = cache_repo(cache, "ai-forever/MoVQGAN", {"movqgan_67M.ckpt": ckpt}, refs=("main", "v1"))
+    located = weights.locate("ai-forever/MoVQGAN:movqgan_67M.ckpt")
+    assert located.path == snapshot / "movqgan_67M.ckpt" and located.config_source == "inferred"
+    assert weights.locate("ai-forever/MoVQGAN@v1:movqgan_67M.ckpt").path == located.path
+    cache_repo(cache, "owner/name", model_files(small_folder[0], "movq"))
+    file = weights.locate("owner/name/movq:diffusion_pytorch_model.safetensors")
+    assert file.path.name == "diffusion_pytorch_model.safetensors" and file.config_source == "config.json"
+
+
+def test_a_local_path_wins_over_a_hub_id(cache, small_folder, other_folder, tmp_path, monkeypatch):
+    cache_repo(cache, "owner/name", model_files(other_folder, "movq"))
+    shutil.copytree(small_folder[0], tmp_path / "work" / "owner" / "name" / "movq")
+    monkeypatch.chdir(tmp_path / "work")
+    assert weights.locate("owner/name").path.resolve() == (
+        tmp_path / "work" / "owner" / "name" / "movq" / "diffusion_pytorch_model.safetensors"
+    )
+
+
+def test_weights_default_names_the_bundled_model(cache):
+    assert weights.locate("default").path == default_weights()
+    result = movq("info", "default", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["path"] == str(default_weights())
+
+
+def test_decoding_through_a_hub_id_equals_decoding_the_folder(cache, small_folder, tmp_path):
+    cache_repo(cache, KANDINSKY, model_files(small_folder[0], "movq"))
+    np.save(tmp_path / "codes.npy", np.random.default_rng(0).integers(0, 64, (3, 4, 5)))
+    for weights_name, out in ((small_folder[0], "folder"), (KANDINSKY, "hub")):
+        result = movq("decode", tmp_path / "codes.npy", tmp_path / out, "--weights", weights_name, "-q")
+        assert result.exit_code == 0, result.output
+    for i in range(3):
+        folder, by_id = (iio.imread(tmp_path / out / f"{i:05d}.png") for out in ("folder", "hub"))
+        assert np.array_equal(folder, by_id)
+
+
+def test_huggingface_hub_is_imported_only_for_a_hub_id():
+    check = (
+        "import sys; from movq_cli.cli import app; from movq_cli.checkpoints import weights; "
+        "weights.read_checkpoint('default'); assert 'huggingface_hub' not in sys.modules, 'imported'"
+    )
+    completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+
+
+# Errors, one line each
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        (KANDINSKY, f"hf download {KANDINSKY} --include 'movq/*'"),
+        ("owner/name/movq@v2", "hf download owner/name --revision v2 --include 'movq/*'"),
+        ("ai-forever/MoVQGAN:movqgan_67M.ckpt", "hf download ai-forever/MoVQGAN movqgan_67M.ckpt"),
+    ],
+)
+def test_offline_and_not_cached_is_one_line_with_the_command_that_fetches_it(cache, tmp_path, name, needle):
+    np.save(tmp_path / "codes.npy", np.zeros((1, 2, 2), np.int64))
+    result = movq("decode", tmp_path / "codes.npy", tmp_path / "out.png", "--weights", name)
+    assert_one_line_error(result, 2, needle)
+    assert "not in the cache" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_repository_cached_without_its_weights_is_not_cached(cache, small_folder):
+    cache_repo(cache, KANDINSKY, {"movq/config.json": small_folder[0] / "config.json"})
+    with pytest.raises(InputError, match="not in the cache"):
+        weights.locate(KANDINSKY)
+
+
+def test_a_name_that_is_neither_a_path_nor_an_id_is_not_found(cache):
+    for name in ("models/movq.ckpt", "movq", "./owner/name"):
+        assert_one_line_error(movq("info", name), 2, f"weights not found: {name}")
+
+
+def _http_error(kind: type) -> Exception:
+    request = httpx2.Request("HEAD", "https://huggingface.co/owner/name/resolve/main/movq/config.json")
+    return kind("the Hub's message\nand its details", response=httpx2.Response(404, request=request))
+
+
+@pytest.mark.parametrize(
+    "error, needle",
+    [
+        (
+            lambda: _http_error(hub_errors.RepositoryNotFoundError),
+            "nor a repository owner/name on the Hugging Face Hub",
+        ),
+        (lambda: _http_error(hub_errors.GatedRepoError), "owner/name is gated"),
+        (lambda: _http_error(hub_errors.RevisionNotFoundError), "has no revision v9"),
+        (lambda: _http_error(hub_errors.RemoteEntryNotFoundError), "has no config.json in movq/"),
+        (lambda: _http_error(hub_errors.HfHubHTTPError), "answered: the Hub's message"),
+        (lambda: hub_errors.OfflineModeIsEnabled("offline"), "hf download owner/name --revision v9 --include 'movq/*'"),
+        (lambda: hub_errors.LocalEntryNotFoundError("no connection"), "the Hub cannot be reached"),
+    ],
+)
+def test_hub_errors_become_one_line(cache, monkeypatch, error, needle):
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise error()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert_one_line_error(movq("info", "owner/name@v9"), 2, needle)
+
+
+def test_the_repository_asked_without_a_config_says_what_it_lacks(cache, monkeypatch):
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise _http_error(hub_errors.RemoteEntryNotFoundError)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert_one_line_error(movq("info", "owner/name"), 2, "no config.json in movq/, vae/ or its root")
+
+
+# movq info: the whole file, and what each part uses
+
+
+def test_info_counts_every_tensor_of_the_bundled_file_and_what_each_part_uses():
+    result = movq("info", default_weights(), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["file"] == {"tensors": 229, "parameters": 2_718_159}  # the README's 2.72 M
+    assert report["decoder"] == {"tensors": 163, "parameters": 1_702_039}
+    assert report["encoder"] == {"present": True, "tensors": 66, "parameters": 1_016_120}
+    assert report["config"]["encoder"] is True and report["parameters"] == report["decoder"]["parameters"]
+    table = movq("info", default_weights())
+    assert table.exit_code == 0, table.output
+    assert "229 tensors, 2,718,159 parameters" in table.stdout
+    assert "1,702,039 parameters (163 tensors)" in table.stdout and "1,016,120 parameters (66 tensors)" in table.stdout
+
+
+def test_info_counts_tensors_that_neither_part_uses(ckpt, small_folder):
+    report = json.loads(movq("info", ckpt, "--json").stdout)
+    extra = 1 + 8 * 3 * 4 * 4 + 3 * 3  # loss.logvar, the discriminator's weight, cond_stage_model.proj
+    model = small_folder[1]
+    assert report["file"]["tensors"] == len(model.state_dict()) + 3
+    assert report["file"]["parameters"] == sum(t.numel() for t in model.state_dict().values()) + extra
+    assert report["decoder"]["parameters"] + report["encoder"]["parameters"] + extra == report["file"]["parameters"]
+    encoder = sum(
+        math.prod(t.shape) for n, t in model.state_dict().items() if n.startswith(("encoder.", "quant_conv."))
+    )
+    assert report["encoder"] == {"present": True, "tensors": report["encoder"]["tensors"], "parameters": encoder}
+
+
+def test_info_on_a_decoder_only_file_says_there_is_no_encoder(ckpt, tmp_path):
+    weights.save(weights.load(ckpt), tmp_path / "decoder.safetensors")
+    report = json.loads(movq("info", tmp_path / "decoder.safetensors", "--json").stdout)
+    assert report["encoder"] == {"present": False, "tensors": 0, "parameters": 0}
+    assert report["file"] == {"tensors": report["decoder"]["tensors"], "parameters": report["decoder"]["parameters"]}
+    assert "none (decoding only)" in movq("info", tmp_path / "decoder.safetensors").stdout
