@@ -18,11 +18,12 @@ import torch
 from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import output_kind
+from movq_cli.io.writers import WRITERS, WriteOptions, names_a_folder
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import decode_to_file
 
-FORMATS = {"mp4": ".mp4", "png": ".png", "png-dir": ""}  # --format -> the suffix of each output
+# --format -> the suffix of each output (png and jpg hold one frame each)
+FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
 CODE_SUFFIXES = {".npy", ".npz"}
 GLOB_CHARACTERS = set("*?[")
 
@@ -65,12 +66,16 @@ class BatchOptions:
     grid: tuple[int, int] | None = None
     frames: slice | None = None
     chunk: int | None = None
-    fps: float = 24.0
-    crf: int = 18
+    fps: float | None = None  # None: the format's default
+    crf: int | None = None
     snap: bool = False
     overwrite: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
+
+    @property
+    def write(self) -> WriteOptions:
+        return WriteOptions(fps=self.fps, crf=self.crf)
 
 
 def is_pattern(path: Path) -> bool:
@@ -82,13 +87,14 @@ def is_batch(inputs: list[Path]) -> bool:
     return len(inputs) > 1 or any(is_pattern(path) or path.is_dir() for path in inputs)
 
 
-def plan(inputs: list[Path], out: Path, format: str) -> list[Job]:
+def plan(inputs: list[Path], out: Path, format: str, write: WriteOptions | None = None) -> list[Job]:
     """One job per code file found in `inputs`, its output under `out` where the input sits in its tree.
 
-    Raises InputError for an unknown format, an OUT that is a file, a folder or pattern with no
-    code files, or two inputs that would write the same output."""
+    Raises InputError for an unknown format or one with no use for an option in `write`, an OUT
+    that is a file, a folder or pattern with no code files, or two inputs that would write the same output."""
     if format not in FORMATS:
         raise InputError(f"unknown --format {format!r}; use {', '.join(FORMATS)}")
+    WRITERS[FORMATS[format]].check_options(write or WriteOptions())
     jobs, sources = [], {}
     for codes, relative in (found for path in inputs for found in _expand(path)):
         output = out / relative.with_suffix(FORMATS[format])
@@ -98,7 +104,7 @@ def plan(inputs: list[Path], out: Path, format: str) -> list[Job]:
         jobs.append(Job(codes, output))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; with several inputs OUT is the folder the outputs go to")
-    if not out.exists() and output_kind(out) != "folder":
+    if not out.exists() and not names_a_folder(out):
         raise InputError(f"{out} names a file; with several inputs OUT is the folder the outputs go to")
     return jobs
 

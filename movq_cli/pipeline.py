@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +19,16 @@ import numpy as np
 import torch
 
 from movq_cli.device import auto_chunk
-from movq_cli.errors import InputError, MovqError, RunError
+from movq_cli.errors import InputError, OutOfMemory, RunError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import open_writer
+from movq_cli.io.writers import WriteOptions, Writer, get_writer, reason
 from movq_cli.memory import check_frame_fits
 from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
+UNBLOCK_AFTER = 1.0  # seconds an abandoned writer may take to finish its write before it is aborted
+_END = object()  # the end of the frames, in the writer's queue
 
 
 @dataclass(frozen=True)
@@ -124,38 +127,68 @@ def frame_chunks(
     yield from decode_frames(model, clip, device, chunk or auto_chunk(model.config, clip.grid, device, dtype), snap)
 
 
-class WriterThread:
-    """Runs writer.write() on its own thread, fed through a bounded queue."""
+class BackgroundWriter:
+    """A writer fed from a thread of its own through a bounded queue, so that encoding overlaps decoding.
 
-    def __init__(self, writer) -> None:
+    Used as a context manager, it owns the writer's life: leaving the block normally waits for
+    every frame to be written, raises what the writer raised, and finishes the output; leaving it
+    with an exception stops the thread without writing what is still queued and aborts the writer.
+    """
+
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="movq-writer", daemon=True)
-        self.thread.start()
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._error: BaseException | None = None
+        self._abandoned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="movq-writer", daemon=True)
 
-    def _run(self) -> None:
-        while (frames := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # keep draining so that the producer never blocks forever
-            try:
-                self.writer.write(frames)
-            except BaseException as error:  # handed to the decoding thread
-                self.error = error
+    def __enter__(self) -> BackgroundWriter:
+        try:
+            self._thread.start()
+        except BaseException:
+            self.writer.abort()
+            raise
+        return self
 
     def put(self, frames: np.ndarray) -> None:
-        self.raise_error()
-        self.queue.put(frames)
+        """Hand frames (n, H, W, 3) to the writer; waits while QUEUE_CHUNKS chunks are queued."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(frames)
 
-    def close(self) -> None:
-        """Wait for every queued frame to be written; raise what the writer raised."""
-        self.queue.put(None)
-        self.thread.join()
-        self.raise_error()
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self._abandon()
+            return
+        try:
+            self._queue.put(_END)
+            self._thread.join()
+        except BaseException:  # Ctrl-C while the last chunks are written
+            self._abandon()
+            raise
+        with self.writer:  # finishes the output, or aborts it if writing failed
+            if self._error is not None:
+                raise self._error
 
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
+    def _run(self) -> None:
+        while (frames := self._queue.get()) is not _END:
+            if self._error is None and not self._abandoned.is_set():
+                try:
+                    self.writer.write(frames)
+                except BaseException as error:  # raised on the decoding thread
+                    self._error = error
+
+    def _abandon(self) -> None:
+        self._abandoned.set()
+        with suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._queue.put_nowait(_END)
+        self._thread.join(timeout=UNBLOCK_AFTER)
+        if self._thread.is_alive():  # stuck in a write: aborting kills ffmpeg, which ends it
+            self.writer.abort()
+            self._thread.join()
+        self.writer.abort()  # after the thread, so that nothing it writes outlives the abort
 
 
 def check_decodable(model: Movq, clip: Codes, device: torch.device, snap: bool = False) -> None:
@@ -177,51 +210,40 @@ def _check_not_input(output: Path, codes: Path) -> None:
 def decode_to_file(
     model: Movq,
     clip: Codes,
-    output: Path,
+    output: str | Path,
     device: torch.device,
     chunk: int | None = None,
-    fps: float = 24.0,
-    crf: int = 18,
+    fps: float | None = None,
+    crf: int | None = None,
     snap: bool = False,
     overwrite: bool = False,
     on_frames: Callable[[int], None] | None = None,
 ) -> DecodeResult:
-    """Decode `clip` into `output` (.mp4, .png, or a folder of PNGs).
+    """Decode `clip` into `output`: a video or animation, one picture, or a folder of PNG frames,
+    as its suffix says (a str keeps the trailing slash that names a folder). `fps` and `crf` are
+    for the formats that use them (None: the format's default); given for another, InputError.
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
     """
     check_decodable(model, clip, device, snap)
-    _check_not_input(output, clip.path)
+    _check_not_input(Path(output), clip.path)
     config = model.config
     frame_size = (clip.grid[0] * config.factor, clip.grid[1] * config.factor)
     dtype = next(model.parameters()).dtype
     chunk = chunk or auto_chunk(config, clip.grid, device, dtype)
     started = time.perf_counter()
-    writer = open_writer(output, frame_size, clip.n_frames, overwrite, fps, crf)
-    thread = None
+    writer = get_writer(output, frame_size, clip.n_frames, WriteOptions(fps, crf), overwrite)
     try:
-        thread = WriterThread(writer)
-        for frames in decode_frames(model, clip, device, chunk, snap):
-            thread.put(frames)
-            if on_frames:
-                on_frames(len(frames))
-        thread.close()
-        thread = None
-        writer.finish()
-    except BaseException as error:
-        if thread is not None:
-            thread.error = thread.error or error
-            thread.queue.put(None)
-            thread.thread.join()
-        writer.abort()
-        if isinstance(error, torch.OutOfMemoryError):
-            raise RunError(f"out of memory on {device} with --chunk {chunk}; try a smaller --chunk") from None
-        if isinstance(error, (MovqError, KeyboardInterrupt, SystemExit)):
-            raise
-        if isinstance(error, RuntimeError):
-            raise RunError(f"decoding failed on {device}: {str(error).splitlines()[0]}") from None
-        if isinstance(error, OSError):
-            raise RunError(f"cannot write {output}: {error.strerror or error}") from None
-        raise
-    return DecodeResult(output, clip.n_frames, frame_size, time.perf_counter() - started)
+        with BackgroundWriter(writer) as background:
+            for frames in decode_frames(model, clip, device, chunk, snap):
+                background.put(frames)
+                if on_frames:
+                    on_frames(len(frames))
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(f"out of memory on {device} with --chunk {chunk}") from None
+    except RuntimeError as error:
+        raise RunError(f"decoding failed on {device}: {first_line(error)}") from None
+    except OSError as error:
+        raise RunError(f"cannot write {output}: {reason(error)}") from None
+    return DecodeResult(Path(output), clip.n_frames, frame_size, time.perf_counter() - started)

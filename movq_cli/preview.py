@@ -15,7 +15,7 @@ import torch
 from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import AtomicTarget, PngWriter, output_kind
+from movq_cli.io.writers import WRITERS, WriteOptions, get_writer
 from movq_cli.memory import check_frame_fits
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import check_decodable, decode_frames
@@ -69,12 +69,17 @@ def draw_number(tile: np.ndarray, number: int) -> None:
         region[mask[: region.shape[0], : region.shape[1]]] = 255
 
 
+def sheet_size(count: int, frame_size: tuple[int, int], columns: int) -> tuple[int, int]:
+    """(height, width) of the sheet of `count` tiles of `frame_size`, `columns` to a row."""
+    height, width = frame_size
+    rows, columns = math.ceil(count / columns), min(columns, count)
+    return rows * (height + GAP) - GAP, columns * (width + GAP) - GAP
+
+
 def contact_sheet(frames: np.ndarray, numbers: list[int], columns: int) -> np.ndarray:
     """Frames (N, H, W, 3) as a grid of `columns` tiles per row, GAP pixels apart, each numbered."""
     count, height, width, _ = frames.shape
-    rows = math.ceil(count / columns)
-    columns = min(columns, count)
-    sheet = np.full((rows * (height + GAP) - GAP, columns * (width + GAP) - GAP, 3), BACKGROUND, np.uint8)
+    sheet = np.full((*sheet_size(count, (height, width), columns), 3), BACKGROUND, np.uint8)
     for i, (frame, number) in enumerate(zip(frames, numbers, strict=True)):
         top, left = (i // columns) * (height + GAP), (i % columns) * (width + GAP)
         tile = sheet[top : top + height, left : left + width]
@@ -92,23 +97,21 @@ def preview_to_file(
     columns: int | None = None,
     overwrite: bool = False,
 ) -> PreviewResult:
-    """Decode `count` evenly spaced frames of `clip` and write their contact sheet to `output` (.png)."""
-    if output_kind(output) != "png":
-        raise InputError(f"a preview is one picture; name it NAME.png, not {output.name}")
+    """Decode `count` evenly spaced frames of `clip` and write their contact sheet to `output` (.png or .jpg)."""
+    picture = WRITERS.get(output.suffix.lower())
+    if picture is None or not picture.one_frame:
+        raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
     dtype = next(model.parameters()).dtype
     check_frame_fits(model.config, clip.grid, device, dtype)  # before select() reads the chosen frames
     numbers = frame_numbers(clip.n_frames, count)
     chosen = clip.select(numbers)
     check_decodable(model, chosen, device)
     chunk = auto_chunk(model.config, chosen.grid, device, dtype)
-    target = AtomicTarget(output, overwrite)
-    writer = PngWriter(target)
-    try:
+    columns = columns or min(DEFAULT_COLUMNS, len(numbers))
+    frame_size = (chosen.grid[0] * model.config.factor, chosen.grid[1] * model.config.factor)
+    size = sheet_size(chosen.n_frames, frame_size, columns)
+    with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
         frames = np.concatenate(list(decode_frames(model, chosen, device, chunk)))
-        sheet = contact_sheet(frames, list(chosen.numbers), columns or min(DEFAULT_COLUMNS, len(numbers)))
+        sheet = contact_sheet(frames, list(chosen.numbers), columns)
         writer.write(sheet[None])
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
     return PreviewResult(output, list(chosen.numbers), sheet.shape[:2])

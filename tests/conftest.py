@@ -111,15 +111,18 @@ def assert_one_line_error(result, code: int, needle: str) -> None:
 
 # diffusers name -> original name, after decoder.up_blocks.{b} -> decoder.up.{levels - 1 - b}
 ORIGINAL_NAMES = [
-    (r"decoder\.mid_block\.resnets\.0\.", "decoder.mid.block_1."),
-    (r"decoder\.mid_block\.resnets\.1\.", "decoder.mid.block_2."),
-    (r"decoder\.mid_block\.attentions\.0\.", "decoder.mid.attn_1."),
-    (r"decoder\.conv_norm_out\.", "decoder.norm_out."),
+    (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
+    (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
+    (r"\.mid_block\.attentions\.0\.", ".mid.attn_1."),
+    (r"\.conv_norm_out\.", ".norm_out."),
+    (r"encoder\.down_blocks\.", "encoder.down."),
     (r"\.resnets\.", ".block."),
     (r"\.attentions\.", ".attn."),
     (r"\.upsamplers\.0\.", ".upsample."),
+    (r"\.downsamplers\.0\.", ".downsample."),
     (r"\.conv_shortcut\.", ".nin_shortcut."),
     (r"\.spatial_norm\.", ".norm."),
+    (r"\.group_norm\.", ".norm."),
     (r"\.to_q\.", ".q."),
     (r"\.to_k\.", ".k."),
     (r"\.to_v\.", ".v."),

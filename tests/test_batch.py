@@ -115,7 +115,7 @@ def test_existing_outputs_fail_unless_skipped_or_overwritten(tree, small_folder,
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--format", "gif"], "unknown --format"),
+        (["--format", "avi"], "unknown --format"),
         (["--overwrite", "--skip-existing"], "choose one"),
         (["--frames", "1:2:0"], "step cannot be zero"),
         (["--frames", "x"], "START:STOP"),

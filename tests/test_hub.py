@@ -4,18 +4,22 @@ and `movq info` counting every tensor of a file and what the decoder and the enc
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import socket
 import subprocess
 import sys
 
 import httpx2
+import huggingface_hub
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from conftest import assert_one_line_error, make_vqmodel, movq, write_lightning_ckpt
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import errors as hub_errors
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from movq_cli.checkpoints import hub, weights
 from movq_cli.checkpoints.bundled import default_weights
@@ -31,10 +35,11 @@ def no_network(monkeypatch):
     """Any connection a test attempts fails it, even one that huggingface_hub would forgive."""
     attempts = []
 
-    def refuse(sock, address):
-        attempts.append(address)
+    def refuse(*args, **kwargs):
+        attempts.append(args)
         raise OSError("no network in tests")
 
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     yield
     assert not attempts, f"tried to connect to {attempts}"
@@ -42,12 +47,33 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty Hub cache, the one huggingface_hub uses, offline."""
+    """An empty Hub cache, the one huggingface_hub uses, offline.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, and some of its requests (2.x looks up a
+    registry of agents when it builds its headers) heed only that: the test sets both.
+    """
     folder = tmp_path / "hub-cache"
     folder.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(folder))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     return folder
+
+
+@pytest.fixture
+def hub_answers(cache, monkeypatch):
+    """Online, with every download answered by the error that the test sets (`hub_answers.error`)."""
+
+    class Answers:
+        error: Exception
+
+    def download(*args, **kwargs):
+        raise Answers.error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return Answers
 
 
 def cache_repo(cache, repo: str, files: dict, commit: str = MAIN, refs: tuple[str, ...] = ("main",)):
@@ -126,8 +152,6 @@ def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
         == "hf download o/n --revision v2 --include 'movq/*'"
     )
     assert hub.fetch_command(hub.parse("o/n:a b.ckpt"), folders, files) == "hf download o/n 'a b.ckpt'"
-    import huggingface_hub
-
     monkeypatch.setattr(huggingface_hub, "__version__", "0.23.4")
     assert hub.fetch_command(hub.parse("o/n/movq"), folders, files) == "huggingface-cli download o/n --include 'movq/*'"
     assert hub.fetch_command(hub.parse("o/n"), folders, files).endswith(
@@ -266,26 +290,32 @@ def _http_error(kind: type) -> Exception:
         (lambda: hub_errors.LocalEntryNotFoundError("no connection"), "the Hub cannot be reached"),
     ],
 )
-def test_hub_errors_become_one_line(cache, monkeypatch, error, needle):
-    import huggingface_hub
-
-    def download(*args, **kwargs):
-        raise error()
-
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+def test_hub_errors_become_one_line(hub_answers, error, needle):
+    hub_answers.error = error()
     assert_one_line_error(movq("info", "owner/name@v9"), 2, needle)
 
 
-def test_the_repository_asked_without_a_config_says_what_it_lacks(cache, monkeypatch):
-    import huggingface_hub
+def test_a_repository_without_a_config_says_where_it_was_looked_for(hub_answers):
+    hub_answers.error = _http_error(hub_errors.RemoteEntryNotFoundError)
+    assert_one_line_error(movq("info", "owner/name"), 2, "no config.json in movq/, vae/ or its root")
 
-    def download(*args, **kwargs):
-        raise _http_error(hub_errors.RemoteEntryNotFoundError)
+
+def test_once_the_hub_does_not_answer_only_the_cache_is_asked(cache, small_folder, monkeypatch):
+    snapshot = cache_repo(cache, "THUDM/CogVideoX-2b", model_files(small_folder[0], "vae"))
+    asked = []
+
+    def unreachable(repo, filename, **kwargs):
+        asked.append((filename, kwargs["local_files_only"]))
+        if not kwargs["local_files_only"] or not (snapshot / filename).exists():
+            raise hub_errors.LocalEntryNotFoundError("no connection, and not in the cache")
+        return str(snapshot / filename)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    assert_one_line_error(movq("info", "owner/name"), 2, "no config.json in movq/, vae/ or its root")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    assert weights.locate("THUDM/CogVideoX-2b").path.parent.name == "vae"
+    assert asked[:2] == [("movq/config.json", False), ("vae/config.json", True)]
+    assert all(cache_only for _, cache_only in asked[1:])
 
 
 # movq info: the whole file, and what each part uses
@@ -297,7 +327,7 @@ def test_info_counts_every_tensor_of_the_bundled_file_and_what_each_part_uses():
     report = json.loads(result.stdout)
     assert report["file"] == {"tensors": 229, "parameters": 2_718_159}  # the README's 2.72 M
     assert report["decoder"] == {"tensors": 163, "parameters": 1_702_039}
-    assert report["encoder"] == {"present": True, "tensors": 66, "parameters": 1_016_120}
+    assert report["encoder"] == {"present": True, "tensors": 66, "parameters": 1_016_120, "problem": None}
     assert report["config"]["encoder"] is True and report["parameters"] == report["decoder"]["parameters"]
     table = movq("info", default_weights())
     assert table.exit_code == 0, table.output
@@ -305,22 +335,39 @@ def test_info_counts_every_tensor_of_the_bundled_file_and_what_each_part_uses():
     assert "1,702,039 parameters (163 tensors)" in table.stdout and "1,016,120 parameters (66 tensors)" in table.stdout
 
 
-def test_info_counts_tensors_that_neither_part_uses(ckpt, small_folder):
-    report = json.loads(movq("info", ckpt, "--json").stdout)
-    extra = 1 + 8 * 3 * 4 * 4 + 3 * 3  # loss.logvar, the discriminator's weight, cond_stage_model.proj
-    model = small_folder[1]
-    assert report["file"]["tensors"] == len(model.state_dict()) + 3
-    assert report["file"]["parameters"] == sum(t.numel() for t in model.state_dict().values()) + extra
-    assert report["decoder"]["parameters"] + report["encoder"]["parameters"] + extra == report["file"]["parameters"]
-    encoder = sum(
-        math.prod(t.shape) for n, t in model.state_dict().items() if n.startswith(("encoder.", "quant_conv."))
-    )
-    assert report["encoder"] == {"present": True, "tensors": report["encoder"]["tensors"], "parameters": encoder}
+@pytest.fixture(scope="module")
+def bundled_tensors():
+    """The bundled file's tensors and metadata, to write variants of it."""
+    with safe_open(default_weights(), framework="pt") as file:
+        return {name: file.get_tensor(name) for name in file.keys()}, file.metadata()
+
+
+def test_info_counts_tensors_that_neither_part_uses(bundled_tensors, tmp_path):
+    tensors, metadata = bundled_tensors
+    extra = {"loss.logvar": torch.zeros(()), "loss.discriminator.weight": torch.ones(8, 3, 4, 4)}
+    save_file({**tensors, **extra}, tmp_path / "trained.safetensors", metadata=metadata)
+    report = json.loads(movq("info", tmp_path / "trained.safetensors", "--json").stdout)
+    assert report["file"] == {"tensors": 229 + 2, "parameters": 2_718_159 + 1 + 384}
+    assert report["decoder"] == {"tensors": 163, "parameters": 1_702_039}
+    assert report["encoder"] == {"present": True, "tensors": 66, "parameters": 1_016_120, "problem": None}
+
+
+def test_an_encoder_that_does_not_fit_is_reported_and_the_decoder_still_described(bundled_tensors, tmp_path):
+    tensors, metadata = bundled_tensors
+    damaged = {name: tensor for name, tensor in tensors.items() if name != "encoder.conv_out.bias"}
+    save_file(damaged, tmp_path / "damaged.safetensors", metadata=metadata)
+    result = movq("info", tmp_path / "damaged.safetensors", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["decoder"] == {"tensors": 163, "parameters": 1_702_039}
+    assert report["encoder"]["present"] is True and report["encoder"]["tensors"] == 65
+    assert "missing: encoder.conv_out.bias" in report["encoder"]["problem"]
+    assert "cannot encode" in movq("info", tmp_path / "damaged.safetensors").stdout
 
 
 def test_info_on_a_decoder_only_file_says_there_is_no_encoder(ckpt, tmp_path):
     weights.save(weights.load(ckpt), tmp_path / "decoder.safetensors")
     report = json.loads(movq("info", tmp_path / "decoder.safetensors", "--json").stdout)
-    assert report["encoder"] == {"present": False, "tensors": 0, "parameters": 0}
+    assert report["encoder"] == {"present": False, "tensors": 0, "parameters": 0, "problem": None}
     assert report["file"] == {"tensors": report["decoder"]["tensors"], "parameters": report["decoder"]["parameters"]}
     assert "none (decoding only)" in movq("info", tmp_path / "decoder.safetensors").stdout

@@ -75,6 +75,17 @@ def test_every_layout_decodes_like_diffusers(name, with_config, reference, laten
     assert (got - expected).abs().max().item() <= TOLERANCE
 
 
+def test_an_original_checkpoint_keeps_its_encoder(reference, tmp_path):
+    write_lightning_ckpt(reference, tmp_path / "m.ckpt")
+    model = weights.load(tmp_path / "m.ckpt", encoder=True)
+    assert model.config.encoder and model.encoder is not None
+    images = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        expected = reference.encode(images).latents
+    with torch.inference_mode():
+        assert (model.encode(images) - expected).abs().max().item() <= TOLERANCE
+
+
 def test_pickled_tensors_arrive_on_the_requested_dtype(reference, tmp_path):
     write_lightning_ckpt(reference, tmp_path / "m.ckpt")
     model = weights.load(tmp_path / "m.ckpt", "cpu", torch.bfloat16)

@@ -39,6 +39,11 @@ TRAINING_PHOTOS = (
     "retina.jpg", "ihc.png", "coins.png", "camera.png", "brick.png", "grass.png", "gravel.png", "moon.png",
     "page.png", "text.png", "logo.png", "microaneurysms.png", "cell.png", "clock_motion.png", "color.png",
 )  # fmt: skip
+# stage 2: decoder fine-tune at the frame sizes the model is used at, about FINETUNE_PIXELS a step
+FINETUNE_SIZES = (128, 192, 256)
+FINETUNE_PIXELS = 2 * 256 * 256
+FINETUNE_STEPS = 240
+FINETUNE_LR = 2e-4
 OUT = Path(__file__).resolve().parents[1] / "weights" / "movq-default.safetensors"
 
 
@@ -69,7 +74,9 @@ def held_out_crops() -> dict[str, torch.Tensor]:
 
 
 def random_batch(photos: list[torch.Tensor], size: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crops at random scales (0.5x to 1x), with flips."""
+    """Random crops at random scales (0.5x to 1x), with flips, from the photos at least `crop` on each side
+    (never blown up: at 64 that is every photo)."""
+    photos = [photo for photo in photos if min(photo.shape[1:]) >= crop]
     batch = []
     weights_ = torch.tensor([math.sqrt(p.shape[1] * p.shape[2]) for p in photos])
     for index in torch.multinomial(weights_, size, replacement=True, generator=generator).tolist():
@@ -129,47 +136,61 @@ def reconstruct(model: Movq, images: torch.Tensor) -> tuple[torch.Tensor, torch.
     return model.decode_codes(codes), codes
 
 
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> 8-bit levels, as `movq decode` writes them."""
+    return torch.round(torch.clamp((x + 1) / 2, 0, 1) * 255)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two images in [-1, 1], compared as 8-bit pictures."""
-    to_pixels = lambda x: torch.round(torch.clamp((x + 1) / 2, 0, 1) * 255)  # noqa: E731
     mse = (to_pixels(a) - to_pixels(b)).pow(2).mean().item()
     return 10 * math.log10(255**2 / max(mse, 1e-10))
+
+
+def border_and_interior_error(a: torch.Tensor, b: torch.Tensor, ring: int = 2) -> tuple[float, float]:
+    """Mean absolute difference in 8-bit levels of two images in [-1, 1] over the outer `ring` pixels of
+    the frame, and over the rest."""
+    error = (to_pixels(a) - to_pixels(b)).abs()
+    inside = torch.zeros(error.shape[-2:], dtype=torch.bool)
+    inside[ring:-ring, ring:-ring] = True
+    return error[..., ~inside].mean().item(), error[..., inside].mean().item()
 
 
 def evaluate(model: Movq, crops: dict[str, torch.Tensor]) -> dict:
     model.eval()
     with torch.inference_mode():
-        scores, used = {}, set()
+        scores, used, border, interior = {}, set(), [], []
         for name, crop in crops.items():
             recon, codes = reconstruct(model, crop[None])
             scores[name] = round(psnr(recon, crop[None]), 2)
             used.update(codes.unique().tolist())
+            errors = border_and_interior_error(recon, crop[None])
+            border.append(errors[0])
+            interior.append(errors[1])
     model.train()
-    return {"psnr": scores, "codes_used_on_held_out": len(used)}
+    return {
+        "psnr": scores,
+        "codes_used_on_held_out": len(used),
+        "border_mae": round(sum(border) / len(border), 2),  # the outer 2-pixel ring of the frame
+        "interior_mae": round(sum(interior) / len(interior), 2),
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3600)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+def warm_cosine(step: int, warmup: int, steps: int) -> float:
+    """The learning rate's factor: a linear warm-up, then a cosine down to 5%."""
+    return min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
 
+
+def pretrain(args: argparse.Namespace, photos: list[torch.Tensor], crops: dict[str, torch.Tensor]) -> Movq:
+    """Stage 1: encoder, codebook and decoder from scratch, on 64x64 crops."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    photos = training_photos()
-    crops = held_out_crops()
     model = Movq(CONFIG).train()
     params = [p for name, p in model.named_parameters() if not name.startswith("quantize.")]
     model.quantize.embedding.weight.requires_grad_(False)
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = min(200, args.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps))),
-    )
+    warmup = max(1, min(200, args.steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warm_cosine(step, warmup, args.steps))
     codebook = EmaCodebook(model.quantize.embedding.weight)
     print(f"{len(photos)} training photos; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
 
@@ -193,11 +214,73 @@ def main() -> None:
             restarted = codebook.restart_dead(latents.detach(), generator)
         if step % 250 == 0 or step == args.steps:
             report = evaluate(model, crops)
-            report.update(step=step, loss=round(loss.item(), 4), minutes=round((time.time() - started) / 60, 1),
-                          restarted=restarted)  # fmt: skip
+            minutes = round((time.time() - started) / 60, 1)
+            report.update(stage=1, step=step, loss=round(loss.item(), 4), minutes=minutes, restarted=restarted)
             print(json.dumps(report), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             weights.save(model, args.out)
+    print(f"stage 1: wrote {args.out} in {(time.time() - started) / 60:.1f} min", flush=True)
+    return model
+
+
+def finetune(model: Movq, args: argparse.Namespace, photos: list[torch.Tensor], crops: dict[str, torch.Tensor]) -> Movq:
+    """Stage 2: the decoder alone, on crops of FINETUNE_SIZES, so that it draws frame edges right at the
+    sizes it is used at. The encoder and the codebook stay as they are, so codes do not change."""
+    torch.manual_seed(1)
+    generator = torch.Generator().manual_seed(1)
+    model.train().requires_grad_(False)
+    params = [p for name, p in model.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=args.finetune_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    warmup = max(1, args.finetune_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warm_cosine(step, warmup, args.finetune_steps))
+    print(json.dumps({"stage": 2, "step": 0, **evaluate(model, crops)}), flush=True)
+    started = time.time()
+    for step in range(1, args.finetune_steps + 1):
+        crop = FINETUNE_SIZES[torch.randint(len(FINETUNE_SIZES), (), generator=generator).item()]
+        images = random_batch(photos, max(1, round(FINETUNE_PIXELS / crop**2)), crop, generator)
+        with torch.no_grad():
+            codes = model.quantize.nearest(model.encode(images))
+        recon = model.decode_codes(codes)
+        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == args.finetune_steps:
+            report = evaluate(model, crops)
+            minutes = round((time.time() - started) / 60, 1)
+            report.update(stage=2, step=step, loss=round(loss.item(), 4), minutes=minutes)
+            print(json.dumps(report), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            weights.save(model, args.out)
+    print(f"stage 2: wrote {args.out} in {(time.time() - started) / 60:.1f} min", flush=True)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3600)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-from", type=Path, help="skip stage 1: fine-tune these weights (stage 1's output)")
+    parser.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS, help="0 skips stage 2")
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    started = time.time()
+    photos = training_photos()
+    crops = held_out_crops()
+    if args.finetune_from is None:
+        model = pretrain(args, photos, crops)
+    else:
+        model = weights.load(args.finetune_from, encoder=True)
+    if args.finetune_steps > 0:
+        model = finetune(model, args, photos, crops)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {(time.time() - started) / 60:.1f} min")
 
 

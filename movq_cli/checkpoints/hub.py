@@ -119,8 +119,8 @@ def _model_folder(files: _Files, folders: Sequence[str], weights_files: Sequence
             if files.get(posixpath.join(folder, name)) is not None:
                 return config.parent, ""
         return None, f"config.json but no {' or '.join(weights_files)} in {folder or 'its root'}"
-    where = [f"{folder}/" if folder else "its root" for folder in folders]
-    where = ", ".join(where[:-1]) + " or " + where[-1] if len(where) > 1 else where[0]
+    places = [f"{folder}/" if folder else "its root" for folder in folders]
+    where = f"{', '.join(places[:-1])} or {places[-1]}" if len(places) > 1 else places[0]
     return None, f"no config.json in {where}: name a weights file in it with {files.hub_id.repo}:PATH"
 
 
@@ -130,6 +130,7 @@ class _Files:
     def __init__(self, hub_id: HubId) -> None:
         self.hub_id = hub_id
         self.uncached: list[str] = []  # asked for, but neither in the cache nor to be had from the Hub
+        self.cache_only = is_offline()
 
     def get(self, filename: str) -> Path | None:
         """The cached copy of `filename`; None when the repository has no such file or it cannot be had."""
@@ -143,11 +144,13 @@ class _Files:
                     filename,
                     revision=self.hub_id.revision,
                     cache_dir=cache_dir(),
-                    local_files_only=is_offline(),
+                    local_files_only=self.cache_only,
                 )
             )
         except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: caught first
             self.uncached.append(filename)
+            # online, the Hub did not answer (after retries that take half a minute): ask only the cache from now on
+            self.cache_only = True
         except EntryNotFoundError:
             pass
         return None
@@ -178,7 +181,7 @@ def _hub_errors(hub_id: HubId, not_cached: str) -> Iterator[None]:
             f"Hugging Face Hub; a private one needs {_login_command()} or HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
-        raise InputError(f"{hub_id.repo} on the Hugging Face Hub has no revision {hub_id.revision}") from None
+        raise InputError(f"{hub_id.repo} on the Hugging Face Hub has no revision {hub_id.revision or 'main'}") from None
     except OfflineModeIsEnabled:
         raise InputError(not_cached) from None
     except HfHubHTTPError as error:
@@ -219,9 +222,12 @@ def cache_dir() -> Path:
 
 
 def is_offline() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for the cache only, read from the environment now."""
+    """Whether only the cache may be used: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now or as
+    huggingface_hub read it at import."""
+    from huggingface_hub import constants
+
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.upper() in TRUE
+    return value.upper() in TRUE or constants.HF_HUB_OFFLINE
 
 
 def _cli() -> str:

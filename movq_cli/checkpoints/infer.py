@@ -1,7 +1,7 @@
 """A MovqConfig read off native tensor names and shapes, for checkpoints that come without one.
 
-Every knob but `norm_groups` shows in the weights; that one keeps its default (32), which every
-published MoVQ uses.
+Every knob but the group counts (`norm_groups`, `encoder_norm_groups`) shows in the weights; those
+keep their default (32), which every published MoVQ uses.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The native layout is the module tree of `movq_cli.models.movq.Movq` (the original MoVQ names), so
 "original" files (taming-transformers, Kandinsky-2, MoVQGAN, CogVideo SAT) need almost no
-renaming; diffusers files are renamed level by level.
+renaming; diffusers names go through the table DIFFUSERS_RENAMES (docs/ARCHITECTURE.md, section 4).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ DECODER_ROOTS = ("decoder.", "quantize.", "post_quant_conv.")
 ENCODER_ROOTS = ("encoder.", "quant_conv.")
 LAYOUTS = ("diffusers", "original")
 
-# diffusers name -> native name, applied in order to every tensor name (after the decoder's block
-# index is reversed, which is the one rule a table cannot hold: see _diffusers_name).
-_IN_ATTENTION = r"(\.attn(?:_1|\.\d+)\.)"  # what precedes a tensor of an attention layer, once renamed
+# diffusers -> native, (pattern, replacement) applied in order to every name, after the decoder's
+# block index is reversed (the one rule computed rather than looked up: see _diffusers_name).
+_IN_ATTENTION = r"(\.attn(?:_1|\.\d+)\.)"  # what precedes an attention layer's tensors, once renamed
 DIFFUSERS_RENAMES = [
     (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
     (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
@@ -117,8 +117,8 @@ def diffusers_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _diffusers_name(name: str, levels: int) -> str:
-    # diffusers counts decoder blocks in decode order (lowest resolution first), the native
-    # layout from full resolution: up_blocks.{b} is up.{levels - 1 - b}. Encoder blocks agree.
+    # diffusers counts decoder blocks in decode order (lowest resolution first), the native layout
+    # from full resolution: up_blocks.{b} is up.{levels - 1 - b}. Encoder blocks count alike in both.
     name = re.sub(r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.", name)
     for pattern, replacement in DIFFUSERS_RENAMES:
         name = re.sub(pattern, replacement, name)

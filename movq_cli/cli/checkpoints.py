@@ -91,6 +91,8 @@ def info(
     height, width = report["frame_size"]
     encoder = report["encoder"]
     encoder_size = f"{encoder['parameters']:,} parameters ({encoder['tensors']} tensors)"
+    if encoder["problem"]:
+        encoder_size += f"; cannot encode: {encoder['problem']}"
     _print_table(
         {
             "file": report["path"],

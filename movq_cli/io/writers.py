@@ -1,17 +1,24 @@
-"""Writers: frames (N, H, W, 3) uint8 in, an MP4, one PNG or a folder of PNGs out.
+"""Writers: frames (N, H, W, 3) uint8 in; a video, an animation, one picture or a folder of PNGs out.
 
-Each writer works under a temporary name beside the target and renames it into place only
-in `finish()`; `abort()` removes everything it wrote.
+`get_writer` picks the writer from the output's suffix (`WRITERS`) and checks the clip against
+it before any decoding. Each writer works under a temporary name beside the target and moves it
+into place only in `finish()`; `abort()` removes everything it wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
+from contextlib import suppress
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -19,76 +26,209 @@ import numpy as np
 
 from movq_cli.errors import InputError, RunError
 
-VIDEO_SUFFIXES = {".mp4"}
-IMAGE_SUFFIXES = {".png"}
-UNSUPPORTED_SUFFIXES = {".gif", ".avi", ".mov", ".mkv", ".webm", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+DEFAULT_FPS = 24.0
 PNG_COMPRESSION = 1  # zlib level: fast to write, and decoding dominates anyway
+JPEG_QUALITY = 95
+WEBP_QUALITY = 90
+GIF_MEMORY = 4 * 2**30  # bytes of frames ffmpeg may hold while it builds a GIF's palette
+FRAME_NAME = re.compile(r"\d{5,}\.png")  # what PngFolderWriter names its frames
+REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
-def output_kind(path: Path) -> str:
-    """'mp4', 'png' or 'folder', from the output path."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        return "mp4"
-    if suffix in IMAGE_SUFFIXES:
-        return "png"
-    if suffix in UNSUPPORTED_SUFFIXES:
-        raise InputError(f"cannot write {suffix} files; write .mp4, .png, or a folder of PNGs")
-    return "folder"
+@dataclass(frozen=True)
+class WriteOptions:
+    """How frames are written; None means "not given": the format's default (a video's 24 fps)."""
+
+    fps: float | None = None
+    crf: int | None = None
+
+
+def reason(error: OSError) -> str:
+    """Why a file operation failed, in the user's words (EROFS and EACCES are not the same)."""
+    return REASONS.get(error.errno, error.strerror or str(error))
 
 
 class AtomicTarget:
-    """A temporary path beside `target`, moved onto it when the output is complete."""
+    """A temporary file (or folder) beside `target`, moved onto it when the output is complete.
 
-    def __init__(self, target: Path, overwrite: bool) -> None:
-        self.target = target
-        if target.exists() and not overwrite:
-            raise InputError(f"{target} exists; pass --overwrite to replace it")
+    The temporary is created here, so that an unwritable place is reported before any work.
+    A folder is replaced only when it holds nothing but frames movq numbered (00000.png, ...),
+    and never when it is or holds the current folder or the home folder.
+    """
+
+    def __init__(self, target: str | Path, overwrite: bool, folder: bool = False) -> None:
+        self.target = Path(target)
+        self.path = Path(os.path.abspath(target))  # "." and ".." have no name to put beside
+        self.folder = folder
+        if os.path.lexists(self.path):
+            self._check_replaceable(overwrite)
+        parent = self.path.parent
+        if not parent.is_dir():
+            try:
+                parent.mkdir(parents=True)
+            except OSError as error:
+                raise InputError(f"cannot create the folder {parent}: {reason(error)}") from None
+        self.temp = parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if folder:
+                os.mkdir(self.temp)
+            else:
+                os.close(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as error:
-            raise InputError(f"cannot create the folder {target.parent}: {error.strerror}") from None
-        if not os.access(target.parent, os.W_OK):
-            raise InputError(f"cannot write to {target.parent}: permission denied")
-        self.temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+            raise InputError(f"cannot write to {parent}: {reason(error)}") from None
+
+    def _check_replaceable(self, overwrite: bool) -> None:
+        if not self.folder:
+            if self.path.is_dir():
+                raise InputError(f"{self.target} is a folder; name the output file otherwise")
+        elif self.path.is_symlink() or not self.path.is_dir():
+            raise InputError(f"{self.target} is a file or a link; name the folder of frames otherwise")
+        else:
+            self._check_not_protected()
+            self._check_only_frames()
+        if not overwrite:
+            raise InputError(f"{self.target} exists; pass --overwrite to replace it")
+
+    def _check_not_protected(self) -> None:
+        resolved = self.path.resolve()
+        places = {"the current folder": Path.cwd()}
+        home = os.path.expanduser("~")
+        if home != "~":  # no HOME and no password entry
+            places["your home folder"] = Path(home)
+        for name, place in places.items():
+            place = place.resolve()
+            if place.is_relative_to(resolved):
+                relation = "is" if place == resolved else "holds"
+                raise InputError(f"movq never replaces {self.target}: it {relation} {name}; name a new folder")
+
+    def _check_only_frames(self) -> None:
+        try:
+            foreign = next((entry.name for entry in os.scandir(self.path) if not _is_frame(entry)), None)
+        except OSError as error:
+            raise InputError(f"cannot read the folder {self.target}: {reason(error)}") from None
+        if foreign is not None:
+            raise InputError(
+                f"{self.target} holds {foreign}, which movq did not write; even with --overwrite, movq replaces "
+                "a folder only when it holds nothing but its own frames (00000.png, 00001.png, ...)"
+            )
 
     def commit(self) -> None:
         """Move the finished temporary output onto the target, replacing what was there."""
-        old = None
-        if self.target.is_dir() and not self.target.is_symlink():
-            old = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(self.target, old)
-        os.replace(self.temp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if not (self.folder and self.path.is_dir()):
+            os.replace(self.temp, self.path)
+            return
+        self._check_only_frames()  # again: something may have been put there while decoding
+        old = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(self.path, old)
+        try:
+            os.replace(self.temp, self.path)
+        except OSError:
+            os.replace(old, self.path)
+            raise
+        for entry in os.scandir(old):
+            if _is_frame(entry):
+                os.unlink(entry.path)
+        with suppress(OSError):  # not empty only if a file appeared since the check: leave it be
+            os.rmdir(old)
 
     def remove(self) -> None:
+        """Remove the temporary output (again, if need be)."""
         if self.temp.is_dir():
             shutil.rmtree(self.temp, ignore_errors=True)
         else:
             self.temp.unlink(missing_ok=True)
 
 
-class Mp4Writer:
-    """H.264 yuv420p at the exact frame size, through the ffmpeg that imageio-ffmpeg ships.
+def _is_frame(entry: os.DirEntry) -> bool:
+    return FRAME_NAME.fullmatch(entry.name) is not None and entry.is_file(follow_symlinks=False)
+
+
+class Writer(ABC):
+    """Frames in, one output out: `write()` chunks in order, then `finish()`, or `abort()` on failure.
+
+    As a context manager it finishes when its block succeeds and aborts when the block raises.
+    """
+
+    suffix: ClassVar[str]  # "" for a folder
+    uses: ClassVar[frozenset[str]] = frozenset()  # the WriteOptions fields it has a use for
+    one_frame: ClassVar[bool] = False
+    max_side: ClassVar[int | None] = None
+
+    def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
+        self.target = target
+
+    @classmethod
+    def what(cls) -> str:
+        return f"{cls.suffix} output" if cls.suffix else "a folder of PNG frames"
+
+    @classmethod
+    def check_options(cls, options: WriteOptions) -> None:
+        """Raise InputError for an option given that this format has no use for."""
+        for field in fields(options):
+            if getattr(options, field.name) is not None and field.name not in cls.uses:
+                raise InputError(f"--{field.name} has no use for {cls.what()}")
+        if options.fps is not None and options.fps <= 0:
+            raise InputError(f"--fps must be more than 0, not {options.fps}")
+
+    @classmethod
+    def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
+        """Raise InputError unless `n_frames` frames of `frame_size` (height, width) fit this format."""
+        height, width = frame_size
+        if cls.one_frame and n_frames != 1:
+            raise InputError(
+                f"{n_frames} frames cannot go into one {cls.suffix}; write them to a folder of PNG frames, "
+                f"pick one with --frames N:N+1, or see several on one sheet with movq preview"
+            )
+        if cls.max_side is not None and max(height, width) > cls.max_side:
+            raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {width}x{height}")
+
+    @abstractmethod
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames (n, H, W, 3) uint8."""
+
+    def finish(self) -> None:
+        """Complete the output and move it onto the target."""
+        self.target.commit()
+
+    def abort(self) -> None:
+        """Stop and remove everything written; safe to call more than once."""
+        self.target.remove()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self.abort()
+            return
+        try:
+            self.finish()
+        except BaseException:
+            self.abort()
+            raise
+
+
+class FfmpegWriter(Writer):
+    """Frames piped as raw RGB into the ffmpeg that imageio-ffmpeg ships; subclasses name the encoding.
 
     ffmpeg runs as our own child so that its exit status and its error message are ours to
     read; its stderr goes to a temporary file, and the last line is what the user sees.
     It runs in a session of its own so that a Ctrl-C in the terminal does not kill it first.
     """
 
-    def __init__(self, target: AtomicTarget, size: tuple[int, int], fps: float, crf: int) -> None:
-        height, width = size
-        if height % 2 or width % 2:
-            raise InputError(f"H.264 yuv420p needs even frame sizes, not {width}x{height}; write PNGs instead")
-        self.target = target
-        self.log = tempfile.TemporaryFile()
+    uses = frozenset({"fps"})
+    muxer: ClassVar[str]
+
+    def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
+        super().__init__(target, frame_size, options)
+        height, width = frame_size
+        fps = DEFAULT_FPS if options.fps is None else options.fps
         command = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
-            "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", "-f", "mp4", str(target.temp),
+            "-an", *self.encoding(options), "-f", self.muxer, str(target.temp),
         ]  # fmt: skip
+        self.log = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stderr=self.log, stdout=subprocess.DEVNULL, start_new_session=True
@@ -97,18 +237,20 @@ class Mp4Writer:
             self.log.close()
             raise RunError(f"cannot start ffmpeg: {error.strerror or error}") from None
 
+    @abstractmethod
+    def encoding(self, options: WriteOptions) -> list[str]:
+        """ffmpeg's output arguments for this format, up to the muxer."""
+
     def write(self, frames: np.ndarray) -> None:
         try:
             self.process.stdin.write(np.ascontiguousarray(frames).data)
-        except (BrokenPipeError, OSError):
+        except OSError:
             self.process.wait()
             raise RunError(f"ffmpeg failed: {self._ffmpeg_message()}") from None
 
     def finish(self) -> None:
-        try:
+        with suppress(OSError):
             self.process.stdin.close()
-        except OSError:
-            pass
         if self.process.wait() != 0:
             raise RunError(f"ffmpeg failed: {self._ffmpeg_message()}")
         self.log.close()
@@ -127,61 +269,185 @@ class Mp4Writer:
         return lines[-1] if lines else f"exit status {self.process.returncode}"
 
 
-class PngWriter:
-    """One frame into one PNG file."""
+class VideoWriter(FfmpegWriter):
+    """A video whose quality is a constant rate factor: --crf, from `crfs` (lower is better)."""
 
-    def __init__(self, target: AtomicTarget) -> None:
-        self.target = target
+    uses = frozenset({"fps", "crf"})
+    crfs: ClassVar[range]
+    default_crf: ClassVar[int]
+
+    @classmethod
+    def check_options(cls, options: WriteOptions) -> None:
+        super().check_options(options)
+        if options.crf is not None and options.crf not in cls.crfs:
+            raise InputError(f"--crf for {cls.suffix} goes from {cls.crfs.start} to {cls.crfs.stop - 1}")
+
+    def crf(self, options: WriteOptions) -> str:
+        return str(self.default_crf if options.crf is None else options.crf)
+
+
+class Mp4Writer(VideoWriter):
+    """H.264 yuv420p at the exact frame size."""
+
+    suffix, muxer = ".mp4", "mp4"
+    crfs, default_crf = range(52), 18
+
+    @classmethod
+    def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
+        super().check_frames(frame_size, n_frames)
+        height, width = frame_size
+        if height % 2 or width % 2:
+            raise InputError(f"H.264 yuv420p needs even frame sizes, not {width}x{height}; write .webm or PNGs instead")
+
+    def encoding(self, options: WriteOptions) -> list[str]:
+        return ["-c:v", "libx264", "-preset", "medium", "-crf", self.crf(options), "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart"]  # fmt: skip
+
+
+class WebmWriter(VideoWriter):
+    """VP9 yuv420p in constant quality mode (its crf with no bitrate target)."""
+
+    suffix, muxer = ".webm", "webm"
+    crfs, default_crf = range(64), 24
+
+    def encoding(self, options: WriteOptions) -> list[str]:
+        return ["-c:v", "libvpx-vp9", "-crf", self.crf(options), "-b:v", "0", "-row-mt", "1", "-pix_fmt", "yuv420p"]
+
+
+class GifWriter(FfmpegWriter):
+    """An endlessly looping GIF with one 256-colour palette made from the whole clip.
+
+    ffmpeg holds every frame until the palette is known, so the clip's size is checked first.
+    The palette is counted from colours rounded to 5 bits a channel: palettegen takes seconds
+    a frame over millions of distinct colours, and 32768 give the same 256.
+    """
+
+    suffix, muxer = ".gif", "gif"
+    max_side = 65535
+    palette = (
+        "split[frames][counted];"
+        "[counted]lutrgb=r=bitand(val\\,248)+4:g=bitand(val\\,248)+4:b=bitand(val\\,248)+4,"
+        "palettegen=reserve_transparent=0[palette];"
+        "[frames][palette]paletteuse"
+    )
+
+    @classmethod
+    def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
+        super().check_frames(frame_size, n_frames)
+        height, width = frame_size
+        if n_frames * height * width * 3 > GIF_MEMORY:
+            raise InputError(
+                f"a .gif of {n_frames} frames of {width}x{height} is made in memory, over "
+                f"{GIF_MEMORY // 2**30} GiB; pick fewer with --frames, or write .webm or .mp4"
+            )
+
+    def encoding(self, options: WriteOptions) -> list[str]:
+        return ["-vf", self.palette, "-loop", "0"]
+
+
+class WebpWriter(FfmpegWriter):
+    """An endlessly looping animated WebP, lossy at high quality."""
+
+    suffix, muxer = ".webp", "webp"
+    max_side = 16383
+
+    def encoding(self, options: WriteOptions) -> list[str]:
+        return ["-c:v", "libwebp_anim", "-quality", str(WEBP_QUALITY), "-loop", "0"]
+
+
+class PictureWriter(Writer):
+    """One frame into one picture file."""
+
+    one_frame = True
+    saving: ClassVar[dict]  # what imageio's writer is told
+
+    def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
+        super().__init__(target, frame_size, options)
         self.written = False
 
     def write(self, frames: np.ndarray) -> None:
         if self.written or len(frames) != 1:
-            raise InputError("a .png output holds one frame; give a folder to write one PNG per frame")
-        _write_png(self.target.temp, frames[0])
+            raise InputError(f"a {self.suffix} output holds one frame; give a folder to write one PNG per frame")
+        _write_image(self.target.temp, frames[0], self.suffix, self.saving)
         self.written = True
 
-    def finish(self) -> None:
-        self.target.commit()
 
-    def abort(self) -> None:
-        self.target.remove()
+class PngWriter(PictureWriter):
+    suffix = ".png"
+    saving = {"compress_level": PNG_COMPRESSION}
 
 
-class PngFolderWriter:
+class JpegWriter(PictureWriter):
+    suffix = ".jpg"
+    max_side = 65535
+    saving = {"quality": JPEG_QUALITY}
+
+
+class PngFolderWriter(Writer):
     """Frames into a folder as 00000.png, 00001.png, ... in frame order."""
 
-    def __init__(self, target: AtomicTarget) -> None:
-        self.target = target
+    suffix = ""
+
+    def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
+        super().__init__(target, frame_size, options)
         self.count = 0
-        target.temp.mkdir()
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
-            _write_png(self.target.temp / f"{self.count:05d}.png", frame)
+            _write_image(self.target.temp / f"{self.count:05d}.png", frame, ".png", PngWriter.saving)
             self.count += 1
 
-    def finish(self) -> None:
-        self.target.commit()
 
-    def abort(self) -> None:
-        self.target.remove()
-
-
-def _write_png(path: Path, frame: np.ndarray) -> None:
+def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict) -> None:
     try:
-        iio.imwrite(path, frame, extension=".png", compress_level=PNG_COMPRESSION)
+        iio.imwrite(path, frame, extension=suffix, **saving)
     except OSError as error:
-        raise RunError(f"cannot write {path.name}: {error.strerror or error}") from None
+        raise RunError(f"cannot write {path.name}: {reason(error)}") from None
 
 
-def open_writer(path: Path, frame_size: tuple[int, int], n_frames: int, overwrite: bool, fps: float, crf: int):
-    """The writer for `path`, checked against the clip before any decoding starts."""
-    kind = output_kind(path)
-    if kind == "png" and n_frames != 1:
-        raise InputError(f"{n_frames} frames cannot go into one .png; give a folder (e.g. {path.with_suffix('')}/)")
-    target = AtomicTarget(path, overwrite)
-    if kind == "mp4":
-        return Mp4Writer(target, frame_size, fps, crf)
-    if kind == "png":
-        return PngWriter(target)
-    return PngFolderWriter(target)
+WRITERS: dict[str, type[Writer]] = {
+    ".mp4": Mp4Writer, ".webm": WebmWriter, ".gif": GifWriter, ".webp": WebpWriter,
+    ".png": PngWriter, ".jpg": JpegWriter, ".jpeg": JpegWriter, "": PngFolderWriter,
+}  # fmt: skip
+WRITTEN = ", ".join(dict.fromkeys(cls.suffix for cls in WRITERS.values() if cls.suffix)) + ", or a folder of PNG frames"
+
+
+def names_a_folder(path: str | Path) -> bool:
+    """Whether `path` means a folder of frames: a name ending in a slash, with no suffix, or an
+    existing folder whose suffix is no format's (a trailing slash survives only in a str)."""
+    text = str(path)
+    suffix = Path(text).suffix.lower()
+    return text.endswith(("/", os.sep)) or suffix == "" or (suffix not in WRITERS and Path(text).is_dir())
+
+
+def writer_class(path: str | Path) -> type[Writer]:
+    """The writer for `path`, from its suffix; InputError, listing what movq writes, for any other."""
+    if names_a_folder(path):
+        return PngFolderWriter
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITERS:
+        raise InputError(f"cannot write {suffix} files; movq writes {WRITTEN}")
+    return WRITERS[suffix]
+
+
+def get_writer(
+    path: str | Path,
+    frame_size: tuple[int, int],
+    n_frames: int,
+    options: WriteOptions = WriteOptions(),
+    overwrite: bool = False,
+) -> Writer:
+    """The writer for `n_frames` frames of `frame_size` (height, width) into `path`.
+
+    Everything that can be known before decoding is checked first (the format, its options,
+    the frame count and size, the target and its folder); InputError says what is wrong.
+    """
+    kind = writer_class(path)
+    kind.check_options(options)
+    kind.check_frames(frame_size, n_frames)
+    target = AtomicTarget(path, overwrite, folder=kind is PngFolderWriter)
+    try:
+        return kind(target, frame_size, options)
+    except BaseException:
+        target.remove()
+        raise

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models.fastconv import UpsampleConv3x3
+
 
 @dataclass(frozen=True)
 class CogVideoXConfig:
@@ -110,6 +112,10 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x, inplace=_inplace())
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 class CausalConv3d(nn.Module):
     """A k x k x k convolution that looks only backwards in time.
 
@@ -130,6 +136,8 @@ class CausalConv3d(nn.Module):
         if past is None:
             past = x[:, :, :1].expand(-1, -1, self.context, -1, -1)
         padded = torch.cat([past, x], dim=2)
+        if _channels_last(x):  # cat follows its first input, and the first chunk's is an expanded frame
+            padded = padded.contiguous(memory_format=torch.channels_last_3d)
         # a copy, not a view: a view would keep the whole padded chunk alive until the next one
         cache[self] = padded[:, :, -self.context :].clone()
         return self.conv(padded)
@@ -154,12 +162,21 @@ def fit_latents(zq: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(zq, size=tuple(size), mode="nearest")
 
 
+def latent_frame_of(frames_out: int, frames_in: int) -> list[int]:
+    """For each of `frames_out` frames, the latent frame fit_latents takes it from."""
+    if _first_frame_apart(frames_out):
+        return [0] + [1 + i * (frames_in - 1) // (frames_out - 1) for i in range(frames_out - 1)]
+    return [i * frames_in // frames_out for i in range(frames_out)]
+
+
 class SpatialNorm3D(nn.Module):
     """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size (see fit_latents).
 
     GroupNorm statistics span every frame of the chunk: the chunk schedule therefore defines
     the output, and decoding a video in one piece would give different pixels.
     """
+
+    fast = True
 
     def __init__(self, channels: int, zq_channels: int, groups: int) -> None:
         super().__init__()
@@ -168,8 +185,37 @@ class SpatialNorm3D(nn.Module):
         self.conv_b = CausalConv3d(zq_channels, channels, kernel=1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self._forward_fast(f, zq)
         zq = fit_latents(zq, f.shape[-3:])
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+
+    def _forward_fast(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        # conv_y and conv_b are 1x1x1, so they commute with nearest upsampling: computed at latent
+        # resolution and broadcast over each block, they give the same numbers without the
+        # full-size upsampled zq, scale and shift
+        frames = latent_frame_of(f.shape[2], zq.shape[2])
+        scale, shift = self.conv_y(zq)[:, :, frames], self.conv_b(zq)[:, :, frames]
+        return _modulate(self.norm_layer(f), scale, shift)
+
+
+def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """normed * scale + shift, with scale and shift (B, C, T, h, w) repeated over blocks to normed's (H, W)."""
+    batch, channels, frames, height, width = normed.shape
+    rows, cols = scale.shape[-2:]
+    if _channels_last(normed):  # channels innermost in every operand, so the loop runs over contiguous channels
+        blocks = normed.permute(0, 2, 3, 4, 1).view(batch, frames, rows, height // rows, cols, width // cols, channels)
+        scale, shift = (t.permute(0, 2, 3, 4, 1).contiguous()[:, :, :, None, :, None] for t in (scale, shift))
+    else:
+        blocks = normed.view(batch, channels, frames, rows, height // rows, cols, width // cols)
+        scale, shift = (t[:, :, :, :, None, :, None] for t in (scale, shift))
+    if _inplace():  # one pass over the chunk instead of two for mul_ then add_
+        torch.addcmul(shift, blocks, scale, out=blocks)
+        return normed
+    modulated = torch.addcmul(shift, blocks, scale)
+    if _channels_last(normed):
+        return modulated.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+    return modulated.reshape(normed.shape)
 
 
 class ResnetBlock3D(nn.Module):
@@ -194,12 +240,16 @@ class Upsample3D(nn.Module):
     Doubling time repeats each frame twice, except the first frame of an odd-length chunk.
     """
 
+    fast = True
+
     def __init__(self, channels: int, compress_time: bool) -> None:
         super().__init__()
         self.compress_time = compress_time
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = UpsampleConv3x3(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self._forward_fast(x)
         frames = x.shape[2]
         if self.compress_time and _first_frame_apart(frames):
             x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)
@@ -207,8 +257,24 @@ class Upsample3D(nn.Module):
             x = x.repeat_interleave(2, dim=2)
         batch, channels, frames, height, width = x.shape
         per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        up = self.conv(F.interpolate(per_frame, scale_factor=2.0, mode="nearest"))
+        up = F.conv2d(F.interpolate(per_frame, scale_factor=2.0, mode="nearest"), self.conv.weight, self.conv.bias, padding=1)
         return up.reshape(batch, frames, channels, 2 * height, 2 * width).transpose(1, 2)
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        # The conv is per frame and repeating a frame repeats its output: convolve each frame once,
+        # with the x2 upsampling folded into the kernel (fastconv.UpsampleConv3x3), then repeat.
+        batch, channels, frames, height, width = x.shape
+        up = self.conv(x.transpose(1, 2).reshape(batch * frames, channels, height, width))
+        up = up.reshape(batch, frames, channels, 2 * height, 2 * width).transpose(1, 2)
+        if not self.compress_time or frames == 1:
+            return up
+        single = 1 if _first_frame_apart(frames) else 0  # leading frames that are not doubled
+        size = (batch, channels, 2 * frames - single, 2 * height, 2 * width)
+        out = torch.empty(size, dtype=up.dtype, device=up.device, memory_format=torch.channels_last_3d)
+        out[:, :, :single] = up[:, :, :single]
+        pairs = out[:, :, single:].unflatten(2, (frames - single, 2))
+        pairs.copy_(up[:, :, single:, None].expand_as(pairs))
+        return out
 
 
 class MidBlock3D(nn.Module):
@@ -273,6 +339,8 @@ class Decoder3D(nn.Module):
 class CogVideoX(nn.Module):
     """The CogVideoX VAE decoder, decoding latent videos chunk by chunk as diffusers does."""
 
+    fast = True
+
     def __init__(self, config: CogVideoXConfig) -> None:
         super().__init__()
         self.config = config
@@ -319,6 +387,8 @@ class CogVideoX(nn.Module):
         """One chunk of latents (B, C, t, h, w), already unscaled, -> frames (B, out, T, H, W),
         about [-1, 1]. `cache` carries the causal context from the previous chunk of the same
         stream (start with an empty dict) and is updated for the next one."""
+        if self.fast:  # channels innermost: what oneDNN's convolutions and the fused norms run fastest on
+            latents = latents.contiguous(memory_format=torch.channels_last_3d)
         return self.decoder(latents, cache)
 
     def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -333,3 +403,10 @@ class CogVideoX(nn.Module):
             with torch.inference_mode():
                 frames = self.decode_chunk(latents, cache)
             yield frames
+
+
+def use_fast_paths(model: nn.Module, enabled: bool) -> None:
+    """Switch every fast path of `model` on or off; off, it computes exactly diffusers' way."""
+    for module in model.modules():
+        if "fast" in type(module).__dict__:
+            module.fast = enabled
