@@ -10,9 +10,13 @@ import pickle
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from PIL import Image
 from test_cli import _assert_one_line_error, movq
 
+from movq_cli.batch import plan
+from movq_cli.errors import InputError
 from movq_cli.io import writers
+from movq_cli.io.writers import WriteOptions
 
 
 def _codes(seed: int, frames: int = 2, grid=(4, 4)) -> np.ndarray:
@@ -215,3 +219,28 @@ def test_an_output_that_would_replace_the_input_is_refused(small_folder, tmp_pat
     result = movq("decode", tmp_path / "clip.npy", tmp_path, "-w", small_folder[0], "--overwrite")
     _assert_one_line_error(result, 2, "would replace the input")
     assert (tmp_path / "clip.npy").read_bytes() == before
+
+
+def test_new_formats_in_a_batch(small_folder, tmp_path):
+    (tmp_path / "codes").mkdir()
+    np.save(tmp_path / "codes" / "a.npy", _codes(12, frames=3))
+    np.save(tmp_path / "codes" / "b.npy", _codes(13, frames=2))
+    for format, suffix in (("webp", ".webp"), ("jpg", ".jpg")):
+        frames = ["--frames", ":1"] if format == "jpg" else []
+        result = movq(
+            "decode", tmp_path / "codes", tmp_path / format, "-w", small_folder[0], "--format", format, *frames
+        )
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in (tmp_path / format).iterdir()) == [f"a{suffix}", f"b{suffix}"]
+    assert iio.imread(tmp_path / "jpg" / "a.jpg").shape == (8, 8, 3)
+    with Image.open(tmp_path / "webp" / "a.webp") as animation:
+        assert animation.n_frames == 3
+
+
+def test_a_batch_refuses_an_option_its_format_has_no_use_for_before_any_work(tree, tmp_path):
+    with pytest.raises(InputError, match="--crf has no use for a folder of PNG frames"):
+        plan([tree], tmp_path / "out", "png-dir", WriteOptions(crf=20))
+    with pytest.raises(InputError, match="--fps has no use for .jpg output"):
+        plan([tree], tmp_path / "out", "jpg", WriteOptions(fps=12))
+    assert [job.output.suffix for job in plan([tree], tmp_path / "out", "gif", WriteOptions(fps=12))] == [".gif"] * 6
+    assert not (tmp_path / "out").exists()

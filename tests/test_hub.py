@@ -270,33 +270,38 @@ def test_a_name_that_is_neither_a_path_nor_an_id_is_not_found(cache):
         assert_one_line_error(movq("info", name), 2, f"weights not found: {name}")
 
 
-def _http_error(kind: type) -> Exception:
+def _hub_error(kind: type) -> Exception:
+    """An error as huggingface_hub raises it: one about HTTP carries the response."""
+    if not issubclass(kind, hub_errors.HfHubHTTPError):
+        return kind("no connection")
     request = httpx2.Request("HEAD", "https://huggingface.co/owner/name/resolve/main/movq/config.json")
     return kind("the Hub's message\nand its details", response=httpx2.Response(404, request=request))
 
 
 @pytest.mark.parametrize(
-    "error, needle",
+    "kind, needle",
     [
-        (
-            lambda: _http_error(hub_errors.RepositoryNotFoundError),
-            "nor a repository owner/name on the Hugging Face Hub",
-        ),
-        (lambda: _http_error(hub_errors.GatedRepoError), "owner/name is gated"),
-        (lambda: _http_error(hub_errors.RevisionNotFoundError), "has no revision v9"),
-        (lambda: _http_error(hub_errors.RemoteEntryNotFoundError), "has no config.json in movq/"),
-        (lambda: _http_error(hub_errors.HfHubHTTPError), "answered: the Hub's message"),
-        (lambda: hub_errors.OfflineModeIsEnabled("offline"), "hf download owner/name --revision v9 --include 'movq/*'"),
-        (lambda: hub_errors.LocalEntryNotFoundError("no connection"), "the Hub cannot be reached"),
+        (hub_errors.RepositoryNotFoundError, "nor a repository owner/name on the Hugging Face Hub"),
+        (hub_errors.GatedRepoError, "owner/name is gated"),
+        (hub_errors.RevisionNotFoundError, "has no revision v9"),
+        (hub_errors.RemoteEntryNotFoundError, "has no config.json in movq/"),
+        (hub_errors.HfHubHTTPError, "answered: the Hub's message"),
+        (hub_errors.OfflineModeIsEnabled, "hf download owner/name --revision v9 --include 'movq/*'"),
+        (hub_errors.LocalEntryNotFoundError, "the Hub cannot be reached"),
     ],
 )
-def test_hub_errors_become_one_line(hub_answers, error, needle):
-    hub_answers.error = error()
+def test_hub_errors_become_one_line(hub_answers, kind, needle):
+    hub_answers.error = _hub_error(kind)
     assert_one_line_error(movq("info", "owner/name@v9"), 2, needle)
 
 
+def test_a_cache_that_cannot_be_written_is_a_run_error(hub_answers):
+    hub_answers.error = PermissionError(13, "Permission denied")
+    assert_one_line_error(movq("info", "owner/name"), 1, "cannot fetch owner/name into")
+
+
 def test_a_repository_without_a_config_says_where_it_was_looked_for(hub_answers):
-    hub_answers.error = _http_error(hub_errors.RemoteEntryNotFoundError)
+    hub_answers.error = _hub_error(hub_errors.RemoteEntryNotFoundError)
     assert_one_line_error(movq("info", "owner/name"), 2, "no config.json in movq/, vae/ or its root")
 
 

@@ -42,7 +42,7 @@ TRAINING_PHOTOS = (
 # stage 2: decoder fine-tune at the frame sizes the model is used at, about FINETUNE_PIXELS a step
 FINETUNE_SIZES = (128, 192, 256)
 FINETUNE_PIXELS = 2 * 256 * 256
-FINETUNE_STEPS = 240
+FINETUNE_STEPS = 50
 FINETUNE_LR = 2e-4
 OUT = Path(__file__).resolve().parents[1] / "weights" / "movq-default.safetensors"
 

@@ -116,6 +116,10 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def _empty_channels_last(like: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=torch.channels_last_3d)
+
+
 class CausalConv3d(nn.Module):
     """A k x k x k convolution that looks only backwards in time.
 
@@ -135,9 +139,18 @@ class CausalConv3d(nn.Module):
         past = cache.get(self)
         if past is None:
             past = x[:, :, :1].expand(-1, -1, self.context, -1, -1)
-        padded = torch.cat([past, x], dim=2)
-        if _channels_last(x):  # cat follows its first input, and the first chunk's is an expanded frame
-            padded = padded.contiguous(memory_format=torch.channels_last_3d)
+        return self._convolve(torch.cat([past, x], dim=2), cache)
+
+    def forward_padded(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """forward(x) for x = padded[:, :, context:], the front `context` frames of `padded` being
+        free: they are filled with the past here, so x is never copied to be padded."""
+        past = cache.get(self)
+        if past is None:
+            past = padded[:, :, self.context : self.context + 1].expand(-1, -1, self.context, -1, -1)
+        padded[:, :, : self.context] = past
+        return self._convolve(padded, cache)
+
+    def _convolve(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
         # a copy, not a view: a view would keep the whole padded chunk alive until the next one
         cache[self] = padded[:, :, -self.context :].clone()
         return self.conv(padded)
@@ -185,40 +198,46 @@ class SpatialNorm3D(nn.Module):
         self.conv_b = CausalConv3d(zq_channels, channels, kernel=1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        if self.fast:
-            return self._forward_fast(f, zq)
+        if self.fast and _channels_last(f):
+            normed = self.norm_layer(f)
+            return self._modulate(normed, zq, out=normed if _inplace() else torch.empty_like(normed))
         zq = fit_latents(zq, f.shape[-3:])
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
-    def _forward_fast(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        # conv_y and conv_b are 1x1x1, so they commute with nearest upsampling: computed at latent
-        # resolution and broadcast over each block, they give the same numbers without the
-        # full-size upsampled zq, scale and shift
-        frames = latent_frame_of(f.shape[2], zq.shape[2])
-        scale, shift = self.conv_y(zq)[:, :, frames], self.conv_b(zq)[:, :, frames]
-        return _modulate(self.norm_layer(f), scale, shift)
+    def activate_padded(self, f: torch.Tensor, zq: torch.Tensor, room: int) -> torch.Tensor:
+        """silu(self(f, zq)) written after `room` free frames at the front, for a causal conv's
+        forward_padded: (B, C, room + T, H, W), channels_last_3d. Inference only."""
+        batch, channels, frames, height, width = f.shape
+        padded = _empty_channels_last(f, (batch, channels, room + frames, height, width))
+        out = self._modulate(self.norm_layer(f), zq, out=padded[:, :, room:])
+        F.silu(out, inplace=True)
+        return padded
 
+    def _modulate(self, normed: torch.Tensor, zq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out = normed * conv_y(zq) + conv_b(zq) for channels_last_3d normed and out.
 
-def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """normed * scale + shift, with scale and shift (B, C, T, h, w) repeated over blocks to normed's (H, W)."""
-    batch, channels, frames, height, width = normed.shape
-    rows, cols = scale.shape[-2:]
-    if _channels_last(normed):  # channels innermost in every operand, so the loop runs over contiguous channels
-        blocks = normed.permute(0, 2, 3, 4, 1).view(batch, frames, rows, height // rows, cols, width // cols, channels)
-        scale, shift = (t.permute(0, 2, 3, 4, 1).contiguous()[:, :, :, None, :, None] for t in (scale, shift))
-    else:
-        blocks = normed.view(batch, channels, frames, rows, height // rows, cols, width // cols)
-        scale, shift = (t[:, :, :, :, None, :, None] for t in (scale, shift))
-    if _inplace():  # one pass over the chunk instead of two for mul_ then add_
-        torch.addcmul(shift, blocks, scale, out=blocks)
-        return normed
-    modulated = torch.addcmul(shift, blocks, scale)
-    if _channels_last(normed):
-        return modulated.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
-    return modulated.reshape(normed.shape)
+        conv_y and conv_b are 1x1x1, so they commute with nearest upsampling: computed at latent
+        resolution and broadcast over each block of pixels, they give the same numbers without
+        the full-size upsampled zq, scale and shift. Channels are innermost in every operand,
+        so the one fused pass runs over contiguous channels.
+        """
+        batch, channels, frames, height, width = normed.shape
+        rows, cols = zq.shape[-2:]
+        latents = zq.permute(0, 2, 3, 4, 1)  # (B, t, h, w, C): a 1x1x1 conv is a linear map of the channels
+        index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
+        scale, shift = (
+            F.linear(latents, conv.conv.weight.flatten(1), conv.conv.bias).index_select(1, index)[:, :, :, None, :, None]
+            for conv in (self.conv_y, self.conv_b)
+        )
+        shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
+        blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
+        torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
+        return out
 
 
 class ResnetBlock3D(nn.Module):
+    fast = True
+
     def __init__(self, c_in: int, c_out: int, zq_channels: int, groups: int) -> None:
         super().__init__()
         self.norm1 = SpatialNorm3D(c_in, zq_channels, groups)
@@ -228,8 +247,13 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
-        h = self.conv1(silu(self.norm1(x, zq)), cache)
-        h = self.conv2(silu(self.norm2(h, zq)), cache)
+        if self.fast and _inplace() and _channels_last(x):
+            # each norm writes its activation straight into the next conv's time-padded input
+            h = self.conv1.forward_padded(self.norm1.activate_padded(x, zq, self.conv1.context), cache)
+            h = self.conv2.forward_padded(self.norm2.activate_padded(h, zq, self.conv2.context), cache)
+        else:
+            h = self.conv1(silu(self.norm1(x, zq)), cache)
+            h = self.conv2(silu(self.norm2(h, zq)), cache)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return h.add_(shortcut) if _inplace() else h + shortcut
 
@@ -328,11 +352,15 @@ class Decoder3D(nn.Module):
         self.norm_out = SpatialNorm3D(widths[-1], zq_channels, groups)
         self.conv_out = CausalConv3d(widths[-1], config.out_channels)
 
+    fast = True
+
     def forward(self, z: torch.Tensor, cache: Cache) -> torch.Tensor:
         zq = z  # every norm is conditioned on the raw latent chunk
         h = self.mid_block(self.conv_in(z, cache), zq, cache)
         for block in self.up_blocks:
             h = block(h, zq, cache)
+        if self.fast and _inplace() and _channels_last(h):
+            return self.conv_out.forward_padded(self.norm_out.activate_padded(h, zq, self.conv_out.context), cache)
         return self.conv_out(silu(self.norm_out(h, zq)), cache)
 
 
