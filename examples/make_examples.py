@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
-from movq_cli.encode import code_dtype, encode_chunk
+from movq_cli.encoding import code_dtype, encode_chunk
 from movq_cli.pipeline import decode_chunk
 
 HERE = Path(__file__).resolve().parent

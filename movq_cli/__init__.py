@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from movq_cli.encode import EncodeResult
+    from movq_cli.encoding import EncodeResult
     from movq_cli.pipeline import DecodeResult
 
 __version__ = "0.1.0"
@@ -121,7 +121,7 @@ def encode(
     """Encode an image, a folder of images or a video into the .npy file `out`: codes (T, h, w)
     (or (h, w) for one image), or with `latents` the encoder's continuous output. `model` must be
     loaded with `load(..., encoder=True)`."""
-    from movq_cli.encode import encode_to_file
+    from movq_cli.encoding import encode_to_file
     from movq_cli.io.images import open_footage
     from movq_cli.pipeline import model_device
 

@@ -8,9 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
-from test_cli import _assert_one_line_error, movq
-from test_layouts import _lightning_ckpt, _RunsCode
+from conftest import SMALL, RunsCode, assert_one_line_error, movq, write_lightning_ckpt
 
 from movq_cli.checkpoints import weights
 from movq_cli.io import codes as codes_io
@@ -20,7 +18,7 @@ from movq_cli.io import codes as codes_io
 def ckpt(tmp_path_factory, small_folder):
     """A Lightning-style original-layout checkpoint of the small reference model."""
     path = tmp_path_factory.mktemp("ckpt") / "movq_final.ckpt"
-    _lightning_ckpt(small_folder[1], path)
+    write_lightning_ckpt(small_folder[1], path)
     return path
 
 
@@ -47,7 +45,7 @@ def test_converting_then_decoding_equals_decoding_the_source(ckpt, tmp_path):
 def test_convert_keeps_an_existing_file_unless_overwrite(ckpt, tmp_path):
     target = tmp_path / "movq.safetensors"
     target.write_text("mine")
-    _assert_one_line_error(movq("convert", ckpt, target), 2, "--overwrite")
+    assert_one_line_error(movq("convert", ckpt, target), 2, "--overwrite")
     assert target.read_text() == "mine"
     assert movq("convert", ckpt, target, "--overwrite").exit_code == 0
     assert weights.locate(target).config_source == "metadata"
@@ -65,10 +63,10 @@ def test_convert_with_a_config_file_or_a_preset(ckpt, tmp_path):
     result = movq("convert", ckpt, tmp_path / "a.safetensors", "--config", tmp_path / "config.json")
     assert result.exit_code == 0, result.output
     assert "config given" in result.stderr
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("convert", ckpt, tmp_path / "b.safetensors", "--config", "kandinsky-2.2"), 2, "do not match the config"
     )
-    _assert_one_line_error(movq("convert", ckpt, tmp_path / "c.safetensors", "--config", "nope"), 2, "preset")
+    assert_one_line_error(movq("convert", ckpt, tmp_path / "c.safetensors", "--config", "nope"), 2, "preset")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "config.json"]
 
 
@@ -129,7 +127,7 @@ def test_inspect_counts_nan_and_inf_in_latents(small_folder, tmp_path):
 
 
 def test_errors_are_one_line(small_folder, tmp_path):
-    torch.save({"decoder.conv_in.weight": _RunsCode(tmp_path / "pwned")}, tmp_path / "evil.pt")
+    torch.save({"decoder.conv_in.weight": RunsCode(tmp_path / "pwned")}, tmp_path / "evil.pt")
     (tmp_path / "text.npy").write_text("1 2 3")
     cases = [
         (("info", tmp_path / "none.ckpt"), "not found"),
@@ -140,5 +138,5 @@ def test_errors_are_one_line(small_folder, tmp_path):
         (("convert", tmp_path / "evil.pt", tmp_path / "out.safetensors"), "needs code execution"),
     ]
     for args, needle in cases:
-        _assert_one_line_error(movq(*args), 2, needle)
+        assert_one_line_error(movq(*args), 2, needle)
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out.safetensors").exists()

@@ -12,16 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from conftest import codes_to_zq, diffusers_decode, to_pixels
-from typer.testing import CliRunner
-
-from movq_cli.cli import app
-
-runner = CliRunner()
-
-
-def movq(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+from conftest import assert_one_line_error, codes_to_zq, diffusers_decode, movq, to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +161,6 @@ BAD_CODES = {
 }  # fmt: skip
 
 
-def _assert_one_line_error(result, code: int, needle: str):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert needle.lower() in lines[0].lower(), lines[0]
-    assert "Traceback" not in result.output
-
-
 @pytest.mark.parametrize("case", list(BAD_CODES))
 def test_bad_code_files_get_one_clear_line(case, small_folder, tmp_path):
     make, needle = BAD_CODES[case]
@@ -185,7 +168,7 @@ def test_bad_code_files_get_one_clear_line(case, small_folder, tmp_path):
     if make is not None:
         make(path)
     out = tmp_path / "out" / "clip.mp4"
-    _assert_one_line_error(movq("decode", path, out, "-w", small_folder[0]), 2, needle)
+    assert_one_line_error(movq("decode", path, out, "-w", small_folder[0]), 2, needle)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -198,16 +181,16 @@ def codes_file(tmp_path):
 
 def test_missing_weights_option_without_a_bundled_model(codes_file, tmp_path, monkeypatch):
     monkeypatch.setattr("movq_cli.checkpoints.bundled._PACKAGE", tmp_path / "nowhere" / "movq_cli")
-    _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4"), 2, "--weights")
+    assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4"), 2, "--weights")
 
 
 def test_missing_weights_path(codes_file, tmp_path):
-    _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "nope"), 2, "not found")
+    assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "nope"), 2, "not found")
 
 
 def test_corrupt_weights(codes_file, tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "w.safetensors"), 2, "safetensors"
     )
 
@@ -221,7 +204,7 @@ def test_mismatched_weights(codes_file, small_folder, tmp_path):
     (tmp_path / "m" / "diffusion_pytorch_model.safetensors").write_bytes(
         (folder / "diffusion_pytorch_model.safetensors").read_bytes()
     )
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "m"), 2, "missing: decoder.up.0.block.2"
     )
 
@@ -238,7 +221,7 @@ def test_integer_codes_need_a_codebook(codes_file, small_folder, tmp_path):
         if not k.startswith("quantize.")
     }
     save_file(state, tmp_path / "k3" / "diffusion_pytorch_model.safetensors")
-    _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "k3"), 2, "codebook")
+    assert_one_line_error(movq("decode", codes_file, tmp_path / "x.mp4", "-w", tmp_path / "k3"), 2, "codebook")
     np.save(tmp_path / "latents.npy", np.zeros((1, 4, 4, 4), np.float32))
     assert movq("decode", tmp_path / "latents.npy", tmp_path / "ok.png", "-w", tmp_path / "k3").exit_code == 0
 
@@ -247,20 +230,20 @@ def test_integer_codes_need_a_codebook(codes_file, small_folder, tmp_path):
 def test_unknown_or_absent_device(codes_file, small_folder, tmp_path, device):
     if device == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has eight GPUs")
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("decode", codes_file, tmp_path / "x.mp4", "-w", small_folder[0], "--device", device), 2, "--device"
     )
 
 
 def test_unwritable_output(codes_file, small_folder, tmp_path):
     (tmp_path / "file").write_text("")
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("decode", codes_file, tmp_path / "file" / "x.mp4", "-w", small_folder[0]), 2, "cannot create"
     )
 
 
 def test_many_frames_into_one_png(codes_file, small_folder, tmp_path):
-    _assert_one_line_error(movq("decode", codes_file, tmp_path / "x.png", "-w", small_folder[0]), 2, "folder")
+    assert_one_line_error(movq("decode", codes_file, tmp_path / "x.png", "-w", small_folder[0]), 2, "folder")
     assert list(tmp_path.iterdir()) == [codes_file]
 
 
@@ -270,7 +253,7 @@ def test_ffmpeg_failure_shows_ffmpeg_message(codes_file, small_folder, tmp_path,
     fake.chmod(0o755)
     monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(fake))
     result = movq("decode", codes_file, tmp_path / "out" / "x.mp4", "-w", small_folder[0])
-    _assert_one_line_error(result, 1, "ffmpeg failed: Unknown encoder libx264")
+    assert_one_line_error(result, 1, "ffmpeg failed: Unknown encoder libx264")
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -302,5 +285,5 @@ def test_every_command_answers_garbage_with_one_line(command, code, needle, tmp_
     garbage.write_bytes(b"\x00\x01 this is not what it claims to be \xff" * 10)
     fill = {"garbage": garbage, "tmp": tmp_path}
     result = movq(*[part.format(**fill) for part in command])
-    _assert_one_line_error(result, code, needle.format(**fill))
+    assert_one_line_error(result, code, needle.format(**fill))
     assert sorted(tmp_path.iterdir()) == [garbage]

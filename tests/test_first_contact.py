@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_cli import _assert_one_line_error, movq
+from conftest import assert_one_line_error, movq
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ USAGE_ERRORS = [
 def test_usage_errors_are_one_line_and_exit_2(command, needle, codes_file, tmp_path):
     fill = {"codes": codes_file, "tmp": tmp_path}
     result = movq(*[part.format(**fill) for part in command])
-    _assert_one_line_error(result, 2, needle)
+    assert_one_line_error(result, 2, needle)
     assert "╭" not in result.output and "Usage:" not in result.output
 
 
@@ -96,7 +96,7 @@ def test_version_and_help_do_not_import_torch():
 def test_cuda_on_a_cpu_only_torch_build_says_so(codes_file, small_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     result = movq("decode", codes_file, tmp_path / "x.mp4", "-w", small_folder[0], "--device", "cuda")
-    _assert_one_line_error(result, 2, "this torch build")
+    assert_one_line_error(result, 2, "this torch build")
     assert "no CUDA support" in result.stderr and "pip install torch" in result.stderr
 
 
@@ -104,7 +104,7 @@ def test_cuda_build_without_a_device_says_so(codes_file, small_folder, tmp_path,
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = movq("decode", codes_file, tmp_path / "x.mp4", "-w", small_folder[0], "--device", "cuda:0")
-    _assert_one_line_error(result, 2, "no CUDA device")
+    assert_one_line_error(result, 2, "no CUDA device")
 
 
 def test_summary_names_device_dtype_and_threads(codes_file, small_folder, tmp_path):

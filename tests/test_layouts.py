@@ -19,7 +19,6 @@ from movq_cli.models.config import MovqConfig, preset
 from movq_cli.models.movq import Movq
 
 TOLERANCE = 1e-4
-_lightning_ckpt, _RunsCode = write_lightning_ckpt, RunsCode  # the names test_checkpoint_cli imports from here
 
 
 def _bare_pt_with_linear_attention(reference, path):

@@ -26,7 +26,7 @@ import torch
 
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
-from movq_cli.encode import encode_chunk
+from movq_cli.encoding import encode_chunk
 from movq_cli.pipeline import decode_chunk
 
 ROOT = Path(__file__).resolve().parents[1]

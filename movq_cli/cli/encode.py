@@ -49,7 +49,7 @@ def encode(
     with reported_errors():
         from movq_cli import load
         from movq_cli.device import describe, set_threads
-        from movq_cli.encode import encode_to_file
+        from movq_cli.encoding import encode_to_file
         from movq_cli.io.images import open_footage
         from movq_cli.pipeline import model_device
 

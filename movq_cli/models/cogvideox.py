@@ -226,9 +226,10 @@ class SpatialNorm3D(nn.Module):
         latents = zq.permute(0, 2, 3, 4, 1)  # (B, t, h, w, C): a 1x1x1 conv is a linear map of the channels
         index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
         scale, shift = (
-            F.linear(latents, conv.conv.weight.flatten(1), conv.conv.bias).index_select(1, index)[:, :, :, None, :, None]
+            F.linear(latents, conv.conv.weight.flatten(1), conv.conv.bias).index_select(1, index)
             for conv in (self.conv_y, self.conv_b)
         )
+        scale, shift = scale[:, :, :, None, :, None], shift[:, :, :, None, :, None]
         shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
         blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
         torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
@@ -281,7 +282,8 @@ class Upsample3D(nn.Module):
             x = x.repeat_interleave(2, dim=2)
         batch, channels, frames, height, width = x.shape
         per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        up = F.conv2d(F.interpolate(per_frame, scale_factor=2.0, mode="nearest"), self.conv.weight, self.conv.bias, padding=1)
+        upsampled = F.interpolate(per_frame, scale_factor=2.0, mode="nearest")
+        up = F.conv2d(upsampled, self.conv.weight, self.conv.bias, padding=1)
         return up.reshape(batch, frames, channels, 2 * height, 2 * width).transpose(1, 2)
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
