@@ -31,7 +31,7 @@ GLOB_CHARACTERS = set("*?[")
 @dataclass(frozen=True)
 class Job:
     codes: Path
-    output: Path
+    output: str | Path  # as given: "out/" names a folder, which a Path would forget
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 
 from movq_cli.errors import InputError, RunError
 from movq_cli.io.images import Footage
-from movq_cli.io.writers import AtomicTarget
+from movq_cli.io.targets import AtomicTarget
 from movq_cli.models.movq import Movq
 
 

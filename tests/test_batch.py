@@ -10,8 +10,8 @@ import pickle
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, movq
 from PIL import Image
-from test_cli import _assert_one_line_error, movq
 
 from movq_cli.batch import plan
 from movq_cli.errors import InputError
@@ -126,16 +126,16 @@ def test_existing_outputs_fail_unless_skipped_or_overwritten(tree, small_folder,
     ],
 )
 def test_bad_batch_usage_is_exit_2(tree, small_folder, tmp_path, args, needle):
-    _assert_one_line_error(movq("decode", tree, tmp_path / "out", "-w", small_folder[0], *args), 2, needle)
+    assert_one_line_error(movq("decode", tree, tmp_path / "out", "-w", small_folder[0], *args), 2, needle)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_batch_inputs_are_exit_2(tree, small_folder, tmp_path):
     (tmp_path / "file").write_text("")
-    _assert_one_line_error(movq("decode", tree, tmp_path / "file", "-w", small_folder[0]), 2, "is a file")
-    _assert_one_line_error(movq("decode", str(tree / "*.nothing"), tmp_path / "o", "-w", small_folder[0]), 2, "no .npy")
+    assert_one_line_error(movq("decode", tree, tmp_path / "file", "-w", small_folder[0]), 2, "is a file")
+    assert_one_line_error(movq("decode", str(tree / "*.nothing"), tmp_path / "o", "-w", small_folder[0]), 2, "no .npy")
     (tree / "sub" / "a.npz").write_bytes((tree / "a.npy").read_bytes())
-    _assert_one_line_error(
+    assert_one_line_error(
         movq("decode", tree / "a.npy", tree / "sub" / "a.npz", tmp_path / "o", "-w", small_folder[0]),
         2,
         "would both write",
@@ -164,9 +164,9 @@ def test_frames_slice_checks_only_the_selected_frames(small_folder, tmp_path):
     ok = movq("decode", tmp_path / "clip.npy", tmp_path / "ok", "-w", small_folder[0], "--frames", "0:4", "-q")
     assert ok.exit_code == 0, ok.output
     bad = movq("decode", tmp_path / "clip.npy", tmp_path / "bad", "-w", small_folder[0], "--frames", "3:")
-    _assert_one_line_error(bad, 2, "code 999 at frame 4, row 1, column 2")  # numbered as in the file
+    assert_one_line_error(bad, 2, "code 999 at frame 4, row 1, column 2")  # numbered as in the file
     empty = movq("decode", tmp_path / "clip.npy", tmp_path / "e", "-w", small_folder[0], "--frames", "5:2")
-    _assert_one_line_error(empty, 2, "picks none of its 6 frame(s)")
+    assert_one_line_error(empty, 2, "picks none of its 6 frame(s)")
 
 
 def test_a_full_disk_is_reported_and_leaves_nothing(small_folder, tmp_path, monkeypatch):
@@ -182,7 +182,7 @@ def test_a_full_disk_is_reported_and_leaves_nothing(small_folder, tmp_path, monk
     monkeypatch.setattr(writers.iio, "imwrite", full_disk)
     out = tmp_path / "out"
     result = movq("decode", tmp_path / "clip.npy", out / "frames", "-w", small_folder[0], "--chunk", "1")
-    _assert_one_line_error(result, 1, "cannot write 00002.png: No space left on device")
+    assert_one_line_error(result, 1, "cannot write 00002.png: No space left on device")
     assert len(calls) == 3 and list(out.iterdir()) == []
 
 
@@ -198,7 +198,7 @@ def test_a_vanished_output_folder_is_reported(small_folder, tmp_path, monkeypatc
 
     monkeypatch.setattr(writers.iio, "imwrite", vanish)
     result = movq("decode", tmp_path / "clip.npy", out / "frames", "-w", small_folder[0])
-    _assert_one_line_error(result, 1, "cannot write 00000.png: the directory does not exist")
+    assert_one_line_error(result, 1, "cannot write 00000.png: the directory does not exist")
     assert not out.exists()
 
 
@@ -207,17 +207,17 @@ def test_absurd_frame_sizes_are_refused_before_any_work(small_folder, tmp_path):
     huge = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(1, 100_000, 100_000))  # sparse
     del huge
     result = movq("decode", path, tmp_path / "out.png", "-w", small_folder[0])
-    _assert_one_line_error(result, 2, "a frame of 100000x100000 codes needs about")
+    assert_one_line_error(result, 2, "a frame of 100000x100000 codes needs about")
     assert "GiB" in result.stderr and not (tmp_path / "out.png").exists()
     preview = movq("preview", path, tmp_path / "sheet.png", "-w", small_folder[0])
-    _assert_one_line_error(preview, 2, "needs about")
+    assert_one_line_error(preview, 2, "needs about")
 
 
 def test_an_output_that_would_replace_the_input_is_refused(small_folder, tmp_path):
     np.save(tmp_path / "clip.npy", _codes(11))
     before = (tmp_path / "clip.npy").read_bytes()
     result = movq("decode", tmp_path / "clip.npy", tmp_path, "-w", small_folder[0], "--overwrite")
-    _assert_one_line_error(result, 2, "would replace the input")
+    assert_one_line_error(result, 2, "would replace the input")
     assert (tmp_path / "clip.npy").read_bytes() == before
 
 

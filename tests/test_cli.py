@@ -113,8 +113,14 @@ def test_existing_output_is_kept_unless_overwrite(clip, small_folder, tmp_path):
     result = movq("decode", path, out, "-w", small_folder[0])
     assert result.exit_code == 2 and "--overwrite" in result.stderr
     assert (out / "mine.txt").read_text() == "keep"
+    # --overwrite replaces only what movq writes: a folder holding anything else is refused, naming it
+    result = movq("decode", path, out, "-w", small_folder[0], "--overwrite")
+    assert_one_line_error(result, 2, "holds mine.txt")
+    assert (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    (out / "00009.png").write_bytes(b"a frame from an earlier, longer run")
     assert movq("decode", path, out, "-w", small_folder[0], "--overwrite").exit_code == 0
-    assert sorted(p.name for p in out.iterdir())[0] == "00000.png" and not (out / "mine.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(7)]
     assert [p.name for p in tmp_path.iterdir()] == ["frames"]
 
 

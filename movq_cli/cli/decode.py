@@ -45,7 +45,7 @@ BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
 )
 def decode(
     paths: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             help="Code files (.npy/.npz of integer codes or float latents), folders or glob patterns, then OUT.",
             metavar="CODES... OUT",
@@ -61,11 +61,16 @@ def decode(
         typer.Option(min=1, metavar="N", help="Frames per decoder call (default: from memory and frame size)."),
     ] = None,
     fps: Annotated[
-        float | None, typer.Option(min=0.01, metavar="FPS", help="Frames per second of a video (default 24).")
+        float | None,
+        typer.Option(min=0.01, metavar="FPS", help="Frames per second of a video or animation (default 24)."),
     ] = None,
     crf: Annotated[
         int | None,
-        typer.Option(min=0, max=51, metavar="CRF", help="Video quality, 0 (lossless) to 51 (worst) (default 18)."),
+        typer.Option(
+            min=0,
+            metavar="CRF",
+            help="Video quality, 0 (lossless) up: .mp4 0-51 (default 18), .webm 0-63 (default 24).",
+        ),
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
@@ -89,7 +94,8 @@ def decode(
 
         if len(paths) < 2:
             raise InputError("give the code files, then OUT (see movq decode --help)")
-        *inputs, out = paths
+        *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
+        inputs = [Path(path) for path in inputs]
         if overwrite and skip_existing:
             raise InputError("--overwrite and --skip-existing contradict each other; choose one")
         single = not is_batch(inputs)
@@ -99,7 +105,7 @@ def decode(
             key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, snap=snap,
             overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
         )  # fmt: skip
-        jobs = [Job(inputs[0], out)] if single else plan(inputs, out, format or "mp4")
+        jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
         set_threads(threads)
         model = load(weights, device, dtype)
         decoder = describe(model)

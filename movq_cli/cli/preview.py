@@ -32,7 +32,8 @@ from movq_cli.cli.options import (
 def preview(
     codes: CodesArgument,
     out: Annotated[
-        Path, typer.Argument(help="The contact sheet to write: NAME.png.", metavar="OUT", show_default=False)
+        Path,
+        typer.Argument(help="The contact sheet to write: NAME.png or NAME.jpg.", metavar="OUT", show_default=False),
     ],
     count: Annotated[
         int, typer.Option(min=1, metavar="N", help="How many evenly spaced frames (at most the clip's).")

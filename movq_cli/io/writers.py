@@ -7,13 +7,9 @@ into place only in `finish()`; `abort()` removes everything it wrote.
 
 from __future__ import annotations
 
-import errno
 import os
-import re
-import shutil
 import subprocess
 import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from contextlib import suppress
 from dataclasses import dataclass, fields
@@ -25,14 +21,13 @@ import imageio_ffmpeg
 import numpy as np
 
 from movq_cli.errors import InputError, RunError
+from movq_cli.io.targets import AtomicTarget, reason
 
 DEFAULT_FPS = 24.0
 PNG_COMPRESSION = 1  # zlib level: fast to write, and decoding dominates anyway
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
 GIF_MEMORY = 4 * 2**30  # bytes of frames ffmpeg may hold while it builds a GIF's palette
-FRAME_NAME = re.compile(r"\d{5,}\.png")  # what PngFolderWriter names its frames
-REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
 @dataclass(frozen=True)
@@ -41,106 +36,6 @@ class WriteOptions:
 
     fps: float | None = None
     crf: int | None = None
-
-
-def reason(error: OSError) -> str:
-    """Why a file operation failed, in the user's words (EROFS and EACCES are not the same)."""
-    return REASONS.get(error.errno, error.strerror or str(error))
-
-
-class AtomicTarget:
-    """A temporary file (or folder) beside `target`, moved onto it when the output is complete.
-
-    The temporary is created here, so that an unwritable place is reported before any work.
-    A folder is replaced only when it holds nothing but frames movq numbered (00000.png, ...),
-    and never when it is or holds the current folder or the home folder.
-    """
-
-    def __init__(self, target: str | Path, overwrite: bool, folder: bool = False) -> None:
-        self.target = Path(target)
-        self.path = Path(os.path.abspath(target))  # "." and ".." have no name to put beside
-        self.folder = folder
-        if os.path.lexists(self.path):
-            self._check_replaceable(overwrite)
-        parent = self.path.parent
-        if not parent.is_dir():
-            try:
-                parent.mkdir(parents=True)
-            except OSError as error:
-                raise InputError(f"cannot create the folder {parent}: {reason(error)}") from None
-        self.temp = parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial"
-        try:
-            if folder:
-                os.mkdir(self.temp)
-            else:
-                os.close(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except OSError as error:
-            raise InputError(f"cannot write to {parent}: {reason(error)}") from None
-
-    def _check_replaceable(self, overwrite: bool) -> None:
-        if not self.folder:
-            if self.path.is_dir():
-                raise InputError(f"{self.target} is a folder; name the output file otherwise")
-        elif self.path.is_symlink() or not self.path.is_dir():
-            raise InputError(f"{self.target} is a file or a link; name the folder of frames otherwise")
-        else:
-            self._check_not_protected()
-            self._check_only_frames()
-        if not overwrite:
-            raise InputError(f"{self.target} exists; pass --overwrite to replace it")
-
-    def _check_not_protected(self) -> None:
-        resolved = self.path.resolve()
-        places = {"the current folder": Path.cwd()}
-        home = os.path.expanduser("~")
-        if home != "~":  # no HOME and no password entry
-            places["your home folder"] = Path(home)
-        for name, place in places.items():
-            place = place.resolve()
-            if place.is_relative_to(resolved):
-                relation = "is" if place == resolved else "holds"
-                raise InputError(f"movq never replaces {self.target}: it {relation} {name}; name a new folder")
-
-    def _check_only_frames(self) -> None:
-        try:
-            foreign = next((entry.name for entry in os.scandir(self.path) if not _is_frame(entry)), None)
-        except OSError as error:
-            raise InputError(f"cannot read the folder {self.target}: {reason(error)}") from None
-        if foreign is not None:
-            raise InputError(
-                f"{self.target} holds {foreign}, which movq did not write; even with --overwrite, movq replaces "
-                "a folder only when it holds nothing but its own frames (00000.png, 00001.png, ...)"
-            )
-
-    def commit(self) -> None:
-        """Move the finished temporary output onto the target, replacing what was there."""
-        if not (self.folder and self.path.is_dir()):
-            os.replace(self.temp, self.path)
-            return
-        self._check_only_frames()  # again: something may have been put there while decoding
-        old = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.old"
-        os.replace(self.path, old)
-        try:
-            os.replace(self.temp, self.path)
-        except OSError:
-            os.replace(old, self.path)
-            raise
-        for entry in os.scandir(old):
-            if _is_frame(entry):
-                os.unlink(entry.path)
-        with suppress(OSError):  # not empty only if a file appeared since the check: leave it be
-            os.rmdir(old)
-
-    def remove(self) -> None:
-        """Remove the temporary output (again, if need be)."""
-        if self.temp.is_dir():
-            shutil.rmtree(self.temp, ignore_errors=True)
-        else:
-            self.temp.unlink(missing_ok=True)
-
-
-def _is_frame(entry: os.DirEntry) -> bool:
-    return FRAME_NAME.fullmatch(entry.name) is not None and entry.is_file(follow_symlinks=False)
 
 
 class Writer(ABC):

@@ -153,7 +153,10 @@ class CausalConv3d(nn.Module):
     def _convolve(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
         # a copy, not a view: a view would keep the whole padded chunk alive until the next one
         cache[self] = padded[:, :, -self.context :].clone()
-        return self.conv(padded)
+        out = self.conv(padded)
+        if _channels_last(padded) and not _channels_last(out):  # small inputs take a kernel that ignores the layout
+            out = out.contiguous(memory_format=torch.channels_last_3d)
+        return out
 
 
 def _first_frame_apart(frames_out: int) -> bool:
