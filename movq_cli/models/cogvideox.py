@@ -136,6 +136,11 @@ class CausalConv3d(nn.Module):
         if self.context == 0:
             return self.conv(x)
         assert cache is not None, "a causal convolution over time needs the stream's cache"
+        if _channels_last(x):  # cat would lose the layout, and the first chunk's past is an expanded frame
+            batch, channels, frames, height, width = x.shape
+            padded = _empty_channels_last(x, (batch, channels, self.context + frames, height, width))
+            padded[:, :, self.context :] = x
+            return self.forward_padded(padded, cache)
         past = cache.get(self)
         if past is None:
             past = x[:, :, :1].expand(-1, -1, self.context, -1, -1)
