@@ -2,23 +2,29 @@
 
 Inputs are code files, folders (searched recursively for .npy/.npz) and glob patterns (`**`
 allowed). A bad file is reported and the batch goes on; only an interruption stops it, or the
-first failure with `fail_fast`.
+first failure with `fail_fast`. A job array's task takes its `Shard` of the plan; several
+devices (`movq_cli.workers`) or a Ray cluster (`movq_cli.cluster`) share one plan.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import os
+import re
+import shutil
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 
 from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import WRITERS, WriteOptions, names_a_folder
+from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import decode_to_file
 
@@ -26,6 +32,7 @@ from movq_cli.pipeline import decode_to_file
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
 CODE_SUFFIXES = {".npy", ".npz"}
 GLOB_CHARACTERS = set("*?[")
+PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial")  # io.targets.AtomicTarget's temporary names
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class BatchOptions:
     chunk: int | None = None
     fps: float | None = None  # None: the format's default
     crf: int | None = None
+    encoder: str | None = None  # None: the device's default for MP4 (writers.default_encoder)
     snap: bool = False
     overwrite: bool = False
     skip_existing: bool = False
@@ -75,7 +83,38 @@ class BatchOptions:
 
     @property
     def write(self) -> WriteOptions:
-        return WriteOptions(fps=self.fps, crf=self.crf)
+        return WriteOptions(fps=self.fps, crf=self.crf, encoder=self.encoder)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` (from 1) of `count` parts of a plan, for the tasks of a job array.
+
+    A job belongs to the part its output's path below OUT hashes to, so the split depends on
+    nothing else: not on the order the file system lists files in, not on which outputs exist
+    (a resumed task takes the same files), not on which other files are in the batch."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'K/N', 1 <= K <= N -> Shard(K, N)."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None or not 1 <= int(match.group(1)) <= int(match.group(2)):
+            raise InputError(f"expected K/N with 1 <= K <= N (part K of N), not {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def select(self, jobs: list[Job], out: Path) -> list[Job]:
+        """The jobs of this part, in plan order."""
+        return [job for job in jobs if self._part(PurePath(job.output).relative_to(out)) == self.index]
+
+    def _part(self, relative: PurePath) -> int:
+        digest = hashlib.sha256(relative.as_posix().encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.count + 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def is_pattern(path: Path) -> bool:
@@ -133,6 +172,31 @@ def _code_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in CODE_SUFFIXES and p.is_file())
 
 
+def largest_first(jobs: list[Job]) -> list[Job]:
+    """The jobs by the size of their code files, largest first (plan order among equals), so that
+    workers sharing a queue do not end on one long file while the others wait."""
+
+    def size(job: Job) -> int:
+        with suppress(OSError):  # a missing file fails on its own, in its turn
+            return os.stat(job.codes).st_size
+        return 0
+
+    return sorted(jobs, key=size, reverse=True)
+
+
+def remove_partial_output(output: str | Path) -> None:
+    """Remove what a writer that was killed left of `output`: its temporary beside the target."""
+    target = Path(os.path.abspath(output))
+    with suppress(OSError):
+        for entry in os.scandir(target.parent):
+            match = PARTIAL.fullmatch(entry.name)
+            if match and match.group("name") == target.name:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
+
 def read_clip(path: Path, options: BatchOptions) -> Codes:
     """The code file at `path`, read with `options` (key, grid) and cut to `options.frames`."""
     clip = codes_io.read(path, key=options.key, grid=options.grid)
@@ -152,7 +216,7 @@ def decode_batch(
     is removed); every other failure is one file's "failed" report."""
     reports = []
     for job in jobs:
-        report = _reported(model, job, device, options, on_start)
+        report = reported(model, job, device, options, on_start)
         reports.append(report)
         if on_report:
             on_report(report)
@@ -177,13 +241,22 @@ def decode_one(
     clip = read_clip(job.codes, options)
     result = decode_to_file(
         model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-        snap=options.snap, overwrite=options.overwrite,
+        snap=options.snap, overwrite=options.overwrite, encoder=_encoder(job, device, options),
         on_frames=on_start(job, clip.n_frames) if on_start else None,
     )  # fmt: skip
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
 
-def _reported(
+def _encoder(job: Job, device: torch.device, options: BatchOptions) -> str | None:
+    """--encoder, or for an MP4 decoded on a GPU the faster default there (None: the writer's own)."""
+    if options.encoder is None and device.type == "cuda":
+        with suppress(InputError):  # an output no writer takes is reported by decode_to_file
+            if "encoder" in writer_class(job.output).uses:
+                return default_encoder(device.type)
+    return options.encoder
+
+
+def reported(
     model: Movq,
     job: Job,
     device: torch.device,

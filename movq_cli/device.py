@@ -49,6 +49,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+def resolve_devices(names: str) -> list[torch.device]:
+    """A comma-separated --device list -> one usable device per worker (InputError if one is not).
+
+    Each item is what `resolve_device` takes, or 'cuda:all' for every CUDA device; an item may
+    repeat ('cpu,cpu': two workers sharing the CPU's cores)."""
+    items = [item.strip().lower() for item in names.split(",")]
+    if "" in items:
+        raise InputError(f"--device {names!r} has an empty item; list devices as cuda:0,cuda:1 or cpu,cpu")
+    devices = []
+    for item in items:
+        if item == "cuda:all":
+            resolve_device("cuda")  # says why when there is no CUDA device
+            devices += [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+        else:
+            devices.append(resolve_device(item))
+    return devices
+
+
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads for torch's operators (None: leave torch's choice)."""
     if threads is not None:

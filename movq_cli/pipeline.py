@@ -218,10 +218,12 @@ def decode_to_file(
     snap: bool = False,
     overwrite: bool = False,
     on_frames: Callable[[int], None] | None = None,
+    encoder: str | None = None,
 ) -> DecodeResult:
     """Decode `clip` into `output`: a video or animation, one picture, or a folder of PNG frames,
-    as its suffix says (a str keeps the trailing slash that names a folder). `fps` and `crf` are
-    for the formats that use them (None: the format's default); given for another, InputError.
+    as its suffix says (a str keeps the trailing slash that names a folder). `fps`, `crf` and
+    `encoder` (an MP4's, from writers.ENCODERS) are for the formats that use them (None: the
+    format's default); given for another, InputError.
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
@@ -233,7 +235,7 @@ def decode_to_file(
     dtype = next(model.parameters()).dtype
     chunk = chunk or auto_chunk(config, clip.grid, device, dtype)
     started = time.perf_counter()
-    writer = get_writer(output, frame_size, clip.n_frames, WriteOptions(fps, crf), overwrite)
+    writer = get_writer(output, frame_size, clip.n_frames, WriteOptions(fps, crf, encoder), overwrite)
     try:
         with BackgroundWriter(writer) as background:
             for frames in decode_frames(model, clip, device, chunk, snap):

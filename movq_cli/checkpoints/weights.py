@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.nn import init
+from torch.overrides import TorchFunctionMode
 
 from movq_cli.checkpoints import hub
 from movq_cli.checkpoints.bundled import default_weights
@@ -234,9 +236,32 @@ def _place(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype 
     return tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
 
 
+class _Uninitialised(TorchFunctionMode):
+    """Modules made inside keep their parameters as allocated: the initialisers that nn's layers
+    call in reset_parameters return at once.
+
+    The model is built on the meta device, where initialising computes nothing, but there
+    `init.normal_` (the codebook's) goes through torch._refs, which imports torch._dynamo: over a
+    second of every start-up, for values that loading replaces anyway.
+    """
+
+    # Conv2d: kaiming_uniform_ and uniform_; Embedding: normal_; GroupNorm: ones_ and zeros_ (fill_, zero_)
+    skipped = frozenset({init.kaiming_uniform_, init.uniform_, init.normal_, torch.Tensor.fill_, torch.Tensor.zero_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.skipped:
+            return args[0] if args else kwargs["tensor"]  # the tensor, as the initialisers return it
+        return func(*args, **kwargs)
+
+
 def build(config: MovqConfig, state: dict[str, torch.Tensor], source: Path | str = "weights") -> Movq:
-    """A Movq for `config` holding the tensors of `state`, checked name by name and shape by shape."""
-    with torch.device("meta"):
+    """A Movq for `config` holding the tensors of `state`, checked name by name and shape by shape.
+
+    The model is made without initialising it and takes the tensors as they are (convolution
+    weights made channels_last): the result shares memory with `state` wherever it can.
+    """
+    with torch.device("meta"), _Uninitialised():
         model = Movq(config)
     expected = model.state_dict()
     missing = [name for name in expected if name not in state]
@@ -253,9 +278,13 @@ def build(config: MovqConfig, state: dict[str, torch.Tensor], source: Path | str
             problems.append(f"{label}: {', '.join(names[:3])}{more}")
     if problems:
         raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
-    model.load_state_dict(state, assign=True)
-    # channels_last lets oneDNN and cuDNN run the 3x3 convolutions without reordering memory
-    return model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    # channels_last lets oneDNN and cuDNN run the convolutions without reordering memory
+    model.load_state_dict({name: _channels_last(tensor) for name, tensor in state.items()}, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
 def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> None:

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -108,19 +109,19 @@ def frame_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
 
 
 class BatchProgress:
-    """Two bars on stderr: the whole batch (files, frames, frames/s, ETA) and the file being decoded."""
+    """Bars on stderr: the whole batch (files, frames, frames/s, ETA) and each file being decoded
+    (one at a time, or one per worker)."""
 
     def __init__(self, progress: Progress, files: int) -> None:
         self.progress = progress
         self.batch = progress.add_task("all files", total=files, unit="files", rate="")
-        self.file: TaskID | None = None
+        self.files: dict[Path, TaskID] = {}
         self.frames = 0
         self.started = time.perf_counter()
 
-    def start_file(self, name: str, frames: int) -> Callable[[int], None]:
-        """Show a bar for the next file; returns its `advance(frames)`."""
-        self.file = self.progress.add_task(name, total=frames, unit="frames", rate="")
-        file = self.file
+    def start_file(self, codes: Path, frames: int) -> Callable[[int], None]:
+        """Show a bar for the code file `codes`; returns its `advance(frames)`."""
+        file = self.files[codes] = self.progress.add_task(codes.name, total=frames, unit="frames", rate="")
 
         def advance(frames: int) -> None:
             self.frames += frames
@@ -131,10 +132,9 @@ class BatchProgress:
 
         return advance
 
-    def end_file(self) -> None:
-        if self.file is not None:
-            self.progress.remove_task(self.file)
-            self.file = None
+    def end_file(self, codes: Path) -> None:
+        if codes in self.files:
+            self.progress.remove_task(self.files.pop(codes))
         self.progress.advance(self.batch, 1)
 
 

@@ -12,7 +12,6 @@ import typer
 from movq_cli.cli.app import command
 from movq_cli.cli.console import batch_progress, batch_summary, error_line, frame_progress, reported_errors, summary
 from movq_cli.cli.options import (
-    DeviceOption,
     DtypeOption,
     FramesOption,
     GridOption,
@@ -34,13 +33,21 @@ BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
         "or a name without a suffix). With several inputs, a folder or a quoted glob pattern, OUT is a folder: "
         "one output per code file, in the same tree, in the --format; a bad file is reported and the batch "
         "goes on (exit 1 at the end).\n\n"
+        "A batch runs on several devices with a list (one worker process each, largest files first), on "
+        "a Ray cluster with --ray, or as part K of N with --shard K/N: the tasks of a job array, each with "
+        "its own K, cover the batch once (the split depends only on the files' paths, so resumes with "
+        "--skip-existing take the same files).\n\n"
         "Examples:\n\n"
         "  movq decode clip.npy clip.mp4 --weights kandinsky-community/kandinsky-2-2-decoder\n\n"
         "  movq decode clip.npy frames/ --weights movq.safetensors --device cuda:1 --dtype bf16\n\n"
         "  movq decode tokens.npy image.png --weights movq/ --grid 32x32\n\n"
         "  movq decode latents.npz clip.gif --weights movq/ --key latents --fps 12\n\n"
         "  movq decode clip.npy first-second.mp4 --frames 0:24\n\n"
-        "  movq decode codes/ 'more/**/*.npy' videos/ --skip-existing --json > report.jsonl"
+        "  movq decode codes/ 'more/**/*.npy' videos/ --skip-existing --json > report.jsonl\n\n"
+        "  movq decode codes/ videos/ --device cuda:all --dtype bf16\n\n"
+        "  movq decode codes/ videos/ --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --skip-existing"
+        "   (sbatch --array=1-8)\n\n"
+        "  RAY_ADDRESS=auto movq decode /shared/codes/ /shared/videos/ --ray --workers 16 --dtype bf16"
     ),
 )
 def decode(
@@ -53,7 +60,14 @@ def decode(
         ),
     ],
     weights: WeightsOption = "default",
-    device: DeviceOption = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            metavar="DEVICE[,DEVICE...]",
+            help="auto, cpu, cuda, cuda:N or mps; in a batch, a list runs one worker process per device: "
+            "cuda:0,cuda:1, cuda:all, cpu,cpu. With --ray: auto, cpu or cuda.",
+        ),
+    ] = "auto",
     dtype: DtypeOption = "fp32",
     threads: ThreadsOption = None,
     chunk: Annotated[
@@ -75,6 +89,15 @@ def decode(
     grid: GridOption = None,
     key: KeyOption = None,
     frames: FramesOption = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ENCODER",
+            help="H.264 encoder of .mp4 outputs: x264-ultrafast, x264-superfast, x264-veryfast, x264-faster, "
+            "x264-fast, x264-medium, x264-slow, ..., or nvenc (NVIDIA GPUs). Default: x264-medium; "
+            "x264-veryfast when decoding on CUDA.",
+        ),
+    ] = None,
     snap: Annotated[bool, typer.Option("--snap", help="Snap latents to their nearest codebook rows.")] = False,
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
@@ -82,14 +105,35 @@ def decode(
     overwrite: OverwriteOption = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs as they are.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop a batch at the first failure.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Decode only part K of N of the batch: task K of a job array of N, e.g. "
+            "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with sbatch --array=1-N.",
+        ),
+    ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the batch on the Ray cluster in RAY_ADDRESS, or on a local one (pip install 'movq[ray]').",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Ray actors with --ray (default: one per GPU, or one on a CPU-only cluster)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file on stdout.")] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Decode clips of codes or latents to videos, pictures, or folders of PNG frames."""
     with reported_errors():
         from movq_cli import load
-        from movq_cli.batch import BatchOptions, Job, decode_batch, decode_one, is_batch, plan
-        from movq_cli.device import describe, set_threads
+        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, is_batch, plan
+        from movq_cli.device import describe, resolve_devices, set_threads
         from movq_cli.pipeline import model_device
 
         if len(paths) < 2:
@@ -101,14 +145,23 @@ def decode(
         single = not is_batch(inputs)
         if single and format is not None:
             raise InputError("--format is for batches; with one code file, the suffix of OUT decides")
+        if single and (shard or ray):
+            raise InputError(
+                f"{'--ray' if ray else '--shard'} is for batches: several code files, a folder or a pattern"
+            )
+        if workers is not None and not ray:
+            raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
-            key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, snap=snap,
+            key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
             overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
         )  # fmt: skip
         jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
+        if shard is not None:
+            jobs = Shard.parse(shard).select(jobs, Path(out))
         set_threads(threads)
-        model = load(weights, device, dtype)
-        decoder = describe(model)
+        devices = [] if ray else resolve_devices(device)
+        model = load(weights, str(devices[0]), dtype) if single or len(devices) == 1 else None
+        decoder = describe(model) if model else ""
         started = time.perf_counter()
 
         def print_json(report) -> None:
@@ -126,15 +179,28 @@ def decode(
         with batch_progress(len(jobs), quiet) as progress:
 
             def on_report(report) -> None:
-                progress.end_file()
+                progress.end_file(report.input)
                 print_json(report)
                 if quiet and report.error:
                     error_line(report.error)
 
             def on_start(job, frames: int):
-                return progress.start_file(job.codes.name, frames)
+                return progress.start_file(job.codes, frames)
 
-            reports = decode_batch(model, jobs, model_device(model), options, on_start, on_report)
+            if ray:
+                from movq_cli.cluster import decode_on_ray
+
+                reports, decoder = decode_on_ray(
+                    jobs, weights, device, dtype, options, workers, threads, on_start, on_report
+                )
+            elif model is None:
+                from movq_cli.workers import decode_on_workers
+
+                reports, decoder = decode_on_workers(
+                    jobs, weights, devices, dtype, options, threads, on_start, on_report
+                )
+            else:
+                reports = decode_batch(model, jobs, model_device(model), options, on_start, on_report)
         if not quiet:
             batch_summary(reports, time.perf_counter() - started, decoder)
     if any(report.status == "failed" for report in reports):

@@ -7,6 +7,7 @@ into place only in `finish()`; `abort()` removes everything it wrote.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ class WriteOptions:
 
     fps: float | None = None
     crf: int | None = None
+    encoder: str | None = None  # an MP4's H.264 encoder, from ENCODERS
 
 
 class Writer(ABC):
@@ -181,11 +183,32 @@ class VideoWriter(FfmpegWriter):
         return str(self.default_crf if options.crf is None else options.crf)
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+# --encoder -> ffmpeg's video codec and its speed setting; --crf is x264's -crf and NVENC's -cq
+ENCODERS = {**{f"x264-{preset}": ("libx264", preset) for preset in X264_PRESETS}, "nvenc": ("h264_nvenc", "p4")}
+CPU_ENCODER = "x264-medium"  # next to a CPU decoder, encoding takes a small share of the time
+GPU_ENCODER = "x264-veryfast"  # next to a GPU decoder, medium would set the pace (docs/MANY_DEVICES.md)
+
+
+def default_encoder(device_type: str) -> str:
+    """The MP4 encoder when --encoder is not given: x264 medium on the CPU, veryfast beside a GPU."""
+    return GPU_ENCODER if device_type == "cuda" else CPU_ENCODER
+
+
 class Mp4Writer(VideoWriter):
-    """H.264 yuv420p at the exact frame size."""
+    """H.264 yuv420p at the exact frame size, by x264 at a preset (--encoder x264-PRESET) or NVENC."""
 
     suffix, muxer = ".mp4", "mp4"
+    uses = frozenset({"fps", "crf", "encoder"})
     crfs, default_crf = range(52), 18
+
+    @classmethod
+    def check_options(cls, options: WriteOptions) -> None:
+        super().check_options(options)
+        if options.encoder is not None and options.encoder not in ENCODERS:
+            raise InputError(f"unknown --encoder {options.encoder!r}; use {', '.join(ENCODERS)}")
+        if options.encoder == "nvenc":
+            _check_nvenc()
 
     @classmethod
     def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
@@ -195,8 +218,29 @@ class Mp4Writer(VideoWriter):
             raise InputError(f"H.264 yuv420p needs even frame sizes, not {width}x{height}; write .webm or PNGs instead")
 
     def encoding(self, options: WriteOptions) -> list[str]:
-        return ["-c:v", "libx264", "-preset", "medium", "-crf", self.crf(options), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart"]  # fmt: skip
+        codec, speed = ENCODERS[options.encoder or CPU_ENCODER]
+        quality = (
+            ["-crf", self.crf(options)] if codec == "libx264" else ["-rc", "vbr", "-cq", self.crf(options), "-b:v", "0"]
+        )
+        return ["-c:v", codec, "-preset", speed, *quality, "-pix_fmt", "yuv420p", "-movflags", "+faststart"]
+
+
+@functools.cache
+def _check_nvenc() -> None:
+    """Raise InputError unless the bundled ffmpeg can encode with NVENC here: it is built with
+    h264_nvenc, but NVENC needs an NVIDIA GPU and its driver, which only a trial encode shows."""
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+        "-i", "color=size=256x256:duration=0.1", "-c:v", "h264_nvenc", "-f", "null", "-",
+    ]  # fmt: skip
+    try:
+        trial = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise InputError(f"--encoder nvenc: cannot run ffmpeg: {error}") from None
+    if trial.returncode != 0:
+        lines = [line.strip() for line in trial.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {trial.returncode}"
+        raise InputError(f"--encoder nvenc needs an NVIDIA GPU with its driver, and ffmpeg says: {why}")
 
 
 class WebmWriter(VideoWriter):

@@ -1,0 +1,189 @@
+"""A batch on a Ray cluster: the same plan, decoded by a pool of Ray Data actors.
+
+The driver (this process) plans, puts one row per file in a dataset, largest file first, and
+reads back one report row per file as files finish; each actor loads the model once, decodes one
+file per call into the shared output path (atomically, as everywhere) and returns its report.
+Ray itself is imported only here, and only when a batch runs on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, remove_partial_output, reported
+from movq_cli.errors import InputError, MovqError, RunError, first_line
+
+DEVICES = ("auto", "cpu", "cuda")
+RETRIES = 1  # a file whose actor died is tried once more on a new actor, then reported failed
+
+
+def decode_on_ray(
+    jobs: list[Job],
+    weights: str | Path,
+    device: str,
+    dtype: str,
+    options: BatchOptions,
+    workers: int | None = None,
+    threads: int | None = None,
+    on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
+    on_report: Callable[[FileReport], None] | None = None,
+) -> tuple[list[FileReport], str]:
+    """Decode `jobs` on the Ray cluster in RAY_ADDRESS (or on one started here, if there is none,
+    or on the one this process is already connected to) with `workers` actors (None: one per GPU
+    of the cluster, or one on a CPU-only cluster), on `device` ("auto", "cpu" or "cuda": Ray gives
+    each actor one GPU), with the model from `weights`, which every node must be able to read. On
+    the CPU each actor reserves `threads` cores (default 1) and uses as many torch threads.
+    The callbacks are `decode_batch`'s, heard as files finish. Returns the reports in plan order
+    and what decoded them."""
+    if device not in DEVICES:
+        raise InputError(f"with --ray, --device is {', '.join(DEVICES)} (Ray gives each actor its GPU), not {device!r}")
+    if not jobs:
+        return [], "Ray"
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        _connect(ray)
+    try:
+        return _run(ray, jobs, str(weights), device, dtype, options, workers, threads, on_start, on_report)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'movq[ray]'") from None
+    return ray
+
+
+def _connect(ray) -> None:
+    """ray.init(): the cluster in RAY_ADDRESS, or a new local one; quiet, and SIGTERM still ours."""
+    terminate = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    except ConnectionError as error:
+        raise RunError(f"cannot reach the Ray cluster: {first_line(error)}") from None
+    if callable(terminate) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)  # ray.init installs its own
+
+
+def _run(ray, jobs, weights, device, dtype, options, workers, threads, on_start, on_report):
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    if device == "cuda" and not gpus:
+        raise InputError("--device cuda: the Ray cluster has no GPUs")
+    workers = workers or (gpus if device == "cuda" else 1)
+    resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": threads or 1}
+    if Path(weights).exists():  # a local path; a Hub id or "default" is resolved on each node
+        weights = os.path.abspath(weights)
+    order = largest_first(jobs)
+    index = {job: number for number, job in enumerate(jobs)}
+    rows = [
+        {"index": index[job], "codes": os.path.abspath(job.codes), "output": os.path.abspath(job.output)}
+        for job in order
+    ]  # absolute: the actors' working folder is not the driver's
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    context = dataset.context
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.max_errored_blocks = -1  # a file whose actor died twice is reported failed, and the rest go on
+    dataset = dataset.map_batches(
+        Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
+                                            options=options),
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
+    )  # fmt: skip
+
+    reports: dict[int, FileReport] = {}
+    described, stopped = "", False
+    try:
+        for row in dataset.iter_rows():
+            if row["exit_code"]:
+                raise (InputError if row["exit_code"] == InputError.exit_code else RunError)(row["error"])
+            job = jobs[row["index"]]
+            report = reports[row["index"]] = _report(job, row)
+            described = row["decoder"]
+            if on_start:  # no frame-by-frame progress from the actors: the file's frames at once
+                on_start(job, report.frames)(report.frames)
+            if on_report:
+                on_report(report)
+            if report.status == "failed" and options.fail_fast:
+                stopped = True
+                break
+    finally:
+        for number, job in enumerate(jobs):
+            if number not in reports:
+                remove_partial_output(job.output)
+    for number, job in enumerate(jobs):
+        if number not in reports and not stopped:  # its actor died on it, each time it was tried
+            error = f"the Ray actor decoding {job.codes} died, {RETRIES + 1} time(s)"
+            reports[number] = FileReport(job.codes, Path(job.output), "failed", error=error)
+            if on_report:
+                on_report(reports[number])
+    return [reports[number] for number in sorted(reports)], f"Ray, {workers} actor(s): {described}"
+
+
+def _report(job: Job, row: dict) -> FileReport:
+    size = (int(row["height"]), int(row["width"])) if row["height"] else None
+    error = row["error"] or None
+    return FileReport(
+        job.codes, Path(job.output), row["status"], int(row["frames"]), size, float(row["seconds"]), error
+    )
+
+
+class Decoder:
+    """A Ray Data actor: the model loaded once; one file per call, its report as one row.
+
+    A model that cannot be loaded is not an actor's death (Ray would start another, to fail the
+    same way): each call answers with the error and its exit code, which the driver raises."""
+
+    def __init__(self, weights: str, device: str, dtype: str, threads: int | None, options: BatchOptions) -> None:
+        import torch
+
+        from movq_cli import load
+        from movq_cli.device import describe
+        from movq_cli.pipeline import model_device
+
+        self.options = options
+        self.model = self.error = None
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            self.model = load(weights, device, dtype)
+        except MovqError as error:
+            self.error = error
+        except Exception as error:
+            self.error = RunError(f"loading the model on {device} failed: {first_line(error)}")
+        else:
+            self.device = model_device(self.model)
+            self.decoder = describe(self.model)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = []
+        for index, codes, output in zip(batch["index"], batch["codes"], batch["output"], strict=True):
+            if self.error is not None:
+                message = f"{self.error}; {self.error.hint}" if self.error.hint else str(self.error)
+                rows.append(_row(index, error=message, exit_code=self.error.exit_code))
+                continue
+            report = reported(self.model, Job(Path(codes), Path(output)), self.device, self.options)
+            height, width = report.frame_size or (0, 0)
+            rows.append(_row(index, report.status, report.frames, height, width, report.seconds, report.error or "",
+                             decoder=self.decoder))  # fmt: skip
+        return {column: [row[column] for row in rows] for column in rows[0]}
+
+
+def _row(index, status="failed", frames=0, height=0, width=0, seconds=0.0, error="", exit_code=0, decoder="") -> dict:
+    return dict(index=int(index), status=status, frames=frames, height=height, width=width, seconds=seconds,
+                error=error, exit_code=exit_code, decoder=decoder)  # fmt: skip
