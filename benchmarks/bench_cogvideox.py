@@ -157,13 +157,18 @@ def main() -> None:
     runs = args.memory_runs or (1 if args.quick else 3)
 
     print(f"# python benchmarks/bench_cogvideox.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu; block_out_channels "
-          f"{STRUCTURE['block_out_channels']}, layers_per_block 3, latents {height}x{width}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu; block_out_channels "
+        f"{STRUCTURE['block_out_channels']}, layers_per_block 3, latents {height}x{width}",
+        flush=True,
+    )
     vae = make_vae()
     with tempfile.TemporaryDirectory() as folder:
         files = Path(folder)
-        save_file({k: v.contiguous() for k, v in checkpoint.diffusers_to_native(vae.state_dict()).items()},
-                  str(files / "movq.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in checkpoint.diffusers_to_native(vae.state_dict()).items()},
+            str(files / "movq.safetensors"),
+        )
         vae.save_pretrained(files / "diffusers")
         for length in (frames, short):
             for line in speed(vae, files / "movq.safetensors", length, height, width, args.rounds):
@@ -172,10 +177,15 @@ def main() -> None:
         memory = {}
         for job, length in (("movq", short), ("movq", frames), ("diffusers", frames)):
             memory[job, length], peaks = peak_memory(job, files, length, height, width, runs)
-            print(f"peak memory (VmHWM) {job:9s} fp32 F={length:<3d} {memory[job, length]:6d} MiB "
-                  f"(median of {', '.join(map(str, peaks))})", flush=True)
-    print(f"memory: movq F={frames} / movq F={short} {memory['movq', frames] / memory['movq', short]:.2f}x, "
-          f"movq / diffusers at F={frames} {memory['movq', frames] / memory['diffusers', frames]:.2f}x")
+            print(
+                f"peak memory (VmHWM) {job:9s} fp32 F={length:<3d} {memory[job, length]:6d} MiB "
+                f"(median of {', '.join(map(str, peaks))})",
+                flush=True,
+            )
+    print(
+        f"memory: movq F={frames} / movq F={short} {memory['movq', frames] / memory['movq', short]:.2f}x, "
+        f"movq / diffusers at F={frames} {memory['movq', frames] / memory['diffusers', frames]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

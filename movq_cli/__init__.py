@@ -16,7 +16,7 @@ Importing this package does not import torch; each function imports what it need
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,29 +57,31 @@ def decode(
     out: str | Path,
     model: torch.nn.Module,
     *,
-    frames: slice | None = None,
+    frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
     chunk: int | None = None,
     fps: float | None = None,
     crf: int | None = None,
     snap: bool = False,
+    unscaled: bool = False,
     overwrite: bool = False,
     on_frames: Callable[[int], None] | None = None,
 ) -> DecodeResult:
-    """Decode the code file `codes` (.npy/.npz) into `out`: a video (.mp4, ...), one picture (.png,
-    .jpg) or a folder of PNG frames, written atomically. `frames` selects output frames (a slice),
-    `key` the array of an .npz, `grid` the frame shape of flat token rows; `on_frames(n)` hears
+    """Decode the code file `codes` (.npy/.npz) into `out`: a video (.mp4, .webm, .gif, .webp),
+    one picture (.png, .jpg) or a folder of PNG frames ("name/"), written atomically.
+
+    `frames` selects output frames (a slice or frame numbers), `key` the array of an .npz, `grid`
+    the frame shape of flat token rows; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
+    says CogVideoX latents are already divided by the scaling factor; `on_frames(n)` hears
     progress. Returns what was written (frames, frame size, seconds)."""
     from movq_cli.io import codes as codes_io
-    from movq_cli.pipeline import decode_to_file, model_device
+    from movq_cli.pipeline import decode_to_file
 
     clip = codes_io.read(codes, key=key, grid=grid)
-    if frames is not None:
-        clip = clip.select(frames)
     return decode_to_file(
-        model, clip, Path(out), model_device(model), chunk=chunk, fps=fps, crf=crf, snap=snap,
-        overwrite=overwrite, on_frames=on_frames,
+        model, clip, out, chunk=chunk, fps=fps, crf=crf, snap=snap, unscaled=unscaled, overwrite=overwrite,
+        on_frames=on_frames, frames=frames,
     )  # fmt: skip
 
 
@@ -87,24 +89,27 @@ def decode_frames(
     codes: str | Path,
     model: torch.nn.Module,
     *,
-    frames: slice | None = None,
+    frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
     chunk: int | None = None,
     snap: bool = False,
+    unscaled: bool = False,
 ) -> Iterator[np.ndarray]:
     """The frames of the code file `codes`, decoded a chunk at a time: (H, W, 3) uint8 arrays in order.
 
     Everything is checked before the first frame is decoded; memory stays flat however long the clip."""
     from movq_cli.io import codes as codes_io
-    from movq_cli.pipeline import check_decodable, frame_chunks, model_device
+    from movq_cli.models.family import DecodeOptions, family_of
+    from movq_cli.pipeline import decode_frames as decode_chunks
+    from movq_cli.pipeline import plan
 
     clip = codes_io.read(codes, key=key, grid=grid)
-    if frames is not None:
-        clip = clip.select(frames)
-    device = model_device(model)
-    check_decodable(model, clip, device, snap)
-    for block in frame_chunks(model, clip, device, chunk, snap):
+    family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled)
+    family.check_memory(clip)  # before a selection of frames is read
+    chosen = plan(family, clip, frames)
+    family.check(chosen.clip, options)
+    for block in decode_chunks(model, chosen, chunk=chunk, options=options):
         yield from block
 
 

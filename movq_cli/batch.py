@@ -26,7 +26,7 @@ from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
-from movq_cli.pipeline import decode_to_file
+from movq_cli.pipeline import count_frames, decode_to_file
 
 # --format -> the suffix of each output (png and jpg hold one frame each)
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
@@ -77,6 +77,7 @@ class BatchOptions:
     crf: int | None = None
     encoder: str | None = None  # None: the device's default for MP4 (writers.default_encoder)
     snap: bool = False
+    unscaled: bool = False
     overwrite: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
@@ -198,9 +199,8 @@ def remove_partial_output(output: str | Path) -> None:
 
 
 def read_clip(path: Path, options: BatchOptions) -> Codes:
-    """The code file at `path`, read with `options` (key, grid) and cut to `options.frames`."""
-    clip = codes_io.read(path, key=options.key, grid=options.grid)
-    return clip if options.frames is None else clip.select(options.frames)
+    """The code file at `path`, read with `options` (key, grid); `options.frames` is applied when decoding."""
+    return codes_io.read(path, key=options.key, grid=options.grid)
 
 
 def decode_batch(
@@ -241,8 +241,9 @@ def decode_one(
     clip = read_clip(job.codes, options)
     result = decode_to_file(
         model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-        snap=options.snap, overwrite=options.overwrite, encoder=_encoder(job, device, options),
-        on_frames=on_start(job, clip.n_frames) if on_start else None,
+        snap=options.snap, unscaled=options.unscaled, overwrite=options.overwrite, frames=options.frames,
+        encoder=_encoder(job, device, options),
+        on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
     )  # fmt: skip
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
@@ -261,7 +262,7 @@ def reported(
     job: Job,
     device: torch.device,
     options: BatchOptions,
-    on_start: Callable[[Job, int], Callable[[int], None]] | None,
+    on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
     """`decode_one`, with any failure of the file as its "failed" report (interruptions still propagate)."""
     started = time.perf_counter()

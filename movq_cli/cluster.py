@@ -21,7 +21,6 @@ from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, remove_
 from movq_cli.errors import InputError, MovqError, RunError, first_line
 
 DEVICES = ("auto", "cpu", "cuda")
-RETRIES = 1  # a file whose actor died is tried once more on a new actor, then reported failed
 
 
 def decode_on_ray(
@@ -99,11 +98,11 @@ def _run(ray, jobs, weights, device, dtype, options, workers, threads, on_start,
     context = dataset.context
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    context.max_errored_blocks = -1  # a file whose actor died twice is reported failed, and the rest go on
+    context.max_errored_blocks = -1  # a file Ray could not decode is reported failed, and the rest go on
     dataset = dataset.map_batches(
         Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
                                             options=options),
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )  # fmt: skip
 
     reports: dict[int, FileReport] = {}
@@ -127,8 +126,8 @@ def _run(ray, jobs, weights, device, dtype, options, workers, threads, on_start,
             if number not in reports:
                 remove_partial_output(job.output)
     for number, job in enumerate(jobs):
-        if number not in reports and not stopped:  # its actor died on it, each time it was tried
-            error = f"the Ray actor decoding {job.codes} died, {RETRIES + 1} time(s)"
+        if number not in reports and not stopped:
+            error = f"Ray could not decode {job.codes}: its task failed (Ray's logs say why)"
             reports[number] = FileReport(job.codes, Path(job.output), "failed", error=error)
             if on_report:
                 on_report(reports[number])

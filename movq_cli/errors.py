@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# what a failed file operation means, in the user's words (EROFS and EACCES are not the same)
+REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
 class MovqError(Exception):
@@ -36,6 +40,11 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def reason(error: OSError) -> str:
+    """Why a file operation failed: "read-only file system", "permission denied", "No space left on device", ..."""
+    return REASONS.get(error.errno, error.strerror or first_line(error))
+
+
 @contextmanager
 def run_errors(what: str, device: object) -> Iterator[None]:
     """Failures of the device, the file system or torch while doing `what` on `device`, as one-line RunErrors."""
@@ -50,4 +59,4 @@ def run_errors(what: str, device: object) -> Iterator[None]:
             raise OutOfMemory(f"out of memory on {device} while {what}") from None
         raise RunError(f"{what} failed on {device}: {first_line(error)}") from None
     except OSError as error:
-        raise RunError(f"{what} failed: {error.strerror or first_line(error)}") from None
+        raise RunError(f"{what} failed: {reason(error)}") from None

@@ -9,9 +9,7 @@ import sys
 
 import torch
 
-from movq_cli.device import frame_bytes
 from movq_cli.errors import InputError
-from movq_cli.models.config import MovqConfig
 
 
 def gib(size: int) -> str:
@@ -34,13 +32,11 @@ def device_memory(device: torch.device) -> int | None:
     return host_memory()
 
 
-def check_frame_fits(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> None:
-    """Raise InputError when decoding one frame of `grid` codes would need more memory than `device` has."""
-    needed, memory = frame_bytes(config, grid, dtype), device_memory(device)
+def check_fits_in_memory(needed: int, what: str, device: torch.device) -> None:
+    """Raise InputError when decoding `what` ("a frame of 32x32 codes") needs more than `device` has."""
+    memory = device_memory(device)
     if memory is not None and needed > memory:
-        raise InputError(
-            f"a frame of {grid[0]}x{grid[1]} codes needs about {gib(needed)} to decode and {device} has {gib(memory)}"
-        )
+        raise InputError(f"{what} needs about {gib(needed)} to decode and {device} has {gib(memory)}")
 
 
 def keep_freed_memory() -> None:

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli.device import auto_chunk
-from movq_cli.errors import InputError, OutOfMemory, RunError, first_line
-from movq_cli.io import codes as codes_io
+from movq_cli.errors import InputError, run_errors
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import WriteOptions, Writer, get_writer, reason
-from movq_cli.memory import check_frame_fits
+from movq_cli.io.writers import WriteOptions, Writer, get_writer
+from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
 from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
@@ -46,25 +44,10 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def decode_chunk(model: Movq, block: np.ndarray, device: torch.device, snap: bool = False) -> torch.Tensor:
-    """One chunk of codes (n, H, W) or latents (n, e, H, W) -> uint8 pixels (n, H', W', 3) on `device`."""
-    dtype = next(model.parameters()).dtype
-    with torch.inference_mode():
-        if block.dtype.kind == "f":
-            zq = _to_device(torch.from_numpy(block), device).to(dtype)
-            if snap:
-                zq = model.quantize.snap(zq)
-            images = model(zq)
-        else:
-            indices = _to_device(torch.from_numpy(block.astype(np.int64, copy=False)), device)
-            images = model.decode_codes(indices)
-        return to_pixels(images)
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device; on CUDA from pinned memory, so that the copy does not hold up the host."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+    """One chunk of a 2D MoVQ's codes (n, H, W) or latents (n, e, H, W) -> uint8 pixels (n, H', W', 3) on `device`."""
+    family = family_of(model)
+    images = next(family.stream([family.to_device(block)], DecodeOptions(snap=snap)))
+    return to_pixels(images)
 
 
 class HostCopy:
@@ -96,35 +79,88 @@ class HostCopy:
         return self.host.numpy()
 
 
-def decode_frames(
-    model: Movq, clip: Codes, device: torch.device, chunk: int, snap: bool = False, ahead: int | None = None
-) -> Iterator[np.ndarray]:
-    """Decode a clip `chunk` frames at a time, yielding host uint8 arrays (n, H, W, 3) in order.
+@dataclass(frozen=True)
+class Plan:
+    """What a decode reads and what it keeps: the clip to read (only the frames selected, where
+    frames decode independently), and which output frames to keep (None: every one)."""
 
-    `ahead` chunks are queued on the device before the oldest copy to the host is waited for
-    (1 on CUDA, so the GPU is never idle while the host waits; 0 elsewhere).
+    clip: Codes
+    numbers: list[int]  # the output frames, numbered as in the whole output
+    keep: list[int] | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.numbers)
+
+
+def plan(family: Family, clip: Codes, frames: slice | Sequence[int] | None = None) -> Plan:
+    """The plan for decoding `frames` (output frame numbers; None: all) of `clip` with `family`."""
+    if family.independent_frames:
+        chosen = clip if frames is None else clip.select(frames)
+        return Plan(chosen, [chosen.frame_number(i) for i in range(chosen.n_frames)])
+    every = family.output_frames(clip.n_frames)
+    if frames is None:
+        return Plan(clip, list(range(every)))
+    numbers = selected_numbers(every, frames)
+    return Plan(clip, numbers, sorted(set(numbers)))
+
+
+def count_frames(model: torch.nn.Module, clip: Codes, frames: slice | Sequence[int] | None = None) -> int:
+    """How many frames decoding `frames` (None: all) of `clip` with `model` writes."""
+    return plan(family_of(model), clip, frames).n_frames
+
+
+def decode_frames(
+    model: torch.nn.Module,
+    clip: Codes | Plan,
+    device: torch.device | None = None,
+    chunk: int | None = None,
+    options: DecodeOptions | None = None,
+    ahead: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode a clip (or a plan's frames) a chunk at a time, yielding host uint8 arrays (n, H, W, 3) in order.
+
+    `chunk` is a 2D model's frames per decoder call (None: from the device's memory). `ahead`
+    chunks are queued on the device before the oldest copy to the host is waited for (1 on
+    CUDA, so the GPU is never idle while the host waits; 0 elsewhere).
     """
+    family = family_of(model)
+    plan_ = clip if isinstance(clip, Plan) else plan(family, clip)
+    device = device or family.device
     ahead = (1 if device.type == "cuda" else 0) if ahead is None else ahead
     in_flight: deque[HostCopy] = deque()
-    for _, block in clip.chunks(chunk):
-        in_flight.append(HostCopy(decode_chunk(model, block, device, snap)))
+    for pixels in _pixel_chunks(family, plan_, chunk, options or DecodeOptions()):
+        in_flight.append(HostCopy(pixels))
         if len(in_flight) > ahead:
             yield in_flight.popleft().result()
     while in_flight:
         yield in_flight.popleft().result()
 
 
+def _pixel_chunks(family: Family, plan_: Plan, chunk: int | None, options: DecodeOptions) -> Iterator[torch.Tensor]:
+    """uint8 pixels (n, H, W, 3) on the device, chunk by chunk, of the plan's output frames only."""
+    clip = plan_.clip
+    sizes = family.chunk_sizes(clip, chunk)
+    starts = np.cumsum([0, *sizes[:-1]])
+    blocks = (family.to_device(clip.frames(start, start + size)) for start, size in zip(starts, sizes, strict=True))
+    first = 0  # the output number of the next frame out of the decoder
+    for images in family.stream(blocks, options):
+        pixels = to_pixels(images)
+        if plan_.keep is None:
+            yield pixels
+        else:
+            numbers = range(first, first + len(pixels))
+            wanted = [n - first for n in plan_.keep if n in numbers]
+            if wanted:
+                yield pixels[wanted]
+            if plan_.keep[-1] < numbers.stop:
+                break  # the rest of the video is not asked for
+        first += len(images)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device a loaded model's weights are on."""
     return next(model.parameters()).device
-
-
-def frame_chunks(
-    model: Movq, clip: Codes, device: torch.device, chunk: int | None = None, snap: bool = False
-) -> Iterator[np.ndarray]:
-    """`decode_frames` with the chunk size chosen from the device's memory when `chunk` is None."""
-    dtype = next(model.parameters()).dtype
-    yield from decode_frames(model, clip, device, chunk or auto_chunk(model.config, clip.grid, device, dtype), snap)
 
 
 class BackgroundWriter:
@@ -191,14 +227,9 @@ class BackgroundWriter:
         self.writer.abort()  # after the thread, so that nothing it writes outlives the abort
 
 
-def check_decodable(model: Movq, clip: Codes, device: torch.device, snap: bool = False) -> None:
-    """Raise InputError unless `model` can decode every frame of `clip` on `device`.
-
-    The memory estimate comes first, so that an absurd frame size is refused before its codes are scanned."""
-    check_frame_fits(model.config, clip.grid, device, next(model.parameters()).dtype)
-    codes_io.check_fits(clip, model.config)
-    if snap and not model.has_codebook:
-        raise InputError("--snap needs a codebook, and this model has none")
+def check_decodable(model: torch.nn.Module, clip: Codes, options: DecodeOptions | None = None) -> None:
+    """Raise InputError unless `model` can decode every frame of `clip` with `options` on its device."""
+    family_of(model).check(clip, options or DecodeOptions())
 
 
 def _check_not_input(output: Path, codes: Path) -> None:
@@ -208,10 +239,10 @@ def _check_not_input(output: Path, codes: Path) -> None:
 
 
 def decode_to_file(
-    model: Movq,
+    model: torch.nn.Module,
     clip: Codes,
     output: str | Path,
-    device: torch.device,
+    device: torch.device | None = None,
     chunk: int | None = None,
     fps: float | None = None,
     crf: int | None = None,
@@ -219,33 +250,34 @@ def decode_to_file(
     overwrite: bool = False,
     on_frames: Callable[[int], None] | None = None,
     encoder: str | None = None,
+    frames: slice | Sequence[int] | None = None,
+    unscaled: bool = False,
 ) -> DecodeResult:
-    """Decode `clip` into `output`: a video or animation, one picture, or a folder of PNG frames,
-    as its suffix says (a str keeps the trailing slash that names a folder). `fps`, `crf` and
-    `encoder` (an MP4's, from writers.ENCODERS) are for the formats that use them (None: the
-    format's default); given for another, InputError.
+    """Decode `clip` (its output `frames`, None: all) into `output`: a video or animation, one
+    picture, or a folder of PNG frames, as its suffix says (a str keeps the trailing slash that
+    names a folder). `fps`, `crf` and `encoder` (an MP4's, from writers.ENCODERS) are for the
+    formats that use them (None: the format's default); given for another, InputError. `snap`
+    and `unscaled` say how latents are taken (see DecodeOptions). The model decodes on the
+    device its weights are on (`device`, if given, must be that one).
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
     """
-    check_decodable(model, clip, device, snap)
+    family = family_of(model)
+    if device is not None and torch.device(device) != family.device:
+        raise ValueError(f"the model is on {family.device}, not {device}")
+    options = DecodeOptions(snap=snap, unscaled=unscaled)
+    family.check_memory(clip)  # before a selection of frames is read
+    plan_ = plan(family, clip, frames)
+    family.check(plan_.clip, options)
     _check_not_input(Path(output), clip.path)
-    config = model.config
-    frame_size = (clip.grid[0] * config.factor, clip.grid[1] * config.factor)
-    dtype = next(model.parameters()).dtype
-    chunk = chunk or auto_chunk(config, clip.grid, device, dtype)
+    frame_size = family.frame_size(clip.grid)
     started = time.perf_counter()
-    writer = get_writer(output, frame_size, clip.n_frames, WriteOptions(fps, crf, encoder), overwrite)
-    try:
+    writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder), overwrite)
+    with run_errors(f"decoding {clip.path.name}", family.device):
         with BackgroundWriter(writer) as background:
-            for frames in decode_frames(model, clip, device, chunk, snap):
-                background.put(frames)
+            for pixels in decode_frames(model, plan_, chunk=chunk, options=options):
+                background.put(pixels)
                 if on_frames:
-                    on_frames(len(frames))
-    except torch.OutOfMemoryError:
-        raise OutOfMemory(f"out of memory on {device} with --chunk {chunk}") from None
-    except RuntimeError as error:
-        raise RunError(f"decoding failed on {device}: {first_line(error)}") from None
-    except OSError as error:
-        raise RunError(f"cannot write {output}: {reason(error)}") from None
-    return DecodeResult(Path(output), clip.n_frames, frame_size, time.perf_counter() - started)
+                    on_frames(len(pixels))
+    return DecodeResult(Path(output), plan_.n_frames, frame_size, time.perf_counter() - started)

@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli.device import auto_chunk
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WRITERS, WriteOptions, get_writer
-from movq_cli.memory import check_frame_fits
-from movq_cli.models.movq import Movq
-from movq_cli.pipeline import check_decodable, decode_frames
+from movq_cli.models.family import DecodeOptions, family_of
+from movq_cli.pipeline import decode_frames, plan
 
 GAP = 2  # pixels between tiles
 BACKGROUND = 32
@@ -89,10 +87,9 @@ def contact_sheet(frames: np.ndarray, numbers: list[int], columns: int) -> np.nd
 
 
 def preview_to_file(
-    model: Movq,
+    model: torch.nn.Module,
     clip: Codes,
     output: Path,
-    device: torch.device,
     count: int = 8,
     columns: int | None = None,
     overwrite: bool = False,
@@ -101,17 +98,14 @@ def preview_to_file(
     picture = WRITERS.get(output.suffix.lower())
     if picture is None or not picture.one_frame:
         raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
-    dtype = next(model.parameters()).dtype
-    check_frame_fits(model.config, clip.grid, device, dtype)  # before select() reads the chosen frames
-    numbers = frame_numbers(clip.n_frames, count)
-    chosen = clip.select(numbers)
-    check_decodable(model, chosen, device)
-    chunk = auto_chunk(model.config, chosen.grid, device, dtype)
-    columns = columns or min(DEFAULT_COLUMNS, len(numbers))
-    frame_size = (chosen.grid[0] * model.config.factor, chosen.grid[1] * model.config.factor)
-    size = sheet_size(chosen.n_frames, frame_size, columns)
+    family = family_of(model)
+    family.check_memory(clip)  # before the chosen frames are read
+    plan_ = plan(family, clip, frame_numbers(family.output_frames(clip.n_frames), count))
+    family.check(plan_.clip, DecodeOptions())
+    columns = columns or min(DEFAULT_COLUMNS, plan_.n_frames)
+    size = sheet_size(plan_.n_frames, family.frame_size(clip.grid), columns)
     with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
-        frames = np.concatenate(list(decode_frames(model, chosen, device, chunk)))
-        sheet = contact_sheet(frames, list(chosen.numbers), columns)
+        frames = np.concatenate(list(decode_frames(model, plan_)))
+        sheet = contact_sheet(frames, plan_.numbers, columns)
         writer.write(sheet[None])
-    return PreviewResult(output, list(chosen.numbers), sheet.shape[:2])
+    return PreviewResult(output, plan_.numbers, sheet.shape[:2])

@@ -66,7 +66,7 @@ def decode_on_workers(
         pool.run()
     finally:
         pool.stop()
-    return [pool.reports[job] for job in jobs if job in pool.reports], pool.described()
+    return [pool.reports[job] for job in jobs if job in pool.reports], pool.described(devices)
 
 
 class _Worker:
@@ -180,9 +180,8 @@ class _Pool:
             worker.connection.close()
         self.workers.clear()
 
-    def described(self) -> str:
-        kinds = "; ".join(dict.fromkeys(self.descriptions))
-        return f"{len(self.descriptions)} workers: {kinds}"
+    def described(self, devices: list[torch.device]) -> str:
+        return f"{len(devices)} workers: {'; '.join(dict.fromkeys(self.descriptions))}"
 
 
 class _Starter:

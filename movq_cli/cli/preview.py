@@ -53,13 +53,12 @@ def preview(
         from movq_cli import load
         from movq_cli.device import set_threads
         from movq_cli.io import codes as codes_io
-        from movq_cli.pipeline import model_device
         from movq_cli.preview import preview_to_file
 
         clip = codes_io.read(codes, key=key, grid=grid)
         set_threads(threads)
         model = load(weights, device, dtype)
-        result = preview_to_file(model, clip, out, model_device(model), count, columns, overwrite)
+        result = preview_to_file(model, clip, out, count, columns, overwrite)
         if not quiet:
             numbers = ", ".join(map(str, result.frame_numbers))
             height, width = result.size

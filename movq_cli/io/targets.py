@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -10,15 +9,9 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, reason
 
 FRAME_NAME = re.compile(r"\d{5,}\.png")  # how a folder of frames names them
-REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
-
-
-def reason(error: OSError) -> str:
-    """Why a file operation failed, in the user's words (EROFS and EACCES are not the same)."""
-    return REASONS.get(error.errno, error.strerror or str(error))
 
 
 class AtomicTarget:

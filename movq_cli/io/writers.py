@@ -21,8 +21,8 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
-from movq_cli.errors import InputError, RunError
-from movq_cli.io.targets import AtomicTarget, reason
+from movq_cli.errors import InputError, RunError, reason
+from movq_cli.io.targets import AtomicTarget
 
 DEFAULT_FPS = 24.0
 PNG_COMPRESSION = 1  # zlib level: fast to write, and decoding dominates anyway

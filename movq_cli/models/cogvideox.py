@@ -341,6 +341,8 @@ class UpBlock3D(nn.Module):
 
 
 class Decoder3D(nn.Module):
+    fast = True
+
     def __init__(self, config: CogVideoXConfig) -> None:
         super().__init__()
         widths = tuple(reversed(config.block_out_channels))  # decode order: lowest resolution first
@@ -361,8 +363,6 @@ class Decoder3D(nn.Module):
         )
         self.norm_out = SpatialNorm3D(widths[-1], zq_channels, groups)
         self.conv_out = CausalConv3d(widths[-1], config.out_channels)
-
-    fast = True
 
     def forward(self, z: torch.Tensor, cache: Cache) -> torch.Tensor:
         zq = z  # every norm is conditioned on the raw latent chunk
@@ -421,10 +421,12 @@ class CogVideoX(nn.Module):
         """
         return latents / self.config.scaling_factor
 
+    @torch.inference_mode()
     def decode_chunk(self, latents: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One chunk of latents (B, C, t, h, w), already unscaled, -> frames (B, out, T, H, W),
-        about [-1, 1]. `cache` carries the causal context from the previous chunk of the same
-        stream (start with an empty dict) and is updated for the next one."""
+        about [-1, 1], in the model's dtype, computed under inference mode. `cache` carries the
+        causal context from the previous chunk of the same stream (start with an empty dict) and
+        is updated for the next one."""
         if self.fast:  # channels innermost: what oneDNN's convolutions and the fused norms run fastest on
             latents = latents.contiguous(memory_format=torch.channels_last_3d)
         return self.decoder(latents, cache)
@@ -433,14 +435,12 @@ class CogVideoX(nn.Module):
         """Chunks of unscaled latents (1, C, t, h, w), in the model's dtype and device and cut as
         `schedule` says -> each chunk's frames (1, out, T, H, W) as soon as they are decoded.
 
-        Only the causal caches (two frames per convolution) live from one chunk to the next.
-        Each chunk is decoded under inference mode; the mode is left between chunks.
+        Between chunks the stream holds only the causal caches (two frames per convolution), not
+        the frames it handed out.
         """
         cache: Cache = {}
         for latents in chunks:
-            with torch.inference_mode():
-                frames = self.decode_chunk(latents, cache)
-            yield frames
+            yield self.decode_chunk(latents, cache)
 
 
 def use_fast_paths(model: nn.Module, enabled: bool) -> None:

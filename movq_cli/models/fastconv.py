@@ -4,10 +4,15 @@
   output phases (row and column parity), only a 2x2 neighbourhood of the small image with
   some kernel taps summed. Four 2x2 convolutions at the small size therefore give the same
   result with 4/9 of the multiplications and without materialising the upsampled image.
-- Winograd F(4x4, 3x3) (Lavin & Gray, 2016) on the CPU in float32: each 6x6 input tile and
-  each kernel are moved to a 36-point transform space where the convolution is 36 independent
-  matrix products, then 4x4 output tiles come back: 2.25x fewer multiplications than direct
-  convolution. Tiles are processed in bands of rows so that the transformed tiles stay in cache.
+- Winograd F(4x4, 3x3) (Lavin & Gray, 2016) on the CPU in float32, off unless switched on
+  (`use_winograd`): each 6x6 input tile and each kernel are moved to a 36-point transform space
+  where the convolution is 36 independent matrix products, then 4x4 output tiles come back:
+  2.25x fewer multiplications than direct convolution. Tiles are processed in bands of rows so
+  that the transformed tiles stay in cache. Whether that pays depends on the CPU: it made the
+  Kandinsky decode 1.2-1.6x faster on a 2-core Intel Xeon, but no faster on a 2-core AMD EPYC
+  whose direct convolution (oneDNN, AVX-512) runs at ~250 GFLOP/s a core, and 2-8x slower there
+  while other processes shared the cores (its many small operators each wait for both threads).
+  Its transformed kernels are also 4x the size of the 3x3 weights (490 MB for Kandinsky 2.2).
 """
 
 from __future__ import annotations
@@ -189,9 +194,10 @@ class _Derived:
 
 
 class Conv3x3(nn.Conv2d):
-    """A 3x3, stride 1, padding 1 convolution, by Winograd on the CPU in float32 inference."""
+    """A 3x3, stride 1, padding 1 convolution; by Winograd on the CPU in float32 inference when
+    switched on (`use_winograd`), with the transformed kernel kept beside the plain weight."""
 
-    winograd = True
+    winograd = False
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1)
@@ -228,7 +234,13 @@ class UpsampleConv3x3(nn.Conv2d):
 
 
 def use_winograd(model: nn.Module, enabled: bool) -> None:
-    """Switch Winograd convolution on or off for every 3x3 convolution of model."""
+    """Switch Winograd convolution on or off (the default) for every 3x3 convolution of model.
+
+    The plain weights stay, so it can be switched either way at any time; switching it off
+    frees the transformed kernels, which are made again, once, on the next call that uses them.
+    """
     for module in model.modules():
         if isinstance(module, Conv3x3):
             module.winograd = enabled
+            if not enabled:
+                module._transformed = _Derived()

@@ -1,0 +1,205 @@
+"""What a model family decodes, and how a clip streams through it.
+
+The pipeline talks to a model through its family and never asks which model it is:
+
+- `Frames` (the 2D MoVQ): every frame decodes on its own, from integer codes (n, h, w) or
+  latents (n, e, h, w); any chunk of frames gives the same pixels, so the chunk size is free
+  and a selection of frames reads only those frames.
+- `Video` (CogVideoX, the MoVQ decoder in 3D): latent frames (F, C, h, w) decode in the chunks
+  of the model's schedule, with the causal convolutions' state carried from one chunk to the
+  next, into 4(F-1)+1 frames (or 4F for an even F); a frame depends on every latent frame
+  before it, so a selection of output frames is decoded from the first latent frame on and
+  the decoding stops after the last frame selected.
+
+Both turn chunks of file frames, on the device, into images (n, 3, H, W) about [-1, 1].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from movq_cli.device import LIVE_ACTIVATIONS, auto_chunk, frame_bytes
+from movq_cli.errors import InputError
+from movq_cli.io import codes as codes_io
+from movq_cli.io.codes import Codes
+from movq_cli.memory import check_fits_in_memory
+from movq_cli.models.cogvideox import CogVideoX
+from movq_cli.models.movq import Movq
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How latents are taken. Each family refuses what has no meaning for it."""
+
+    snap: bool = False  # 2D: snap latents to their nearest codebook rows
+    unscaled: bool = False  # 3D: latents are already divided by the model's scaling_factor
+
+
+class Family(ABC):
+    """A loaded model, seen by the pipeline."""
+
+    independent_frames: bool  # whether each output frame depends on its own input frame only
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        parameter = next(model.parameters())
+        self.dtype, self.device = parameter.dtype, parameter.device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def frame_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """Pixels (height, width) of an output frame, for a `grid` of codes or latents."""
+        return grid[0] * self.config.factor, grid[1] * self.config.factor
+
+    @abstractmethod
+    def output_frames(self, n_frames: int) -> int:
+        """How many frames `n_frames` frames of the file decode to."""
+
+    @abstractmethod
+    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+        """File frames per decoder call, covering the clip; `chunk` None: the family's choice."""
+
+    @abstractmethod
+    def check_memory(self, clip: Codes) -> None:
+        """Raise InputError when the device has too little memory for a chunk of `clip` (from its shape alone)."""
+
+    @abstractmethod
+    def check(self, clip: Codes, options: DecodeOptions) -> None:
+        """Raise InputError unless every frame of `clip` decodes with `options` on this device
+        (the memory estimate first, so that an absurd frame size is refused before its codes are scanned)."""
+
+    @abstractmethod
+    def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
+        """Chunks of file frames on the device (as `chunk_sizes` cut them) -> their images, chunk by chunk."""
+
+    def to_device(self, block) -> torch.Tensor:
+        """A chunk of file frames (numpy) -> the device: codes as int64, latents in the model's dtype.
+
+        On CUDA from pinned memory, so that the copy does not hold up the host."""
+        tensor = torch.from_numpy(block)
+        tensor = tensor.long() if block.dtype.kind in "iu" else tensor
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+
+class Frames(Family):
+    """The 2D MoVQ: frames decode independently, in chunks of any size."""
+
+    independent_frames = True
+
+    def output_frames(self, n_frames: int) -> int:
+        return n_frames
+
+    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+        chunk = chunk or auto_chunk(self.config, clip.grid, self.device, self.dtype)
+        return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
+
+    def check_memory(self, clip: Codes) -> None:
+        check_fits_in_memory(frame_bytes(self.config, clip.grid, self.dtype), f"a frame of {_grid(clip)}", self.device)
+
+    def check(self, clip: Codes, options: DecodeOptions) -> None:
+        self.check_memory(clip)
+        codes_io.check_fits(clip, self.config)
+        if options.snap and not self.model.has_codebook:
+            raise InputError("--snap needs a codebook, and this model has none")
+        if options.unscaled:
+            raise InputError("--unscaled is for CogVideoX latents; MoVQ latents are decoded as they are")
+
+    def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
+        for block in blocks:
+            with torch.inference_mode():
+                if block.is_floating_point():
+                    yield self.model(self.model.quantize.snap(block) if options.snap else block)
+                else:
+                    yield self.model.decode_codes(block)
+
+
+class Video(Family):
+    """CogVideoX: latent frames decode in the model's chunk schedule, with causal state carried between chunks."""
+
+    independent_frames = False
+
+    def output_frames(self, n_frames: int) -> int:
+        return self.model.output_frames(n_frames)
+
+    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+        if chunk is not None:
+            raise InputError(
+                "--chunk has no use for CogVideoX latents: the model's chunks (2 latent frames, 3 first "
+                "for an odd count) define its output"
+            )
+        return self.model.schedule(clip.n_frames)
+
+    def check_memory(self, clip: Codes) -> None:
+        largest_chunk = max(self.model.schedule(clip.n_frames))
+        check_fits_in_memory(self.chunk_bytes(clip.grid, largest_chunk), f"a chunk of {_grid(clip)}", self.device)
+
+    def check(self, clip: Codes, options: DecodeOptions) -> None:
+        if not clip.is_latents:
+            raise InputError(
+                f"{clip.path}: CogVideoX decodes latents, (F, C, h, w) or (1, F, C, h, w) floats; "
+                "these are integer codes"
+            )
+        self.check_memory(clip)
+        codes_io.check_fits(clip, self.config)
+        if options.snap:
+            raise InputError("--snap needs a codebook, and CogVideoX has none")
+
+    def chunk_bytes(self, grid: tuple[int, int], latent_frames: int) -> int:
+        """A generous estimate of the activation memory one chunk of `latent_frames` needs."""
+        widths = tuple(reversed(self.config.block_out_channels))  # decode order
+        frames, rows, cols = latent_frames, grid[0], grid[1]
+        largest = 0
+        for level, width in enumerate(widths):  # each up block's output, after its upsampling
+            if level < len(widths) - 1:
+                rows, cols = 2 * rows, 2 * cols
+                if level < self.config.time_doublings:
+                    frames = 2 * frames
+            largest = max(largest, width * rows * cols * frames)
+        return LIVE_ACTIVATIONS * largest * self.dtype.itemsize
+
+    def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
+        def chunks() -> Iterator[torch.Tensor]:
+            for latents in blocks:  # (t, C, h, w) as in the file -> (1, C, t, h, w) as the decoder takes them
+                latents = latents.movedim(0, 1)[None]
+                yield latents if options.unscaled else self.model.unscale(latents)
+
+        for frames in self.model.decode_stream(chunks()):
+            yield frames[0].movedim(1, 0)  # (1, 3, T, H, W) -> (T, 3, H, W)
+
+
+def family_of(model: torch.nn.Module) -> Family:
+    """The family of a loaded model."""
+    if isinstance(model, Movq):
+        return Frames(model)
+    if isinstance(model, CogVideoX):
+        return Video(model)
+    raise TypeError(f"not a model movq decodes: {type(model).__name__}")
+
+
+def _grid(clip: Codes) -> str:
+    kind = "latents" if clip.is_latents else "codes"
+    return f"{clip.grid[0]}x{clip.grid[1]} {kind}"
+
+
+def selected_numbers(n_frames: int, frames: slice | Sequence[int]) -> list[int]:
+    """The output frame numbers a selection picks out of `n_frames` (InputError when none, or out of range)."""
+    every = range(n_frames)
+    if isinstance(frames, slice):
+        numbers = list(every[frames])
+    else:
+        try:
+            numbers = [every[i] for i in frames]
+        except IndexError:
+            raise InputError(f"a frame number is outside the {n_frames} frame(s) of the output") from None
+    if not numbers:
+        raise InputError(f"the frame selection picks none of the {n_frames} frame(s) of the output")
+    return numbers

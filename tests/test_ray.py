@@ -1,0 +1,67 @@
+"""`--ray`: the batch on a Ray cluster (here a local one, two CPUs) writes what one process writes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import assert_one_line_error, movq
+from same_outputs import assert_same_outputs, code_tree, relative_rows
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory):
+    return code_tree(tmp_path_factory.mktemp("tree") / "codes")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One Ray session for the module: starting one takes seconds."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["mp4", "png-dir"])
+def test_ray_actors_write_what_one_process_writes(format, cluster, codes, small_folder, tmp_path):
+    args = ("decode", codes, "-w", small_folder[0], "--format", format, "--json")
+    one = movq(*args[:2], tmp_path / "one", *args[2:])
+    two = movq(*args[:2], tmp_path / "ray", *args[2:], "--ray", "--workers", "2")
+    assert one.exit_code == two.exit_code == 1, two.output  # sub/bad.npy fails in both
+    assert relative_rows(two, tmp_path / "ray") == relative_rows(one, tmp_path / "one")
+    assert_same_outputs(tmp_path / "one", tmp_path / "ray")
+    assert "5 done" in two.stderr and "(Ray, 2 actor(s): cpu, fp32, 1 thread(s))" in two.stderr
+
+
+@pytest.mark.slow
+def test_weights_the_actors_cannot_load_are_one_line(cluster, codes, tmp_path):
+    result = movq("decode", codes, tmp_path / "out", "-w", tmp_path / "missing.safetensors", "--ray")
+    assert result.exit_code == 2, result.output
+    assert "missing.safetensors" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_ray_installed_one_line_says_how_to_get_it(codes, small_folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = movq("decode", codes, tmp_path / "out", "-w", small_folder[0], "--ray")
+    assert_one_line_error(result, 2, "--ray needs Ray: pip install 'movq[ray]'")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--ray", "--device", "cpu,cpu"], "with --ray, --device is auto, cpu, cuda"),
+        (["--ray", "--device", "cuda:1"], "with --ray, --device is auto, cpu, cuda"),
+        (["--workers", "2"], "--workers is for --ray"),
+        (["--ray", "--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_ray_usage_is_exit_2_before_ray_starts(args, needle, codes, small_folder, tmp_path):
+    assert_one_line_error(movq("decode", codes, tmp_path / "out", "-w", small_folder[0], *args), 2, needle)
+
+
+def test_one_file_is_not_sent_to_a_cluster(codes, small_folder, tmp_path):
+    result = movq("decode", codes / "a.npy", tmp_path / "a.mp4", "-w", small_folder[0], "--ray")
+    assert_one_line_error(result, 2, "--ray is for batches")
