@@ -32,6 +32,7 @@ DIGITS = [
 class PreviewResult:
     output: Path
     frame_numbers: list[int]
+    total: int  # frames the whole clip decodes to
     size: tuple[int, int]  # (height, width) of the sheet
 
 
@@ -108,4 +109,4 @@ def preview_to_file(
         frames = np.concatenate(list(decode_frames(model, plan_)))
         sheet = contact_sheet(frames, plan_.numbers, columns)
         writer.write(sheet[None])
-    return PreviewResult(output, plan_.numbers, sheet.shape[:2])
+    return PreviewResult(output, plan_.numbers, family.output_frames(clip.n_frames), sheet.shape[:2])

@@ -19,10 +19,12 @@ from safetensors import safe_open
 from movq_cli.checkpoints.layouts import ENCODER_ROOTS
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
-from movq_cli.checkpoints.weights import build, read_checkpoint
+from movq_cli.checkpoints.weights import Checkpoint, build, read_checkpoint, shards
 from movq_cli.errors import InputError
-from movq_cli.io.codes import Codes, check_fits
+from movq_cli.io.codes import Codes
+from movq_cli.models.cogvideox import CogVideoXConfig
 from movq_cli.models.config import MovqConfig
+from movq_cli.models.family import DecodeOptions, family_of
 
 TOP_CODES = 5
 
@@ -37,6 +39,8 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
     """
     checkpoint = read_checkpoint(path, encoder=True)
     config = checkpoint.config
+    if isinstance(config, CogVideoXConfig):
+        return _video_info(checkpoint, grid)
     encoder_state = {name: t for name, t in checkpoint.state.items() if name.startswith(ENCODER_ROOTS)}
     decoder_state = {name: t for name, t in checkpoint.state.items() if name not in encoder_state}
     problem = None
@@ -48,10 +52,10 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
         # an encoder that does not fit takes nothing from decoding: check the decoder alone
         build(replace(config, encoder=False), decoder_state, source=checkpoint.path)
         problem = str(error).removeprefix(f"{checkpoint.path}: ")
-    stored = {str(t.dtype).removeprefix("torch.") for t in checkpoint.state.values() if t.is_floating_point()}
     decoder = _sizes(decoder_state.values())
     return {
         "path": str(checkpoint.path),
+        "family": "movq",
         "layout": checkpoint.layout,
         "config_source": checkpoint.config_source,
         "config": asdict(config),
@@ -59,7 +63,7 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
         "file": _file_sizes(checkpoint.path),
         "decoder": decoder,
         "encoder": {"present": config.encoder, **_sizes(encoder_state.values()), "problem": problem},
-        "dtypes": sorted(stored),
+        "dtypes": _stored_dtypes(checkpoint),
         "codebook_size": config.n_embed,
         "valid_codes": config.n_codes,
         "factor": config.factor,
@@ -67,6 +71,34 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
         "grid": list(grid),
         "frame_size": frame_size(config, grid),
     }
+
+
+def _video_info(checkpoint: Checkpoint, grid: tuple[int, int]) -> dict:
+    """`checkpoint_info` of a CogVideoX VAE: the decoder is what movq reads; encoders are not used."""
+    config = checkpoint.config
+    build(config, checkpoint.state, source=checkpoint.path)  # checks every tensor
+    decoder = _sizes(checkpoint.state.values())
+    return {
+        "path": str(checkpoint.path),
+        "family": "cogvideox",
+        "layout": checkpoint.layout,
+        "config_source": checkpoint.config_source,
+        "config": asdict(config),
+        "parameters": decoder["parameters"],
+        "file": _file_sizes(checkpoint.path),
+        "decoder": decoder,
+        "encoder": {"present": False, "tensors": 0, "parameters": 0, "problem": None},
+        "dtypes": _stored_dtypes(checkpoint),
+        "scaling_factor": config.scaling_factor,
+        "factor": config.factor,
+        "temporal_compression": config.temporal_compression_ratio,
+        "grid": list(grid),
+        "frame_size": [grid[0] * config.factor, grid[1] * config.factor],
+    }
+
+
+def _stored_dtypes(checkpoint: Checkpoint) -> list[str]:
+    return sorted({str(t.dtype).removeprefix("torch.") for t in checkpoint.state.values() if t.is_floating_point()})
 
 
 def _sizes(tensors: Iterable[torch.Tensor]) -> dict[str, int]:
@@ -78,10 +110,13 @@ def _file_sizes(path: Path) -> dict[str, int]:
     """`_sizes` of every tensor in a weights file, read without the data of a safetensors file."""
     if path.suffix in PICKLE_SUFFIXES:
         return _sizes(read_pickled(path).values())
-    with safe_open(path, framework="pt") as file:
-        slices = [file.get_slice(name) for name in file.keys()]
-        floating = [math.prod(s.get_shape()) for s in slices if s.get_dtype().startswith(("F", "BF"))]
-    return {"tensors": len(slices), "parameters": sum(floating)}
+    tensors, floating = 0, 0
+    for shard, names in shards(path).items():
+        with safe_open(shard, framework="pt") as file:
+            slices = [file.get_slice(name) for name in names]
+        tensors += len(slices)
+        floating += sum(math.prod(s.get_shape()) for s in slices if s.get_dtype().startswith(("F", "BF")))
+    return {"tensors": tensors, "parameters": floating}
 
 
 def frame_size(config: MovqConfig, grid: tuple[int, int]) -> list[int]:
@@ -89,8 +124,9 @@ def frame_size(config: MovqConfig, grid: tuple[int, int]) -> list[int]:
     return [grid[0] * config.factor, grid[1] * config.factor]
 
 
-def codes_report(codes: Codes, config: MovqConfig | None = None) -> dict:
-    """Shape, value statistics and, given a model's `config`, whether `codes` fits it and why not."""
+def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
+    """Shape, value statistics and, given a loaded `model`, whether `codes` fits it and why not,
+    and the frames it would decode to."""
     report = {
         "path": str(codes.path),
         "shape": list(codes.stored_shape),
@@ -101,13 +137,15 @@ def codes_report(codes: Codes, config: MovqConfig | None = None) -> dict:
         "read_as": codes.describe(),
     }
     report.update(latent_stats(codes) if codes.is_latents else code_stats(codes))
-    if config is not None:
+    if model is not None:
+        family = family_of(model)
         try:
-            check_fits(codes, config)
+            family.check(codes, DecodeOptions())
             report.update(fits=True, reason=None)
         except InputError as error:
             report.update(fits=False, reason=str(error))
-        report["frame_size"] = frame_size(config, codes.grid)
+        report["output_frames"] = family.output_frames(codes.n_frames)
+        report["frame_size"] = list(family.frame_size(codes.grid))
     return report
 
 

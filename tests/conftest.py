@@ -85,6 +85,52 @@ def small_folder(tmp_path_factory):
     return folder, model
 
 
+# CogVideoX: diffusers' AutoencoderKLCogVideoX, small and random.
+
+# Three levels, both upsamplers doubling time: the chunk and first-frame rules at a small cost.
+VIDEO_SMALL = dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8, temporal_compression_ratio=4)
+
+
+def make_cogvideox_vae(seed: int = 0, scaling_factor: float = 0.7, **structure):
+    """A random diffusers AutoencoderKLCogVideoX. Norm affines and biases are perturbed so that
+    every parameter matters."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    levels = len(structure["block_out_channels"])
+    vae = AutoencoderKLCogVideoX(
+        latent_channels=16,
+        down_block_types=("CogVideoXDownBlock3D",) * levels,
+        up_block_types=("CogVideoXUpBlock3D",) * levels,
+        scaling_factor=scaling_factor,
+        **structure,
+    )
+    with torch.no_grad():
+        for name, param in vae.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.2)
+    return vae.eval()
+
+
+def cogvideox_pipeline_frames(vae, latents: np.ndarray) -> np.ndarray:
+    """What a CogVideoX pipeline makes of latents (1, F, C, h, w) as it hands them out
+    (multiplied by scaling_factor): frames (T, H, W, 3) uint8."""
+    vae.disable_tiling()
+    with torch.no_grad():
+        video = vae.decode(torch.from_numpy(latents).permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).sample
+    pixels = torch.round(torch.clamp(video[0] / 2 + 0.5, 0, 1) * 255).to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).numpy()
+
+
+@pytest.fixture(scope="session")
+def video_folder(tmp_path_factory):
+    """A CogVideoX pipeline folder (vae/config.json + safetensors) of a small random VAE, and the VAE."""
+    vae = make_cogvideox_vae(**VIDEO_SMALL)
+    root = tmp_path_factory.mktemp("cogvideox")
+    vae.save_pretrained(root / "vae")
+    return root, vae
+
+
 # The command line, in process.
 
 runner = CliRunner()

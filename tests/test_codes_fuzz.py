@@ -32,7 +32,7 @@ def _read_and_check(data: bytes, suffix: str = ".npy", grid=None, frames=None) -
                 clip = clip.select(frames)
             for config in CONFIGS:
                 try:
-                    codes_io.check_fits(clip, config)
+                    codes_io.check_fits(clip, config.embed_dim, config.n_codes)
                 except InputError:
                     pass
             clip.describe()

@@ -37,7 +37,7 @@ def test_a_bad_code_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tiny_
     array[1, 37, 11] = 999
     np.save(tmp_path / "big.npy", array)
     with pytest.raises(InputError, match="code 999 at frame 1, row 37, column 11"):
-        codes_io.check_fits(codes_io.read(tmp_path / "big.npy"), SMALL_CONFIG)
+        codes_io.check_fits(codes_io.read(tmp_path / "big.npy"), SMALL_CONFIG.embed_dim, SMALL_CONFIG.n_codes)
 
 
 def test_a_bad_latent_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tiny_scans):
@@ -46,5 +46,5 @@ def test_a_bad_latent_deep_in_a_big_frame_is_reported_at_its_place(tmp_path, tin
     np.save(tmp_path / "big.npy", array)
     clip = codes_io.read(tmp_path / "big.npy")
     with pytest.raises(InputError, match="latent nan at frame 0, channel 2, row 17, column 3"):
-        codes_io.check_fits(clip, SMALL_CONFIG)
+        codes_io.check_fits(clip, SMALL_CONFIG.embed_dim, SMALL_CONFIG.n_codes)
     assert latent_stats(clip)["nan"] == 1

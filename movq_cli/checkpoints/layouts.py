@@ -15,6 +15,8 @@ from movq_cli.models.config import MovqConfig
 
 # Every decoder has this tensor, in every layout: it marks where the model's names begin.
 TELLTALE = "decoder.conv_in.weight"
+# ... and in every family: CogVideoX's causal conv_in holds a conv of its own
+TELLTALES = (TELLTALE, "decoder.conv_in.conv.weight")
 # The parts of a MoVQ model a decoder reads, and what encoding adds.
 DECODER_ROOTS = ("decoder.", "quantize.", "post_quant_conv.")
 ENCODER_ROOTS = ("encoder.", "quant_conv.")
@@ -66,7 +68,7 @@ def find_prefix(names: list[str]) -> str:
 
     The shortest prefix wins, so a model saved beside its EMA copy loads the model itself.
     """
-    prefixes = [name[: -len(TELLTALE)] for name in names if name.endswith(TELLTALE)]
+    prefixes = [name[: -len(telltale)] for name in names for telltale in TELLTALES if name.endswith(telltale)]
     prefixes = [prefix for prefix in prefixes if prefix == "" or prefix.endswith(".")]
     return min(prefixes, key=len) if prefixes else ""
 

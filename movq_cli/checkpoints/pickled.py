@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from movq_cli.checkpoints.layouts import TELLTALE
+from movq_cli.checkpoints.layouts import TELLTALES
 from movq_cli.errors import InputError, first_line
 from movq_cli.io.codes import ZIP_MAGIC
 
@@ -49,7 +49,7 @@ def read_pickled(path: Path) -> dict[str, torch.Tensor]:
 
 def unwrap(contents: object) -> dict[str, torch.Tensor]:
     """The tensors of the innermost state dict in `contents`: wrappers opened, other values dropped."""
-    while isinstance(contents, Mapping) and not any(str(key).endswith(TELLTALE) for key in contents):
+    while isinstance(contents, Mapping) and not any(str(key).endswith(TELLTALES) for key in contents):
         inner = next((contents[key] for key in WRAPPERS if isinstance(contents.get(key), Mapping)), None)
         if inner is None:
             break

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch.nn import init
 from torch.overrides import TorchFunctionMode
 
+from movq_cli.checkpoints import cogvideox as video_layouts
 from movq_cli.checkpoints import hub
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.checkpoints.infer import infer_config
@@ -33,16 +34,24 @@ from movq_cli.checkpoints.layouts import (
 )
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
-from movq_cli.errors import InputError, RunError
+from movq_cli.errors import InputError, RunError, first_line
+from movq_cli.models import cogvideox as video
 from movq_cli.models.config import PRESETS, MovqConfig, preset
 from movq_cli.models.movq import Movq
 
+Config = MovqConfig | video.CogVideoXConfig
+
 CONFIG_KEY = "movq_config"
+FAMILY_KEY = "movq_family"  # "cogvideox" in native CogVideoX files; absent in 2D MoVQ ones
 DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",  # sharded: the index names the shard of each tensor
     "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors.index.json",
+    "diffusion_pytorch_model.bf16.safetensors",
     "diffusion_pytorch_model.bin",
 )
+INDEX_SUFFIX = ".index.json"
 PIPELINE_FOLDERS = ("movq", "vae")  # where diffusers pipelines keep the model: Kandinsky, CogVideoX
 DEFAULT_NAME = "default"  # --weights default: the bundled model
 
@@ -52,8 +61,8 @@ class Checkpoint:
     """A checkpoint's decoder tensors in native names, and the config that goes with them."""
 
     path: Path
-    layout: str  # "native" (a movq file), "original" or "diffusers"
-    config: MovqConfig
+    layout: str  # "native" (a movq file), "original", "diffusers" or (CogVideoX) "sat"
+    config: Config
     config_source: str  # "metadata", "config.json", "given" or "inferred"
     state: dict[str, torch.Tensor]
 
@@ -63,7 +72,7 @@ class Located:
     """The weights file for a path given by the user, and the config found with it (or None)."""
 
     path: Path
-    config: MovqConfig | None
+    config: Config | None
     config_source: str
 
 
@@ -80,6 +89,13 @@ def locate(path: str | Path) -> Located:
         return _locate_folder(path)
     if path.suffix in PICKLE_SUFFIXES:
         return Located(path, None, "inferred")
+    if path.name.endswith(INDEX_SUFFIX):
+        beside = path.parent / "config.json"
+        return (
+            Located(path, _diffusers_config(beside), "config.json")
+            if beside.exists()
+            else Located(path, None, "inferred")
+        )
     if path.suffix != ".safetensors":
         raise InputError(
             f"{path}: unsupported weights format {path.suffix!r} "
@@ -87,8 +103,9 @@ def locate(path: str | Path) -> Located:
         )
     metadata = _metadata(path)
     if CONFIG_KEY in metadata:
+        kind = video.CogVideoXConfig if metadata.get(FAMILY_KEY) == "cogvideox" else MovqConfig
         try:
-            config = MovqConfig.from_json(metadata[CONFIG_KEY])
+            config = kind.from_json(metadata[CONFIG_KEY])
         except (ValueError, TypeError) as error:
             raise InputError(f"{path}: bad config in metadata: {error}") from None
         return Located(path, config, "metadata")
@@ -115,7 +132,9 @@ def _locate_folder(folder: Path) -> Located:
             break
     config_file = folder / "config.json"
     if not config_file.exists():
-        raise InputError(f"{folder}: a weights folder needs config.json (a diffusers VQModel folder)")
+        raise InputError(
+            f"{folder}: a weights folder needs config.json (a diffusers VQModel or AutoencoderKLCogVideoX folder)"
+        )
     for name in DIFFUSERS_WEIGHTS:
         if (folder / name).exists():
             if name.endswith(".safetensors"):
@@ -132,25 +151,38 @@ def _metadata(path: Path) -> dict[str, str]:
         raise InputError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def _diffusers_config(path: Path) -> MovqConfig:
+def _diffusers_config(path: Path) -> Config:
     try:
-        return config_from_diffusers(json.loads(path.read_text()))
+        return _from_diffusers(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{path}: {error}") from None
 
 
-def read_config(text: str) -> MovqConfig:
+def _from_diffusers(values: dict) -> Config:
+    """A diffusers config.json: a VQModel's (2D MoVQ) or an AutoencoderKLCogVideoX's."""
+    if values.get("_class_name") == "AutoencoderKLCogVideoX":
+        return video_layouts.config_from_diffusers(values)
+    return config_from_diffusers(values)
+
+
+def read_config(text: str) -> Config:
     """A config given by the user: a preset name, or a JSON file of MovqConfig fields or a diffusers config.json."""
     if text in PRESETS:
         return preset(text)
+    if text in video.PRESETS:
+        return video.preset(text)
     path = Path(text)
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
             raise ValueError("expected a JSON object")
-        return config_from_diffusers(values) if "block_out_channels" in values else MovqConfig.from_dict(values)
+        if "_class_name" in values or "up_block_types" in values:
+            return _from_diffusers(values)
+        kind = video.CogVideoXConfig if "block_out_channels" in values else MovqConfig
+        return kind.from_dict(values)
     except FileNotFoundError:
-        raise InputError(f"--config {text}: neither a preset ({', '.join(PRESETS)}) nor a file") from None
+        presets = ", ".join([*PRESETS, *video.PRESETS])
+        raise InputError(f"--config {text}: neither a preset ({presets}) nor a file") from None
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{path}: not a usable config ({error})") from None
 
@@ -163,6 +195,8 @@ def load(
     The encoder is read only when asked for with `encoder` (and only if the file has one).
     """
     checkpoint = read_checkpoint(path, device, dtype, encoder=encoder)
+    if encoder and isinstance(checkpoint.config, video.CogVideoXConfig):
+        raise InputError(f"{checkpoint.path}: a CogVideoX VAE; movq encodes with 2D MoVQ models only")
     return build(checkpoint.config, checkpoint.state, source=checkpoint.path)
 
 
@@ -181,6 +215,8 @@ def read_checkpoint(
     """
     located = locate(path)
     state = read_tensors(located.path, device, dtype, encoder)
+    if video_layouts.is_cogvideox(list(state)):
+        return _read_video(located, state, config)
     try:
         layout = detect_layout(list(state))
         state = to_native(state, layout)
@@ -201,6 +237,26 @@ def read_checkpoint(
     return Checkpoint(located.path, "native" if source == "metadata" else layout, config, source, state)
 
 
+def _read_video(located: Located, state: dict[str, torch.Tensor], config: Config | None) -> Checkpoint:
+    """A CogVideoX VAE's decoder tensors (diffusers or SAT names) in native names, with its config."""
+    names = list(state)
+    layout = "sat" if video_layouts.is_sat(names) else "diffusers"
+    state = video_layouts.sat_to_native(state) if layout == "sat" else video_layouts.diffusers_to_native(state)
+    if config is None and located.config is not None:
+        config, source = located.config, located.config_source
+    elif config is None:
+        try:
+            config = video_layouts.infer_config({name: tuple(t.shape) for name, t in state.items()})
+        except ValueError as error:
+            raise InputError(f"{located.path}: {error}") from None
+        source = "inferred"
+    else:
+        source = "given"
+    if not isinstance(config, video.CogVideoXConfig):
+        raise InputError(f"{located.path}: CogVideoX tensors, but a 2D MoVQ config ({source})")
+    return Checkpoint(located.path, "native" if source == "metadata" else layout, config, source, state)
+
+
 def read_tensors(
     path: Path, device: torch.device | str, dtype: torch.dtype | None, encoder: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -212,12 +268,40 @@ def read_tensors(
         stored = read_pickled(path)
         names = _model_names(list(stored), path, encoder)
         return {new: _place(stored[old], device, dtype) for old, new in names.items()}
+    files = shards(path)
+    names = _model_names([name for names in files.values() for name in names], path, encoder)
+    state = {}
+    for shard, stored in files.items():
+        try:
+            with safe_open(shard, framework="pt", device=str(device)) as file:
+                for old in stored:
+                    if old in names:
+                        state[names[old]] = _place(file.get_tensor(old), device, dtype)
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise InputError(f"{shard}: cannot read tensors ({error})") from None
+    return state
+
+
+def shards(path: Path) -> dict[Path, list[str]]:
+    """The safetensors files holding a checkpoint, each with the names of its tensors: the file
+    itself, or for a sharded checkpoint's index (NAME.safetensors.index.json) every shard it names."""
+    if not path.name.endswith(INDEX_SUFFIX):
+        try:
+            with safe_open(path, framework="pt") as file:
+                return {path: list(file.keys())}
+        except (SafetensorError, OSError) as error:
+            raise InputError(f"{path}: not a readable safetensors file ({error})") from None
     try:
-        with safe_open(path, framework="pt", device=str(device)) as file:
-            names = _model_names(list(file.keys()), path, encoder)
-            return {new: _place(file.get_tensor(old), device, dtype) for old, new in names.items()}
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise InputError(f"{path}: cannot read tensors ({error})") from None
+        weight_map = json.loads(path.read_text())["weight_map"]
+        shards: dict[Path, list[str]] = {}
+        for name, shard in weight_map.items():
+            shards.setdefault(path.parent / shard, []).append(name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: not a readable index of shards ({first_line(error)})") from None
+    missing = [str(shard) for shard in shards if not shard.is_file()]
+    if missing:
+        raise InputError(f"{path}: missing shard {missing[0]}")
+    return shards
 
 
 def _model_names(names: list[str], path: Path, encoder: bool) -> dict[str, str]:
@@ -255,12 +339,15 @@ class _Uninitialised(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def build(config: MovqConfig, state: dict[str, torch.Tensor], source: Path | str = "weights") -> Movq:
-    """A Movq for `config` holding the tensors of `state`, checked name by name and shape by shape.
+def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "weights") -> torch.nn.Module:
+    """The model for `config` (a Movq, or a CogVideoX) holding the tensors of `state`, checked name
+    by name and shape by shape.
 
     The model is made without initialising it and takes the tensors as they are (convolution
     weights made channels_last): the result shares memory with `state` wherever it can.
     """
+    if isinstance(config, video.CogVideoXConfig):
+        return video_layouts.build(config, state, source)
     with torch.device("meta"), _Uninitialised():
         model = Movq(config)
     expected = model.state_dict()
@@ -296,7 +383,10 @@ def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> Non
     state = {name: _place(tensor, "cpu", dtype).detach().contiguous() for name, tensor in model.state_dict().items()}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(state, str(temporary), metadata={CONFIG_KEY: model.config.to_json()})
+        metadata = {CONFIG_KEY: model.config.to_json()}
+        if isinstance(model.config, video.CogVideoXConfig):
+            metadata[FAMILY_KEY] = "cogvideox"
+        save_file(state, str(temporary), metadata=metadata)
         os.replace(temporary, path)
     except OSError as error:
         raise RunError(f"cannot write {path}: {error.strerror or error}") from None

@@ -78,7 +78,7 @@ def info(
     ] = "32x32",
     as_json: JsonOption = False,
 ) -> None:
-    """Show a checkpoint's layout, config, size, codebook, downsampling factor and attention."""
+    """Show a checkpoint's family, layout, config, sizes, codebook, downsampling and attention."""
     with reported_errors():
         from movq_cli.report import checkpoint_info
 
@@ -86,28 +86,33 @@ def info(
     if as_json:
         print(json.dumps(report))
         return
-    attention = report["attention"]
-    where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
     height, width = report["frame_size"]
     encoder = report["encoder"]
     encoder_size = f"{encoder['parameters']:,} parameters ({encoder['tensors']} tensors)"
     if encoder["problem"]:
         encoder_size += f"; cannot encode: {encoder['problem']}"
-    _print_table(
-        {
-            "file": report["path"],
-            "layout": report["layout"],
-            "config": f"{report['config_source']}: {json.dumps(report['config'])}",
-            "file holds": f"{report['file']['tensors']} tensors, {report['file']['parameters']:,} parameters",
-            "decoder": f"{report['decoder']['parameters']:,} parameters ({report['decoder']['tensors']} tensors)",
-            "encoder": encoder_size if encoder["present"] else "none (decoding only)",
-            "stored dtype": ", ".join(report["dtypes"]),
-            "codebook": "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"]),
-            "downsampling": f"x{report['factor']}",
-            "attention": ", ".join(where) or "none",
-            f"frame for {grid[0]}x{grid[1]} codes": f"{width}x{height} pixels",
-        }
-    )
+    rows = {
+        "file": report["path"],
+        "family": report["family"],
+        "layout": report["layout"],
+        "config": f"{report['config_source']}: {json.dumps(report['config'])}",
+        "file holds": f"{report['file']['tensors']} tensors, {report['file']['parameters']:,} parameters",
+        "decoder": f"{report['decoder']['parameters']:,} parameters ({report['decoder']['tensors']} tensors)",
+        "encoder": encoder_size if encoder["present"] else "none (decoding only)",
+        "stored dtype": ", ".join(report["dtypes"]),
+    }
+    if report["family"] == "cogvideox":
+        rows["scaling factor"] = str(report["scaling_factor"])
+        rows["downsampling"] = f"x{report['factor']} in space, x{report['temporal_compression']} in time"
+        rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{width}x{height} pixels"
+    else:
+        attention = report["attention"]
+        where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
+        rows["codebook"] = "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"])
+        rows["downsampling"] = f"x{report['factor']}"
+        rows["attention"] = ", ".join(where) or "none"
+        rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{width}x{height} pixels"
+    _print_table(rows)
 
 
 @command(
@@ -129,13 +134,13 @@ def inspect(
 ) -> None:
     """Describe a code file: shape, reading, range, most used codes, NaN/Inf; and whether it fits a model."""
     with reported_errors():
-        from movq_cli.checkpoints import weights as weights_io
+        from movq_cli import load
         from movq_cli.io import codes as codes_io
         from movq_cli.report import codes_report
 
         clip = codes_io.read(codes, key=key, grid=grid)
-        config = weights_io.read_checkpoint(weights).config if weights is not None else None
-        report = codes_report(clip, config)
+        model = load(weights, "cpu") if weights is not None else None
+        report = codes_report(clip, model)
     if as_json:
         print(json.dumps(report))
         return
@@ -152,6 +157,8 @@ def inspect(
         rows["NaN / Inf"] = f"{report['nan']} / {report['inf']}"
     if "fits" in report:
         rows["fits the model"] = "yes" if report["fits"] else f"no: {report['reason']}"
+        height, width = report["frame_size"]
+        rows["decodes to"] = f"{report['output_frames']} frame(s) of {width}x{height}"
     _print_table(rows)
 
 

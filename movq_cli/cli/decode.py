@@ -45,8 +45,7 @@ BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
         "  movq decode clip.npy first-second.mp4 --frames 0:24\n\n"
         "  movq decode codes/ 'more/**/*.npy' videos/ --skip-existing --json > report.jsonl\n\n"
         "  movq decode codes/ videos/ --device cuda:all --dtype bf16\n\n"
-        "  movq decode codes/ videos/ --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --skip-existing"
-        "   (sbatch --array=1-8)\n\n"
+        "  movq decode codes/ videos/ --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --skip-existing\n\n"
         "  RAY_ADDRESS=auto movq decode /shared/codes/ /shared/videos/ --ray --workers 16 --dtype bf16"
     ),
 )
@@ -99,6 +98,13 @@ def decode(
         ),
     ] = None,
     snap: Annotated[bool, typer.Option("--snap", help="Snap latents to their nearest codebook rows.")] = False,
+    unscaled: Annotated[
+        bool,
+        typer.Option(
+            "--unscaled",
+            help="CogVideoX latents already divided by the VAE's scaling_factor (default: as a pipeline hands them).",
+        ),
+    ] = False,
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
     ] = None,
@@ -117,7 +123,7 @@ def decode(
         bool,
         typer.Option(
             "--ray",
-            help="Run the batch on the Ray cluster in RAY_ADDRESS, or on a local one (pip install 'movq[ray]').",
+            help="Run the batch on the Ray cluster in RAY_ADDRESS, or on a local one (pip install 'movq\\[ray]').",
         ),
     ] = False,
     workers: Annotated[
@@ -153,7 +159,7 @@ def decode(
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
             key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
-            overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
+            unscaled=unscaled, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
         )  # fmt: skip
         jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
         if shard is not None:

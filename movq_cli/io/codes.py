@@ -19,7 +19,6 @@ import numpy as np
 
 from movq_cli.errors import InputError, first_line
 from movq_cli.memory import gib, host_memory
-from movq_cli.models.config import MovqConfig
 
 # how the files start: .npy, and zip archives (.npz, and torch.save's format since torch 1.6)
 NPY_MAGIC = b"\x93NUMPY"
@@ -250,18 +249,17 @@ def _rows_to_grid(rows: np.ndarray, height: int, width: int, path: Path) -> np.n
     return rows.reshape(rows.shape[0], height, width)
 
 
-def check_fits(codes: Codes, config: MovqConfig) -> None:
-    """Raise InputError unless every frame can be decoded by a model with `config`.
+def check_fits(codes: Codes, channels: int, n_codes: int | None) -> None:
+    """Raise InputError unless every frame can be decoded by a model that takes latents of
+    `channels` channels and integer codes in [0, n_codes) (None: no integer codes).
 
     Scans every selected frame (a chunk at a time) for out-of-range codes or non-finite latents,
     so that a bad value is reported before any output is written.
     """
     if codes.is_latents:
-        channels = codes.array.shape[1]
-        if channels != config.embed_dim:
-            raise InputError(
-                f"{codes.path}: latents have {channels} channels; this model's codebook vectors have {config.embed_dim}"
-            )
+        found = codes.array.shape[1]
+        if found != channels:
+            raise InputError(f"{codes.path}: latents have {found} channels; this model takes {channels}")
         for start, first_row, block in codes.pieces():
             bad = ~np.isfinite(block)
             if bad.any():
@@ -272,7 +270,7 @@ def check_fits(codes: Codes, config: MovqConfig) -> None:
                     f"{codes.path}: latent {value} at frame {frame}, channel {c}, row {first_row + y}, column {x}"
                 )
         return
-    limit = config.n_codes
+    limit = n_codes
     if limit is None:
         raise InputError(f"{codes.path}: integer codes need a codebook, and this model has none (give latents)")
     for start, first_row, block in codes.pieces():

@@ -107,7 +107,7 @@ class Frames(Family):
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         self.check_memory(clip)
-        codes_io.check_fits(clip, self.config)
+        codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
             raise InputError("--snap needs a codebook, and this model has none")
         if options.unscaled:
@@ -149,7 +149,7 @@ class Video(Family):
                 "these are integer codes"
             )
         self.check_memory(clip)
-        codes_io.check_fits(clip, self.config)
+        codes_io.check_fits(clip, self.config.latent_channels, None)
         if options.snap:
             raise InputError("--snap needs a codebook, and CogVideoX has none")
 
