@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -65,8 +66,14 @@ def decode_job(side: str, files: Path, frames: int, height: int, width: int, kee
 
     With `keep`, the float frames are appended to that file chunk by chunk as they come.
     """
-    latents = make_latents(frames, height, width)
-    sink = open(keep, "wb") if keep else None  # noqa: SIM115 (closed below, after the timed region)
+    if keep is None:
+        return decode(side, files, make_latents(frames, height, width), sink=None)
+    with open(keep, "wb") as sink:
+        return decode(side, files, make_latents(frames, height, width), sink)
+
+
+def decode(side: str, files: Path, latents: torch.Tensor, sink: BinaryIO | None) -> dict:
+    frames = latents.shape[2]
     if side == "diffusers":
         from diffusers import AutoencoderKLCogVideoX
 
@@ -93,8 +100,6 @@ def decode_job(side: str, files: Path, frames: int, height: int, width: int, kee
             if sink:  # keeping the frames for comparison is not part of the decode
                 sink.write(video.float().contiguous().numpy().tobytes())
             start = time.perf_counter()
-    if sink:
-        sink.close()
     status = Path("/proc/self/status").read_text()
     peak = next(int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
     return {"seconds": seconds, "frames": count, "peak_mib": peak}
@@ -133,8 +138,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
-def compare(files: Path, frames: int, height: int, width: int, rounds: int) -> list[str]:
-    """Every side `rounds` times for one latent length; report lines with medians."""
+def compare(files: Path, frames: int, height: int, width: int, rounds: int) -> tuple[list[str], dict[str, int]]:
+    """Every side `rounds` times for one latent length: report lines and median peak memory per side."""
     factor = 2 ** (len(STRUCTURE["block_out_channels"]) - 1)
     size = (sum(chunk_lengths(frames)), height * factor, width * factor)
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}

@@ -236,8 +236,8 @@ def decode_one(
 
     Raises what went wrong (MovqError for what the user can act on); `decode_batch` turns that
     into a "failed" report, a single file lets it reach the user."""
-    if options.skip_existing and (job.output.exists() or job.output.is_symlink()):
-        return FileReport(job.codes, job.output, "skipped")
+    if options.skip_existing and os.path.lexists(job.output):
+        return FileReport(job.codes, Path(job.output), "skipped")
     clip = read_clip(job.codes, options)
     result = decode_to_file(
         model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
@@ -272,4 +272,4 @@ def reported(
         message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
         message = f"unexpected {type(error).__name__}: {first_line(error)}"
-    return FileReport(job.codes, job.output, "failed", seconds=time.perf_counter() - started, error=message)
+    return FileReport(job.codes, Path(job.output), "failed", seconds=time.perf_counter() - started, error=message)

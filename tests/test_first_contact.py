@@ -150,3 +150,11 @@ def test_a_trailing_slash_names_a_folder_whatever_its_suffix(codes_file, small_f
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out.v2").iterdir()) == ["00000.png", "00001.png", "00002.png"]
     assert_one_line_error(movq("decode", codes_file, tmp_path / "out.v3", "-w", small_folder[0]), 2, "cannot write .v3")
+
+
+def test_skip_existing_on_one_file_leaves_it_and_says_so(codes_file, small_folder, tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"not touched")
+    result = movq("decode", codes_file, tmp_path / "clip.mp4", "-w", small_folder[0], "--skip-existing", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "skipped" and "skipped:" in result.stderr
+    assert (tmp_path / "clip.mp4").read_bytes() == b"not touched"

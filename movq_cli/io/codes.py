@@ -94,28 +94,6 @@ class Codes:
         return f"{self.n_frames} frame(s) of {self.grid[0]}x{self.grid[1]} {kind}"
 
 
-def parse_grid(text: str) -> tuple[int, int]:
-    """'32x48' -> (32, 48): rows x columns of codes."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"--grid must look like HxW with positive integers, not {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def parse_frames(text: str) -> slice:
-    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice."""
-    parts = text.split(":")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        start, stop, *step = (int(part) if part.strip() else None for part in parts)
-    except ValueError:
-        raise InputError(f"--frames must look like START:STOP or START:STOP:STEP with integers, not {text!r}") from None
-    if step and step[0] == 0:
-        raise InputError(f"--frames {text}: the step cannot be zero")
-    return slice(start, stop, step[0] if step else None)
-
-
 def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
     """Open a code file and shape it into frames. Raises InputError on anything unusable."""
     path = Path(path)
