@@ -177,3 +177,27 @@ def test_the_5b_scaling_factor_comes_from_the_config(tmp_path):
     np.save(tmp_path / "l.npy", latents)
     assert movq("decode", tmp_path / "l.npy", tmp_path / "out", "-w", tmp_path / "vae").exit_code == 0
     assert np.abs(_frames(tmp_path / "out", 9).astype(int) - cogvideox_pipeline_frames(vae, latents)).max() <= 1
+
+
+def test_a_hub_id_finds_the_vae_folder_of_a_cogvideox_repository(clips, video_folder, tmp_path, monkeypatch):
+    """THUDM/CogVideoX-2b as the Hub cache holds it (sharded weights in vae/), offline."""
+    import huggingface_hub.constants
+
+    _, vae = video_folder
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--THUDM--CogVideoX-2b"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    vae.save_pretrained(repo / "snapshots" / commit / "vae", max_shard_size="20KB")
+    (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    path, expected = clips[5]
+    result = movq("decode", path, tmp_path / "out", "-w", "THUDM/CogVideoX-2b")
+    assert result.exit_code == 0, result.output
+    assert np.abs(_frames(tmp_path / "out", 17).astype(int) - expected).max() <= 1
+    shard = next((repo / "snapshots" / commit / "vae").glob("*-00002-of-*.safetensors"))
+    shard.unlink()  # a shard the index names is missing: not cached, one line
+    assert_one_line_error(movq("decode", path, tmp_path / "x", "-w", "THUDM/CogVideoX-2b"), 2, "not in the cache")

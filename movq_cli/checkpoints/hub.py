@@ -18,6 +18,7 @@ repositories). It is imported only when an id is resolved, so that other command
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -116,12 +117,23 @@ def _model_folder(files: _Files, folders: Sequence[str], weights_files: Sequence
         if config is None:
             continue
         for name in weights_files:
-            if files.get(posixpath.join(folder, name)) is not None:
+            weights = files.get(posixpath.join(folder, name))
+            if weights is not None and all(files.get(posixpath.join(folder, shard)) for shard in _shards(weights)):
                 return config.parent, ""
         return None, f"config.json but no {' or '.join(weights_files)} in {folder or 'its root'}"
     places = [f"{folder}/" if folder else "its root" for folder in folders]
     where = f"{', '.join(places[:-1])} or {places[-1]}" if len(places) > 1 else places[0]
     return None, f"no config.json in {where}: name a weights file in it with {files.hub_id.repo}:PATH"
+
+
+def _shards(weights: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index (NAME.safetensors.index.json) names; none for a plain file."""
+    if not weights.name.endswith(".index.json"):
+        return []
+    try:
+        return sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # reading the checkpoint reports the damaged index
 
 
 class _Files:
