@@ -114,13 +114,13 @@ def run_job(side: str, files: Path, frames: int, height: int, width: int, keep: 
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def read_frames(path: Path, frames: int, height: int, width: int) -> torch.Tensor:
-    """The float frames a job kept, as (1, 3, T, H, W); movq's chunks were written one after another."""
+def read_frames(path: Path, latent_frames: int, height: int, width: int) -> torch.Tensor:
+    """The float frames (1, 3, T, H, W) a job kept; movq's chunks were written one after another."""
     flat = torch.from_numpy(np.fromfile(path, dtype=np.float32))
     if path.stem == "diffusers":
-        return flat.view(1, 3, frames, height, width)
+        return flat.view(1, 3, -1, height, width)
     chunks, offset = [], 0
-    for length in chunk_lengths(frames):
+    for length in chunk_lengths(latent_frames):
         size = 3 * length * height * width
         chunks.append(flat[offset : offset + size].view(1, 3, length, height, width))
         offset += size
@@ -147,7 +147,7 @@ def compare(files: Path, frames: int, height: int, width: int, rounds: int) -> t
         for side in SIDES:
             keep = files / f"{side}.f32" if round_ == 0 else None
             runs[side].append(run_job(side, files, frames, height, width, keep))
-    outputs = {side: read_frames(files / f"{side}.f32", *size) for side in SIDES}
+    outputs = {side: read_frames(files / f"{side}.f32", frames, *size[1:]) for side in SIDES}
     rate = {side: size[0] / statistics.median(run["seconds"] for run in runs[side]) for side in SIDES}
     peak = {side: int(statistics.median(run["peak_mib"] for run in runs[side])) for side in SIDES}
     peaks = {side: ", ".join(str(run["peak_mib"]) for run in runs[side]) for side in SIDES}
