@@ -9,7 +9,9 @@ On the CPU the batch is 16 clips of 8 frames cut from the two example clips (64x
 256x256 frames, the bundled model, fp32), decoded to MP4 three ways: in one process (torch's
 threads on every core), by one worker process per core (`--device cpu,cpu`), and by as many Ray
 actors on a local Ray started here (its start is timed apart). Each figure includes loading the
-model (and, for workers and actors, starting their processes): what a user waits for.
+model (and, for workers and actors, starting their processes): what a user waits for. Then each
+way's start-up and cost per file, from batches of 8 and 64 one-frame files that take
+milliseconds to decode: the difference between Ray and local workers is Ray's overhead per file.
 
 Frames/s: decoding alone (frames to memory, nothing written), encoding alone (decoded frames
 piped to ffmpeg, at 256x256 and, as 2x2 mosaics of them, at 512x512), and both (`movq decode`'s
@@ -48,6 +50,7 @@ X264 = ["x264-medium", "x264-veryfast", "x264-ultrafast"]
 
 def cut_clips(folder: Path, count: int, frames: int) -> Path:
     """`count` clips of `frames` frames, cut in turn from the example clips, as a folder of code files."""
+    folder.mkdir()
     sources = [np.load(path) for path in EXAMPLES]
     for number in range(count):
         source = sources[number % len(sources)]
@@ -62,46 +65,71 @@ def timed(run) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
-def batch_line(name: str, seconds: float, files: int, frames: int, note: str = "") -> str:
-    return f"  {name:<30} {files / seconds:6.3f} files/s  {frames / seconds:6.2f} frames/s  ({seconds:.1f} s{note})"
+def ways(workers: int, ray: bool) -> dict:
+    """Each way to decode a batch, as `run(codes folder, out folder) -> reports`."""
+    devices = [torch.device("cpu")] * workers
+
+    def in_process(codes: Path, out: Path):
+        model = movq_cli.load("default", "cpu", "fp32")
+        return decode_batch(model, plan([codes], out, "mp4"), model_device(model), BatchOptions())
+
+    def on_workers(codes: Path, out: Path):
+        return decode_on_workers(plan([codes], out, "mp4"), "default", devices, "fp32", BatchOptions())[0]
+
+    def on_ray(codes: Path, out: Path):
+        from movq_cli.cluster import decode_on_ray
+
+        return decode_on_ray(plan([codes], out, "mp4"), "default", "cpu", "fp32", BatchOptions(), workers)[0]
+
+    found = {
+        f"1 process, {torch.get_num_threads()} threads": in_process,
+        f"{workers} workers, {max(1, cores() // workers)} thread(s) each": on_workers,
+    }
+    if ray:
+        found[f"Ray, {workers} actors of 1 CPU"] = on_ray
+    return found
+
+
+def run(way, codes: Path, out: Path) -> float:
+    reports, seconds = timed(lambda: way(codes, out))
+    assert reports and all(report.status == "done" for report in reports), reports
+    return seconds
 
 
 def batch_throughput(folder: Path, workers: int, ray: bool) -> None:
-    (folder / "codes").mkdir()
-    codes = cut_clips(folder / "codes", 16, 8)
-    files, frames = 16, 16 * 8
+    """Files/s of a batch of 16 clips, each way; then each way's start-up and cost per file, from
+    batches of 8 and of 64 one-frame files (64x64 pixels: decoding them takes milliseconds)."""
+    clips = cut_clips(folder / "clips", 16, 8)
+    tiny = {count: folder / f"tiny-{count}" for count in (8, 64)}
+    codes = np.load(EXAMPLES[0])[:1, :16, :16]
+    for count, place in tiny.items():
+        place.mkdir()
+        for number in range(count):
+            np.save(place / f"{number:02d}.npy", codes)
+    if ray:
+        import ray as ray_module
 
-    def jobs(out: str):
-        return plan([codes], folder / out, "mp4")
-
-    print(f"batch: {files} clips x 8 frames, 256x256, bundled model, fp32, to MP4 (x264-medium), {cores()} cores")
-
-    def in_process():
-        model = movq_cli.load("default", "cpu", "fp32")
-        return decode_batch(model, jobs("one"), model_device(model), BatchOptions())
-
-    reports, seconds = timed(in_process)
-    assert all(report.status == "done" for report in reports)
-    print(batch_line(f"1 process, {torch.get_num_threads()} threads", seconds, files, frames), flush=True)
-
-    devices = [torch.device("cpu")] * workers
-    (reports, _), local = timed(lambda: decode_on_workers(jobs("workers"), "default", devices, "fp32", BatchOptions()))
-    assert all(report.status == "done" for report in reports)
-    print(
-        batch_line(f"{workers} workers, {max(1, cores() // workers)} thread(s) each", local, files, frames), flush=True
-    )
-    if not ray:
-        return
-    import ray as ray_module
-
-    from movq_cli.cluster import decode_on_ray
-
-    _, start = timed(lambda: ray_module.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False))
-    (reports, _), on_ray = timed(lambda: decode_on_ray(jobs("ray"), "default", "cpu", "fp32", BatchOptions(), workers))
-    ray_module.shutdown()
-    assert all(report.status == "done" for report in reports)
-    print(batch_line(f"Ray, {workers} actors of 1 CPU", on_ray, files, frames, f"; ray.init {start:.1f} s before"))
-    print(f"  Ray's overhead against local workers: {(on_ray - local) / files:+.2f} s/file", flush=True)
+        _, start = timed(lambda: ray_module.init(num_cpus=cores(), include_dashboard=False, logging_level="ERROR"))
+        print(f"ray.init (a local Ray of {cores()} CPUs): {start:.1f} s, counted in no figure below")
+    print(f"batch: 16 clips x 8 frames, 256x256, bundled model, fp32, to MP4 (x264-medium), {cores()} cores")
+    for number, (name, way) in enumerate(ways(workers, ray).items()):
+        seconds = run(way, clips, folder / f"videos-{number}")
+        print(
+            f"  {name:<30} {16 / seconds:6.3f} files/s  {16 * 8 / seconds:6.2f} frames/s  ({seconds:.1f} s)", flush=True
+        )
+    print("start-up and cost per file, from batches of 8 and 64 one-frame files (64x64 pixels):")
+    costs = {}
+    for number, (name, way) in enumerate(ways(workers, ray).items()):
+        few, many = (
+            min(run(way, tiny[count], folder / f"tiny-{number}-{count}-{again}") for again in range(2))
+            for count in (8, 64)
+        )  # the quicker of two runs: less of the noise of a shared machine
+        costs[name] = per_file = (many - few) / (64 - 8)
+        print(f"  {name:<30} start-up {few - 8 * per_file:5.2f} s, then {1000 * per_file:6.1f} ms/file", flush=True)
+    if ray:
+        ray_module.shutdown()
+        local, on_ray = list(costs.values())[1:]
+        print(f"  Ray's overhead against local workers: {1000 * (on_ray - local):+.1f} ms/file")
 
 
 def frame_rates(model: Movq, clip_path: Path, device: torch.device, folder: Path, encoders: list[str]) -> None:
@@ -116,13 +144,9 @@ def frame_rates(model: Movq, clip_path: Path, device: torch.device, folder: Path
         decoded, seconds = timed(lambda: np.concatenate(list(decode_frames(model, clip, device, chunk(device)))))
         rates.append(clip.n_frames / seconds)
     print(f"  decode alone:  {statistics.median(rates):8.1f} frames/s  ({clip.n_frames} frames, median of 2)")
-    quarter = len(decoded) // 4
-    mosaic = np.concatenate(
-        [np.concatenate([decoded[:quarter], decoded[quarter : 2 * quarter]], axis=2),
-         np.concatenate([decoded[2 * quarter : 3 * quarter], decoded[3 * quarter : 4 * quarter]], axis=2)], axis=1,
-    )  # fmt: skip
+    mosaic = mosaics(decoded)
     for frames in (decoded, mosaic):
-        rates = {encoder: encode_rate(frames, encoder, folder) for encoder in encoders}
+        rates = {encoder: encode_rate(frames, encoder, folder) for encoder in [*encoders, "png"]}
         listed = ", ".join(f"{encoder} {rate:.0f}" for encoder, rate in rates.items())
         print(f"  encode alone at {frames.shape[2]}x{frames.shape[1]}: {listed} frames/s ({len(frames)} frames)")
     for encoder in encoders[:2]:
@@ -132,11 +156,25 @@ def frame_rates(model: Movq, clip_path: Path, device: torch.device, folder: Path
     print(flush=True)
 
 
+def mosaics(frames: np.ndarray) -> np.ndarray:
+    """Frames twice the size: frame t is frames t, t + n/4, t + n/2 and t + 3n/4 (mod n) in a 2x2 grid."""
+    quarter = len(frames) // 4
+    top = np.concatenate([frames, np.roll(frames, -quarter, axis=0)], axis=2)
+    bottom = np.concatenate([np.roll(frames, -2 * quarter, axis=0), np.roll(frames, -3 * quarter, axis=0)], axis=2)
+    return np.concatenate([top, bottom], axis=1)
+
+
 def encode_rate(frames: np.ndarray, encoder: str, folder: Path) -> float:
-    """Frames/s of ffmpeg encoding `frames` to an MP4 (median of 3), from the first frame piped to the file closed."""
+    """Frames/s of writing `frames` to an MP4 with `encoder`, or with "png" to a folder of PNG frames
+    (median of 3), from the first frame handed over to the output in place."""
     rates = []
     for _ in range(3):
-        writer = get_writer(folder / "encoded.mp4", frames.shape[1:3], len(frames), WriteOptions(encoder=encoder), True)
+        output, options = (
+            (folder / "frames/", WriteOptions())
+            if encoder == "png"
+            else (folder / "encoded.mp4", WriteOptions(encoder=encoder))
+        )
+        writer = get_writer(output, frames.shape[1:3], len(frames), options, overwrite=True)
         _, seconds = timed(lambda: (writer.write(frames), writer.finish()))  # noqa: B023
         rates.append(len(frames) / seconds)
     return statistics.median(rates)
@@ -181,6 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {cores()} cores, {device}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     encoders = X264 + (["nvenc"] if nvenc_works() else [])
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -188,6 +227,7 @@ def main() -> None:
             batch_throughput(folder, workers=cores(), ray=not args.skip_ray)
             print("\nframes/s, bundled model, fp32, 64 frames of 256x256 (the coffee example):")
             frame_rates(movq_cli.load("default", "cpu"), EXAMPLES[0], device, folder, encoders)
+            print(f"load average after: {os.getloadavg()[0]:.1f}")
             return
         model = kandinsky(folder, device)
         for side in (32, 64):

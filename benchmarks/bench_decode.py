@@ -1,8 +1,9 @@
 """Decode speed and memory: movq against diffusers' VQModel, side by side in one run.
 
-    python benchmarks/bench_decode.py                 # CPU, the full set (about 15 minutes on 2 cores)
-    python benchmarks/bench_decode.py --quick         # fewer rounds, 256x256 only
-    python benchmarks/bench_decode.py --device cuda   # the same on a GPU (adds fp16)
+    python benchmarks/bench_decode.py                 # CPU, the full set (about 25 minutes on 2 cores)
+    python benchmarks/bench_decode.py --quick         # fewer rounds, 256x256 only, no clip-length runs
+    python benchmarks/bench_decode.py --device cuda   # the same on a GPU (adds fp16 and device memory)
+    python benchmarks/bench_decode.py --smoke         # every section once, on a tiny model: checks the script
 
 Same weights and codes for both sides; decodes alternate between them for several rounds and
 the medians are compared. Needs the test extra (diffusers). Reports, per case: seconds per
@@ -10,9 +11,15 @@ frame for each, frames/s ratio, FLOPs per frame of the plain computation (diffus
 counted by torch.utils.flop_counter) and the FLOPs movq actually executes, the effective
 GFLOP/s (plain FLOPs per second) and its fraction of this machine's 3x3-convolution
 throughput at the model's widths, measured in the same run; above 100% means that movq does
-fewer multiplications than direct convolution. On the CPU in fp32, movq without Winograd is
-timed in the same rounds. Then the whole CLI (to MP4 and to PNGs) against in-process
-decoding, alternating, and the peak memory of a 6-frame and a 96-frame clip.
+fewer multiplications than direct convolution. On the CPU in fp32, movq with Winograd switched
+on is timed in the same rounds. Then the whole CLI (to MP4 and to PNGs) against in-process
+decoding, alternating; then whole processes as a user runs them, `movq decode` against a plain
+diffusers script (load, decode, write PNGs), 1 and 3 frames, alternating, with the wall time and
+peak memory of each; and the peak memory of a 6-frame and a 96-frame clip.
+
+`--threads N` runs both sides, in this process and in every child, on N CPU threads (on a
+shared machine, other processes holding a core make every multi-threaded operator wait for it).
+`--table` ends with every result as one table.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -39,6 +47,47 @@ from movq_cli.models.fastconv import use_winograd
 from movq_cli.pipeline import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
+TABLE: list[tuple[str, str, str, str, str, str]] = []  # case, movq, diffusers, ratio, accuracy, memory
+
+# A plain diffusers decode, as a user writes it: codes (.npy) in, one PNG per frame out.
+DIFFUSERS_SCRIPT = '''\
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import VQModel
+from PIL import Image
+
+codes, folder, out, device = sys.argv[1:5]
+model = VQModel.from_pretrained(folder).to(device).eval()
+indices = torch.from_numpy(np.load(codes).astype(np.int64)).to(device)
+with torch.no_grad():
+    zq = model.quantize.embedding(indices).permute(0, 3, 1, 2)
+    images = model.decode(zq, force_not_quantize=True).sample
+pixels = ((images + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+Path(out).mkdir()
+for i, frame in enumerate(pixels):
+    Image.fromarray(frame).save(Path(out) / f"{i:06d}.png")
+'''
+
+# Runs a script (argv[1], with its arguments) in a fresh interpreter and, at exit, writes its peak
+# resident memory (VmHWM; unlike ru_maxrss, not inherited from this large process through fork)
+# and its peak CUDA memory to stderr.
+PEAKS = """\
+import atexit, re, runpy, sys
+
+def peaks():
+    status = open('/proc/self/status').read()
+    print('VmHWM', re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1), file=sys.stderr)
+    torch = sys.modules.get('torch')
+    if torch is not None and torch.cuda.is_initialized():
+        print('CUDA', torch.cuda.max_memory_reserved() // 1024, file=sys.stderr)
+
+atexit.register(peaks)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
 
 
 def sync(device: torch.device) -> None:
@@ -54,23 +103,51 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def kandinsky_pair(device: torch.device):
-    """A random diffusers VQModel in the Kandinsky 2.2 layout, and movq loaded from its folder."""
+def device_peak(fn, device: torch.device) -> float | None:
+    """MiB of device memory that `fn` allocates at its peak beyond what was allocated before (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def mib(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f} MiB"
+
+
+def random_folder(layout: str) -> tuple[object, Path]:
+    """A random diffusers VQModel, in the Kandinsky 2.2 layout or a tiny one, saved as a folder."""
     from diffusers import VQModel
 
     torch.manual_seed(0)
+    if layout == "kandinsky-2.2":
+        shape = dict(widths=(128, 256, 256, 512), layers=2, n_e=16384)
+    else:
+        shape = dict(widths=(32, 64), layers=1, n_e=64)
+    levels = len(shape["widths"])
     reference = VQModel(
         in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
-        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
-        block_out_channels=(128, 256, 256, 512), layers_per_block=2, latent_channels=4,
-        num_vq_embeddings=16384, vq_embed_dim=4, norm_type="spatial",
+        down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
+        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * (levels - 1),
+        block_out_channels=shape["widths"], layers_per_block=shape["layers"], latent_channels=4,
+        num_vq_embeddings=shape["n_e"], vq_embed_dim=4, norm_type="spatial",
     ).eval()  # fmt: skip
     folder = Path(tempfile.mkdtemp()) / "movq"
     reference.save_pretrained(folder)
+    return reference, folder
+
+
+def model_pair(layout: str, device: torch.device):
+    """The diffusers reference on `device`, movq loaded from its folder, and the folder."""
+    reference, folder = random_folder(layout)
     model = weights.load(folder, device)
-    assert model.config == MovqConfig(**{**preset("kandinsky-2.2").__dict__})
-    return reference.to(device), model
+    if layout == "kandinsky-2.2":
+        assert model.config == MovqConfig(**{**preset("kandinsky-2.2").__dict__})
+    return reference.to(device), model, folder
 
 
 def flops_per_frame(decode, zq: torch.Tensor) -> float:
@@ -105,20 +182,24 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
     fast = copy.deepcopy(model).to(dtype)  # a copy: casting in place would round the fp32 weights
     ablate = device.type == "cpu" and dtype == torch.float32
     if ablate:
-        direct = copy.deepcopy(model)
-        use_winograd(direct, False)
+        winograd = copy.deepcopy(model)
+        use_winograd(winograd, True)
     with torch.inference_mode():
         fast(zq[:1].to(dtype))  # warm-up
         reference.decode(zq[:1], force_not_quantize=True)
-        ours, theirs, without = [], [], []
+        if ablate:
+            winograd(zq[:1])
+        ours, theirs, with_winograd = [], [], []
         for _ in range(rounds):
             ours.append(timed(lambda: fast(zq.to(dtype)), device))
             theirs.append(timed(lambda: reference.decode(zq, force_not_quantize=True), device))
             if ablate:
-                without.append(timed(lambda: direct(zq), device))
+                with_winograd.append(timed(lambda: winograd(zq), device))
         out = fast(zq.to(dtype)).float()
-        plain_out = direct(zq) if ablate else None
+        winograd_out = winograd(zq) if ablate else None
         expected = baseline_fp32 if baseline_fp32 is not None else reference.decode(zq, force_not_quantize=True).sample
+        ours_memory = device_peak(lambda: fast(zq.to(dtype)), device)
+        theirs_memory = device_peak(lambda: reference.decode(zq, force_not_quantize=True), device)
     frames = len(codes)
     ours_s, theirs_s = statistics.median(ours) / frames, statistics.median(theirs) / frames
     plain_flops = flops_per_frame(lambda z: reference.decode(z, force_not_quantize=True), zq)
@@ -126,20 +207,25 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
     effective = plain_flops / ours_s / 1e9
     accuracy = f"max|diff| {(out - expected).abs().max().item():.1e}" if dtype == torch.float32 else \
         f"PSNR vs fp32 {psnr(out, expected):.1f} dB"  # fmt: skip
+    memory = "" if ours_memory is None else f"  device memory for the decode: movq {mib(ours_memory)}, diffusers {mib(theirs_memory)}"
+    dtype_name = str(dtype).split(".")[-1]
     print(
-        f"{name:<28} {str(dtype).split('.')[-1]:<9} movq {ours_s:7.3f} s/frame  diffusers-fp32 {theirs_s:7.3f} s/frame  "
+        f"{name:<28} {dtype_name:<9} movq {ours_s:7.3f} s/frame  diffusers-fp32 {theirs_s:7.3f} s/frame  "
         f"ratio {theirs_s / ours_s:5.2f}x  {plain_flops / 1e9:6.1f} GFLOP/frame (movq executes {executed / 1e9:.1f})  "
-        f"{effective:6.1f} effective GFLOP/s  {effective / conv_gflops:4.0%} of conv peak  {accuracy}",
+        f"{effective:6.1f} effective GFLOP/s  {effective / conv_gflops:4.0%} of conv peak  {accuracy}{memory}",
         flush=True,
     )
+    TABLE.append((f"{name} {dtype_name}", f"{ours_s:.3f} s/frame", f"{theirs_s:.3f} s/frame (fp32)",
+                  f"{theirs_s / ours_s:.2f}x", accuracy, f"{mib(ours_memory)} / {mib(theirs_memory)}".strip(" /")))  # fmt: skip
     if ablate:
-        without_s = statistics.median(without) / frames
+        winograd_s = statistics.median(with_winograd) / frames
         print(
-            f"{'':<28} {'':<9} movq without Winograd {without_s:7.3f} s/frame  "
-            f"ratio {theirs_s / without_s:5.2f}x  (Winograd: {without_s / ours_s:.2f}x, "
-            f"max|diff| to it {(out - plain_out).abs().max().item():.1e})",
+            f"{'':<28} {'':<9} movq with Winograd    {winograd_s:7.3f} s/frame  "
+            f"ratio {theirs_s / winograd_s:5.2f}x  (Winograd: {ours_s / winograd_s:.2f}x, "
+            f"max|diff| to it {(out - winograd_out).abs().max().item():.1e})",
             flush=True,
         )
+        TABLE.append((f"{name} {dtype_name}, Winograd on", f"{winograd_s:.3f} s/frame", "", f"{theirs_s / winograd_s:.2f}x", "", ""))
     return out
 
 
@@ -147,29 +233,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 256x256 only, no memory runs")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 256x256 only, no clip-length memory runs")
+    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model and small clips")
+    parser.add_argument("--threads", type=int, help="CPU threads for both sides, here and in child processes")
+    parser.add_argument("--table", action="store_true", help="end with all results as one table")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rounds = 3 if args.quick else args.rounds
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by the children's torch at start-up
+    rounds = 1 if args.smoke else 3 if args.quick else args.rounds
+    layout = "tiny" if args.smoke else "kandinsky-2.2"
+    grids = (4,) if args.smoke else (32,) if args.quick else (32, 64)
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", flush=True)
 
-    reference, model = kandinsky_pair(device)
-    for grid in (32,) if args.quick else (32, 64):
-        codes = torch.randint(0, 16384, (1, grid, grid), generator=torch.Generator().manual_seed(grid)).to(device)
+    reference, model, folder = model_pair(layout, device)
+    for grid in grids:
+        codes = torch.randint(0, model.config.n_embed, (1, grid, grid), generator=torch.Generator().manual_seed(grid))
+        codes = codes.to(device)
+        size = grid * model.config.factor
         for dtype in dtypes:
             peak = conv_throughput(model.config, grid, device, dtype, rounds)
-            print(f"3x3 conv throughput at Kandinsky widths, {grid * 8}px, {dtype}: {peak:.1f} GFLOP/s", flush=True)
+            print(f"3x3 conv throughput at {layout} widths, {size}px, {dtype}: {peak:.1f} GFLOP/s", flush=True)
             baseline = None if dtype == torch.float32 else model(model.quantize.lookup(codes).float())
-            compare(f"kandinsky-2.2 {grid * 8}x{grid * 8}", model, reference, codes, device, dtype, rounds, peak,
-                    baseline)  # fmt: skip
+            compare(f"{layout} {size}x{size}", model, reference, codes, device, dtype, rounds, peak, baseline)
     del reference, model
-    default_model_and_cli(device, dtypes, rounds, quick=args.quick)
-    if not args.quick:
+    default_model_and_cli(device, dtypes, rounds, clip_frames=4 if args.smoke else 24 if args.quick else 64)
+    whole_process(folder, device, 1 if args.smoke else max(rounds, 3), grid=grids[0])
+    if not (args.quick or args.smoke):
         peak_memory(device)
+    if args.table:
+        print_table()
 
 
-def default_model_and_cli(device: torch.device, dtypes, rounds: int, quick: bool) -> None:
+def default_model_and_cli(device: torch.device, dtypes, rounds: int, clip_frames: int) -> None:
     model = weights.load(default_weights(), device)
     clip = np.load(ROOT / "examples" / "coffee_pan_zoom.npy")
     codes = torch.from_numpy(clip[:4].astype(np.int64)).to(device)
@@ -189,7 +287,7 @@ def default_model_and_cli(device: torch.device, dtypes, rounds: int, quick: bool
 
     # the whole CLI against in-process decoding of the same clip, alternating so that the
     # machine's drift does not favour either side
-    frames = 24 if quick else 64
+    frames = clip_frames
     outputs = ("clip.mp4", "frames")
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "clip.npy", clip[:frames])
@@ -206,45 +304,113 @@ def default_model_and_cli(device: torch.device, dtypes, rounds: int, quick: bool
                      "--overwrite", "--chunk", "8", "--device", str(device)],
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
-                cli[out].append(float(re.search(r"\(([\d.]+) frames/s\)", done.stderr).group(1)))
+                cli[out].append(float(re.search(r"\(([\d.]+) frames/s", done.stderr).group(1)))
         rate = statistics.median(inprocess)
         print(f"in-process decode to uint8, {frames} frames: {rate:.2f} frames/s", flush=True)
         for out in outputs:
+            cli_rate = statistics.median(cli[out])
+            print(f"movq decode -> {out:<9} {cli_rate:.2f} frames/s  ({cli_rate / rate:.2f}x in-process)", flush=True)
+            TABLE.append((f"default model, CLI to {out}, {frames} frames", f"{cli_rate:.2f} frames/s", "",
+                          f"{cli_rate / rate:.2f}x in-process", "", ""))  # fmt: skip
+
+
+def movq_command() -> Path:
+    """The installed `movq` console script, or the package's __main__ when it is not installed."""
+    script = Path(sys.executable).with_name("movq")
+    return script if script.exists() else ROOT / "movq_cli" / "__main__.py"
+
+
+def run_with_peaks(command: list[str]) -> tuple[float, float, float | None]:
+    """Run `command` (a script and its arguments) in a fresh interpreter: seconds, peak MiB, peak CUDA MiB."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PEAKS, *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    cuda = re.search(r"^CUDA (\d+)$", done.stderr, re.M)
+    peak = int(re.search(r"^VmHWM (\d+)$", done.stderr, re.M).group(1)) / 1024
+    return seconds, peak, None if cuda is None else int(cuda.group(1)) / 1024
+
+
+def read_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
+
+
+def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, counts=(1, 3)) -> None:
+    """The job as a user runs it, in fresh processes: `movq decode CODES OUT/ -w FOLDER` against a
+    plain diffusers script, codes to PNG frames, alternating; wall time and peak memory, medians."""
+    config = weights.read_checkpoint(folder).config
+    codes = np.random.default_rng(0).integers(0, config.n_embed, (max(counts), grid, grid))
+    size = grid * config.factor
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "diffusers_decode.py").write_text(DIFFUSERS_SCRIPT)
+        for count in counts:
+            np.save(tmp / f"codes{count}.npy", codes[:count])
+            runs = {"movq": [], "diffusers": []}
+            for round_ in range(rounds):
+                for side, results in runs.items():
+                    out = tmp / f"{side}-{count}-{round_}"
+                    if side == "movq":
+                        command = [str(movq_command()), "decode", str(tmp / f"codes{count}.npy"), f"{out}/",
+                                   "-w", str(folder), "--device", str(device), "--quiet"]  # fmt: skip
+                    else:
+                        command = [str(tmp / "diffusers_decode.py"), str(tmp / f"codes{count}.npy"), str(folder),
+                                   str(out), str(device)]  # fmt: skip
+                    results.append(run_with_peaks(command))
+            difference = np.abs(
+                read_frames(tmp / f"movq-{count}-{rounds - 1}").astype(int)
+                - read_frames(tmp / f"diffusers-{count}-{rounds - 1}").astype(int)
+            ).max()
+            seconds = {side: statistics.median(r[0] for r in results) for side, results in runs.items()}
+            peak = {side: statistics.median(r[1] for r in results) for side, results in runs.items()}
+            cuda = {side: results[-1][2] for side, results in runs.items()}
+            every = "; ".join(
+                f"{side} " + ", ".join(f"{s:.1f} s/{p:.0f} MiB" for s, p, _ in results) for side, results in runs.items()
+            )
+            device_memory = "" if cuda["movq"] is None else \
+                f"  peak CUDA memory movq {mib(cuda['movq'])}, diffusers {mib(cuda['diffusers'])}"  # fmt: skip
             print(
-                f"movq decode -> {out:<9} {statistics.median(cli[out]):.2f} frames/s  "
-                f"({statistics.median(cli[out]) / rate:.2f}x in-process)",
+                f"whole process, {count} frame(s) {size}x{size} fp32 to PNGs: movq decode {seconds['movq']:.2f} s "
+                f"{peak['movq']:.0f} MiB, diffusers script {seconds['diffusers']:.2f} s {peak['diffusers']:.0f} MiB: "
+                f"{seconds['diffusers'] / seconds['movq']:.2f}x as fast, {peak['movq'] / peak['diffusers']:.2f}x the "
+                f"memory, max pixel difference {difference}{device_memory} (medians of {rounds}: {every})",
                 flush=True,
             )
+            TABLE.append((f"whole process, {count} frame(s) {size}x{size} fp32", f"{seconds['movq']:.2f} s",
+                          f"{seconds['diffusers']:.2f} s", f"{seconds['diffusers'] / seconds['movq']:.2f}x",
+                          f"max pixel difference {difference}",
+                          f"{peak['movq']:.0f} / {peak['diffusers']:.0f} MiB peak RSS"
+                          + ("" if cuda["movq"] is None else f", {mib(cuda['movq'])} / {mib(cuda['diffusers'])} CUDA")))  # fmt: skip
 
 
 def peak_memory(device: torch.device) -> None:
-    """Peak resident memory of `movq decode` to MP4 (auto chunk) for a 6-frame and a 96-frame clip.
-
-    Read from VmHWM in /proc/self/status: unlike ru_maxrss, it is not inherited from this
-    (large) benchmark process through fork."""
+    """Peak resident memory of `movq decode` to MP4 (auto chunk) for a 6-frame and a 96-frame clip."""
     clip = np.load(ROOT / "examples" / "coffee_pan_zoom.npy")
-    script = (
-        "import re, sys; from movq_cli.cli import app\n"
-        "try: app(sys.argv[1:], prog_name='movq')\n"
-        "except SystemExit as e: assert not e.code, e.code\n"
-        "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))"
-    )
     with tempfile.TemporaryDirectory() as tmp:
         for count in (6, 96):
             np.save(Path(tmp) / f"c{count}.npy", np.resize(clip, (count, *clip.shape[1:])))
             peaks = []
             for _ in range(3):  # the peak depends on thread timing: medians of three
-                done = subprocess.run(
-                    [sys.executable, "-c", script, "decode", str(Path(tmp) / f"c{count}.npy"),
-                     str(Path(tmp) / f"m{count}.mp4"), "--quiet", "--overwrite", "--device", str(device)],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                peaks.append(int(done.stdout.split()[-1]) / 1024)
+                command = [str(movq_command()), "decode", str(Path(tmp) / f"c{count}.npy"),
+                           str(Path(tmp) / f"m{count}.mp4"), "--quiet", "--overwrite", "--device", str(device)]  # fmt: skip
+                peaks.append(run_with_peaks(command)[1])
             print(
                 f"peak memory (VmHWM), {count:>2}-frame clip to MP4: {statistics.median(peaks):.0f} MiB "
                 f"(median of {', '.join(f'{p:.0f}' for p in peaks)})",
                 flush=True,
             )
+            TABLE.append((f"default model, {count}-frame clip to MP4", "", "", "", "",
+                          f"{statistics.median(peaks):.0f} MiB peak RSS"))  # fmt: skip
+
+
+def print_table() -> None:
+    header = ("case", "movq", "diffusers", "ratio", "accuracy", "memory (movq / diffusers)")
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in TABLE:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -47,13 +47,25 @@ def decode_on_ray(
         return [], "Ray"
     ray = _ray()
     started_here = not ray.is_initialized()
-    if started_here:
-        _connect(ray)
+    reports: dict[int, FileReport] = {}
     try:
-        return _run(ray, jobs, str(weights), device, dtype, options, workers, threads, on_start, on_report)
+        if started_here:
+            _connect(ray)
+        dataset, workers = _dataset(ray, jobs, str(weights), device, dtype, options, workers, threads)
+        described, stopped = _collect(dataset, jobs, options, reports, on_start, on_report)
     finally:
         if started_here:
-            ray.shutdown()
+            ray.shutdown()  # its actors first, then what they left
+        for number, job in enumerate(jobs):
+            if number not in reports:
+                remove_partial_output(job.output)
+    for number, job in enumerate(jobs):
+        if number not in reports and not stopped:
+            error = f"Ray could not decode {job.codes}: its task failed (Ray's logs say why)"
+            reports[number] = FileReport(job.codes, Path(job.output), "failed", error=error)
+            if on_report:
+                on_report(reports[number])
+    return [reports[number] for number in sorted(reports)], f"Ray, {workers} actor(s): {described}"
 
 
 def _ray():
@@ -76,7 +88,8 @@ def _connect(ray) -> None:
         signal.signal(signal.SIGTERM, terminate)  # ray.init installs its own
 
 
-def _run(ray, jobs, weights, device, dtype, options, workers, threads, on_start, on_report):
+def _dataset(ray, jobs: list[Job], weights: str, device: str, dtype: str, options: BatchOptions, workers, threads):
+    """The jobs as a Ray dataset, largest file first, mapped by a pool of `Decoder` actors; and their number."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if device == "auto":
         device = "cuda" if gpus else "cpu"
@@ -104,34 +117,26 @@ def _run(ray, jobs, weights, device, dtype, options, workers, threads, on_start,
                                             options=options),
         batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )  # fmt: skip
+    return dataset, workers
 
-    reports: dict[int, FileReport] = {}
-    described, stopped = "", False
-    try:
-        for row in dataset.iter_rows():
-            if row["exit_code"]:
-                raise (InputError if row["exit_code"] == InputError.exit_code else RunError)(row["error"])
-            job = jobs[row["index"]]
-            report = reports[row["index"]] = _report(job, row)
-            described = row["decoder"]
-            if on_start:  # no frame-by-frame progress from the actors: the file's frames at once
-                on_start(job, report.frames)(report.frames)
-            if on_report:
-                on_report(report)
-            if report.status == "failed" and options.fail_fast:
-                stopped = True
-                break
-    finally:
-        for number, job in enumerate(jobs):
-            if number not in reports:
-                remove_partial_output(job.output)
-    for number, job in enumerate(jobs):
-        if number not in reports and not stopped:
-            error = f"Ray could not decode {job.codes}: its task failed (Ray's logs say why)"
-            reports[number] = FileReport(job.codes, Path(job.output), "failed", error=error)
-            if on_report:
-                on_report(reports[number])
-    return [reports[number] for number in sorted(reports)], f"Ray, {workers} actor(s): {described}"
+
+def _collect(dataset, jobs: list[Job], options: BatchOptions, reports: dict, on_start, on_report) -> tuple[str, bool]:
+    """Read the report rows into `reports` as files finish. Returns what decoded them, and whether
+    the batch stopped at a failure (`fail_fast`)."""
+    described = ""
+    for row in dataset.iter_rows():
+        if row["exit_code"]:
+            raise (InputError if row["exit_code"] == InputError.exit_code else RunError)(row["error"])
+        job = jobs[row["index"]]
+        report = reports[row["index"]] = _report(job, row)
+        described = row["decoder"]
+        if on_start:  # no frame-by-frame progress from the actors: the file's frames at once
+            on_start(job, report.frames)(report.frames)
+        if on_report:
+            on_report(report)
+        if report.status == "failed" and options.fail_fast:
+            return described, True
+    return described, False
 
 
 def _report(job: Job, row: dict) -> FileReport:

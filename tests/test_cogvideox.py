@@ -129,7 +129,7 @@ def test_schedule_refuses_an_empty_video():
 
 def test_stream_cache_stays_the_same_size_however_long_the_video(small):
     _, model = small
-    z = latents(13, 4, 6)
+    z = latents(13, 2, 4)
     cache: dict = {}
     sizes = []
     for chunk in torch.split(z, model.schedule(13), dim=2):
@@ -153,7 +153,7 @@ def test_the_stream_keeps_no_decoded_frames(small):
 
 def test_one_model_serves_two_interleaved_streams(small):
     _, model = small
-    a, b = latents(5, 4, 6, seed=1), latents(5, 4, 6, seed=2)
+    a, b = latents(5, 2, 4, seed=1), latents(5, 2, 4, seed=2)
     alone_a, alone_b = stream(model, a), stream(model, b)
     streams = [model.decode_stream(torch.split(z, model.schedule(5), dim=2)) for z in (a, b)]
     first_a, first_b = next(streams[0]), next(streams[1])

@@ -343,8 +343,8 @@ def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "
     """The model for `config` (a Movq, or a CogVideoX) holding the tensors of `state`, checked name
     by name and shape by shape.
 
-    The model is made without initialising it and takes the tensors as they are (convolution
-    weights made channels_last): the result shares memory with `state` wherever it can.
+    The model is made without initialising it, then takes each tensor in its layout (convolution
+    weights channels_last) in one copy on the CPU, or as it is on another device.
     """
     if isinstance(config, video.CogVideoXConfig):
         return video_layouts.build(config, state, source)
@@ -365,13 +365,21 @@ def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "
             problems.append(f"{label}: {', '.join(names[:3])}{more}")
     if problems:
         raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
-    # channels_last lets oneDNN and cuDNN run the convolutions without reordering memory
-    model.load_state_dict({name: _channels_last(tensor) for name, tensor in state.items()}, assign=True)
+    model.load_state_dict({name: _own(tensor) for name, tensor in state.items()}, assign=True)
     return model.eval().requires_grad_(False)
 
 
-def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in the model's layout; on the CPU, in memory of its own.
+
+    Tensors read from a safetensors file are views of its memory map: one of them left in the
+    model keeps the whole map, and with it every page of the file that was read, resident.
+    """
+    # channels_last lets oneDNN and cuDNN run the convolutions without reordering memory
+    layout = torch.channels_last if tensor.dim() == 4 else torch.contiguous_format
+    if tensor.device.type == "cpu":
+        return tensor.clone(memory_format=layout)
+    return tensor.contiguous(memory_format=layout)
 
 
 def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> None:

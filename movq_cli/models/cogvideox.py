@@ -231,13 +231,15 @@ class SpatialNorm3D(nn.Module):
         """
         batch, channels, frames, height, width = normed.shape
         rows, cols = zq.shape[-2:]
-        latents = zq.permute(0, 2, 3, 4, 1)  # (B, t, h, w, C): a 1x1x1 conv is a linear map of the channels
+        # (B, t, h, w, C): a 1x1x1 conv is a linear map of the channels. In float32: the map is
+        # tiny, and CPU matmuls this thin are 10x slower in bfloat16 than in float32.
+        latents = zq.permute(0, 2, 3, 4, 1).float()
         index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
         scale, shift = (
-            F.linear(latents, conv.conv.weight.flatten(1), conv.conv.bias).index_select(1, index)
+            F.linear(latents, conv.conv.weight.flatten(1).float(), conv.conv.bias.float()).index_select(1, index)
             for conv in (self.conv_y, self.conv_b)
         )
-        scale, shift = scale[:, :, :, None, :, None], shift[:, :, :, None, :, None]
+        scale, shift = (t[:, :, :, None, :, None].to(normed.dtype) for t in (scale, shift))
         shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
         blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
         torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
