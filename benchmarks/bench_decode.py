@@ -3,6 +3,7 @@
     python benchmarks/bench_decode.py                 # CPU, the full set (about 25 minutes on 2 cores)
     python benchmarks/bench_decode.py --quick         # fewer rounds, 256x256 only, no clip-length runs
     python benchmarks/bench_decode.py --device cuda   # the same on a GPU (adds fp16 and device memory)
+    python benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table   # benchmarks/gpu_check.sh
     python benchmarks/bench_decode.py --smoke         # every section once, on a tiny model: checks the script
 
 Same weights and codes for both sides; decodes alternate between them for several rounds and
@@ -216,7 +217,8 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
         flush=True,
     )
     TABLE.append((f"{name} {dtype_name}", f"{ours_s:.3f} s/frame", f"{theirs_s:.3f} s/frame (fp32)",
-                  f"{theirs_s / ours_s:.2f}x", accuracy, f"{mib(ours_memory)} / {mib(theirs_memory)}".strip(" /")))  # fmt: skip
+                  f"{theirs_s / ours_s:.2f}x", accuracy.replace("max|diff|", "max abs diff"),
+                  f"{mib(ours_memory)} / {mib(theirs_memory)}".strip(" /")))  # fmt: skip
     if ablate:
         winograd_s = statistics.median(with_winograd) / frames
         print(
@@ -234,7 +236,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 256x256 only, no clip-length memory runs")
-    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model and small clips")
+    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model (factor 2) and small clips")
+    parser.add_argument("--sizes", help="frame sizes in pixels, e.g. 256,512 (default: 256,512; 256 with --quick)")
     parser.add_argument("--threads", type=int, help="CPU threads for both sides, here and in child processes")
     parser.add_argument("--table", action="store_true", help="end with all results as one table")
     args = parser.parse_args()
@@ -244,7 +247,8 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by the children's torch at start-up
     rounds = 1 if args.smoke else 3 if args.quick else args.rounds
     layout = "tiny" if args.smoke else "kandinsky-2.2"
-    grids = (4,) if args.smoke else (32,) if args.quick else (32, 64)
+    sizes = args.sizes or ("8" if args.smoke else "256" if args.quick else "256,512")
+    grids = tuple(int(size) // (2 if args.smoke else 8) for size in sizes.split(","))
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", flush=True)
 
@@ -341,7 +345,7 @@ def read_frames(folder: Path) -> np.ndarray:
 def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, counts=(1, 3)) -> None:
     """The job as a user runs it, in fresh processes: `movq decode CODES OUT/ -w FOLDER` against a
     plain diffusers script, codes to PNG frames, alternating; wall time and peak memory, medians."""
-    config = weights.read_checkpoint(folder).config
+    config = weights.locate(folder).config
     codes = np.random.default_rng(0).integers(0, config.n_embed, (max(counts), grid, grid))
     size = grid * config.factor
     with tempfile.TemporaryDirectory() as tmp:

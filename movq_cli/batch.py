@@ -114,9 +114,6 @@ class Shard:
         digest = hashlib.sha256(relative.as_posix().encode()).digest()
         return int.from_bytes(digest[:8], "big") % self.count + 1
 
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
 
 def is_pattern(path: Path) -> bool:
     return any(character in GLOB_CHARACTERS for character in str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMALL_CONFIG, codes_to_zq, diffusers_decode, psnr, to_pixels
@@ -182,7 +183,9 @@ def test_fast_convolutions_follow_changes_to_their_weights():
     torch.manual_seed(0)
     x = torch.randn(1, 96, 8, 8)
     up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-    for conv, plain_input in ((Conv3x3(96, 96), x), (UpsampleConv3x3(96), up)):
+    winograd = Conv3x3(96, 96)
+    winograd.winograd = True
+    for conv, plain_input in ((winograd, x), (UpsampleConv3x3(96), up)):
         with torch.no_grad():
             first = conv(x)
             assert torch.equal(conv(x), first)
@@ -197,7 +200,8 @@ def test_fast_convolutions_follow_changes_to_their_weights():
 
 
 def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
-    """Widths of 96 and 192 take the Winograd path on the CPU in fp32; switching it off agrees."""
+    """Winograd is off by default; switched on, widths of 96 and 192 take it on the CPU in fp32 and
+    decode like diffusers; switched off again, the transformed kernels are freed."""
     from conftest import make_vqmodel
 
     from movq_cli.models.fastconv import Conv3x3, use_winograd
@@ -205,16 +209,73 @@ def test_a_model_wide_enough_for_winograd_decodes_like_diffusers(tmp_path):
     reference = make_vqmodel(widths=(96, 192), layers=1, attn=(False, False), n_e=64)
     reference.save_pretrained(tmp_path)
     model = weights.load(tmp_path)
+    convolutions = [m for m in model.modules() if isinstance(m, Conv3x3)]
     codes = torch.randint(0, 64, (2, 8, 8), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        fast = model.decode_codes(codes)
-        used = [m for m in model.modules() if isinstance(m, Conv3x3) and m._transformed.value is not None]
-        use_winograd(model, False)
         plain = model.decode_codes(codes)
+        assert not any(conv._transformed.value is not None for conv in convolutions)
+        use_winograd(model, True)
+        fast = model.decode_codes(codes)
+        used = [conv for conv in convolutions if conv._transformed.value is not None]
+        use_winograd(model, False)
+        again = model.decode_codes(codes)
     assert len(used) >= 4  # every ResBlock convolution of this model is wide enough
+    assert not any(conv._transformed.value is not None for conv in convolutions)
     expected = diffusers_decode(reference, codes_to_zq(reference, codes))
     assert (fast - expected).abs().max().item() <= 1e-4
     assert (fast - plain).abs().max().item() <= 1e-4
+    assert torch.equal(again, plain)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 128), (96, 100)])
+def test_winograd_kernel_transform_in_float32_is_within_rounding_of_float64(shape):
+    """The transform is one float32 matmul; G g G^T computed in float64 is the reference."""
+    from movq_cli.models.fastconv import _G, winograd_weight
+
+    out_channels, in_channels = shape
+    weight, _ = _conv_case(in_channels, out_channels, seed=out_channels)
+    weight = weight.contiguous(memory_format=torch.channels_last)  # as loaded models hold it
+    exact = torch.einsum("ak,oikl,bl->abio", _G, weight.double(), _G).reshape(36, in_channels, out_channels)
+    got = winograd_weight(weight)
+    assert got.dtype == torch.float32 and got.shape == exact.shape
+    assert (got.double() - exact).abs().max().item() <= 1e-6 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "layout, grid, dtype, chunk",
+    [
+        ("kandinsky-2.2", (32, 32), torch.float32, 1),  # 256x256 pixels: one frame keeps the cores busy
+        ("kandinsky-2.2", (32, 32), torch.bfloat16, 1),
+        ("kandinsky-2.2", (64, 96), torch.float32, 1),
+        ("kandinsky-2.2", (8, 8), torch.float32, 4),  # 64x64 pixels: a few frames at a time
+        ("kandinsky-2.2", (2, 2), torch.float32, 64),  # tiny frames: as many as a chunk may hold
+        ("small", (8, 8), torch.float32, 64),
+    ],
+)
+def test_cpu_chunks_hold_the_fewest_frames_that_keep_the_cores_busy(layout, grid, dtype, chunk):
+    from movq_cli.device import CPU_BUDGET_BYTES, auto_chunk, frame_bytes
+    from movq_cli.models.config import preset
+
+    config = SMALL_CONFIG if layout == "small" else preset(layout)
+    assert auto_chunk(config, grid, torch.device("cpu"), dtype) == chunk
+    assert chunk == 1 or chunk * frame_bytes(config, grid, dtype) <= CPU_BUDGET_BYTES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_models_load_straight_to_the_device_and_decode_like_the_cpu(small_folder, dtype):
+    folder, _ = small_folder
+    cpu, cuda = weights.load(folder), weights.load(folder, "cuda", dtype)
+    assert all(tensor.device.type == "cuda" for tensor in cuda.state_dict().values())
+    assert cuda.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    codes = torch.randint(0, 64, (2, 8, 8), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        expected, got = cpu.decode_codes(codes), cuda.decode_codes(codes.cuda()).float().cpu()
+    pixels, expected_pixels = to_pixels(got), to_pixels(expected)
+    if dtype == torch.float32:  # cuDNN may convolve fp32 in TF32: equal pixels, not equal numbers
+        assert np.abs(pixels.astype(int) - expected_pixels.astype(int)).max() <= 1
+    else:
+        assert psnr(pixels, expected_pixels) >= 35
 
 
 @pytest.mark.slow
