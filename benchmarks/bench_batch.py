@@ -1,7 +1,7 @@
 """Batch throughput: files/s in one process, with 2 CPU workers and on Ray; frames/s of decoding
 alone, encoding alone (x264 presets, NVENC where it works) and both together.
 
-    python benchmarks/bench_batch.py                  # CPU: about 4 minutes on 2 cores
+    python benchmarks/bench_batch.py                  # CPU: about 6 minutes on 2 cores
     python benchmarks/bench_batch.py --skip-ray       # without Ray (pip install 'movq[ray]')
     python benchmarks/bench_batch.py --device cuda    # one GPU: Kandinsky 2.2 layout, frames/s
 
@@ -13,9 +13,10 @@ model (and, for workers and actors, starting their processes): what a user waits
 way's start-up and cost per file, from batches of 8 and 64 one-frame files that take
 milliseconds to decode: the difference between Ray and local workers is Ray's overhead per file.
 
-Frames/s: decoding alone (frames to memory, nothing written), encoding alone (decoded frames
-piped to ffmpeg, at 256x256 and, as 2x2 mosaics of them, at 512x512), and both (`movq decode`'s
-pipeline: the writer thread encodes while the next chunk decodes). On `--device cuda` the model
+Frames/s: decoding alone (frames to memory, nothing written) and both (`movq decode`'s pipeline:
+the writer thread encodes while the next chunk decodes), alternating for 3 rounds, medians; then
+encoding alone (decoded frames piped to ffmpeg, at 256x256 and, as 2x2 mosaics of them, at
+512x512; PNG frames for comparison). On `--device cuda` the model
 is a random one in the Kandinsky 2.2 layout (the published decoder's size and speed; its pictures
 are noise, which is the hardest case for the encoder), in bf16, on random codes.
 """
@@ -133,26 +134,34 @@ def batch_throughput(folder: Path, workers: int, ray: bool) -> None:
 
 
 def frame_rates(model: Movq, clip_path: Path, device: torch.device, folder: Path, encoders: list[str]) -> None:
-    """Decoding alone, encoding alone (256x256 and 512x512), and both, in frames/s."""
+    """Decoding alone and decoding into an MP4 (alternating, 3 rounds, medians), then encoding
+    alone at 256x256 and 512x512, in frames/s."""
     clip = read(clip_path)
     height, width = (side * model.config.factor for side in clip.grid)
-    sync(device)
     list(decode_frames(model, clip.select(slice(0, 2)), device, 2))  # warm-up
-    rates = []
-    for _ in range(2):
-        sync(device)
-        decoded, seconds = timed(lambda: np.concatenate(list(decode_frames(model, clip, device, chunk(device)))))
-        rates.append(clip.n_frames / seconds)
-    print(f"  decode alone:  {statistics.median(rates):8.1f} frames/s  ({clip.n_frames} frames, median of 2)")
-    mosaic = mosaics(decoded)
-    for frames in (decoded, mosaic):
+
+    def decode_alone() -> np.ndarray:
+        return np.concatenate(list(decode_frames(model, clip, device, chunk(device))))  # on the host: waited for
+
+    def both(encoder: str):
+        return lambda: decode_to_file(model, clip, folder / "both.mp4", device, encoder=encoder, overwrite=True)
+
+    kinds = {"decode alone": decode_alone} | {f"decode + encode ({encoder})": both(encoder) for encoder in encoders[:2]}
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(3):
+        for kind, run_kind in kinds.items():
+            sync(device)
+            result, seconds = timed(run_kind)
+            rates[kind].append(clip.n_frames / seconds)
+            if kind == "decode alone":
+                decoded = result
+    for kind, measured in rates.items():
+        print(f"  {kind + ':':<32} {statistics.median(measured):8.1f} frames/s at {width}x{height}")
+    for frames in (decoded, mosaics(decoded)):
+        frames = np.concatenate([frames] * max(1, 96 // len(frames)))  # enough frames to time ffmpeg, not its start
         rates = {encoder: encode_rate(frames, encoder, folder) for encoder in [*encoders, "png"]}
         listed = ", ".join(f"{encoder} {rate:.0f}" for encoder, rate in rates.items())
         print(f"  encode alone at {frames.shape[2]}x{frames.shape[1]}: {listed} frames/s ({len(frames)} frames)")
-    for encoder in encoders[:2]:
-        output = folder / f"both-{encoder}.mp4"
-        result = decode_to_file(model, clip, output, device, encoder=encoder, overwrite=True)
-        print(f"  decode + encode ({encoder}): {result.frames / result.seconds:8.1f} frames/s at {width}x{height}")
     print(flush=True)
 
 
@@ -225,15 +234,16 @@ def main() -> None:
         folder = Path(folder)
         if device.type == "cpu":
             batch_throughput(folder, workers=cores(), ray=not args.skip_ray)
-            print("\nframes/s, bundled model, fp32, 64 frames of 256x256 (the coffee example):")
-            frame_rates(movq_cli.load("default", "cpu"), EXAMPLES[0], device, folder, encoders)
+            np.save(folder / "coffee-24.npy", np.load(EXAMPLES[0])[:24])
+            print("\nframes/s, bundled model, fp32, 24 frames of the coffee example, 3 rounds:")
+            frame_rates(movq_cli.load("default", "cpu"), folder / "coffee-24.npy", device, folder, encoders)
             print(f"load average after: {os.getloadavg()[0]:.1f}")
             return
         model = kandinsky(folder, device)
         for side in (32, 64):
             path = folder / f"random-{side}.npy"
             np.save(path, np.random.default_rng(0).integers(0, 16384, (256, side, side)).astype(np.int16))
-            print(f"frames/s, Kandinsky 2.2 layout, bf16, 256 frames of {side * 8}x{side * 8}, {device}:")
+            print(f"frames/s, Kandinsky 2.2 layout, bf16, 256 frames of {side * 8}x{side * 8}, {device}, 3 rounds:")
             frame_rates(model, path, device, folder, encoders)
 
 

@@ -48,10 +48,10 @@ from movq_cli.models.fastconv import use_winograd
 from movq_cli.pipeline import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE: list[tuple[str, str, str, str, str, str]] = []  # case, movq, diffusers, ratio, accuracy, memory
+TABLE: list[tuple[str, ...]] = []  # rows of print_table: case, movq, diffusers, ratio, accuracy, memory
 
 # A plain diffusers decode, as a user writes it: codes (.npy) in, one PNG per frame out.
-DIFFUSERS_SCRIPT = '''\
+DIFFUSERS_SCRIPT = """\
 import sys
 from pathlib import Path
 
@@ -70,7 +70,7 @@ pixels = ((images + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute
 Path(out).mkdir()
 for i, frame in enumerate(pixels):
     Image.fromarray(frame).save(Path(out) / f"{i:06d}.png")
-'''
+"""
 
 # Runs a script (argv[1], with its arguments) in a fresh interpreter and, at exit, writes its peak
 # resident memory (VmHWM; unlike ru_maxrss, not inherited from this large process through fork)
@@ -208,17 +208,18 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
     effective = plain_flops / ours_s / 1e9
     accuracy = f"max|diff| {(out - expected).abs().max().item():.1e}" if dtype == torch.float32 else \
         f"PSNR vs fp32 {psnr(out, expected):.1f} dB"  # fmt: skip
-    memory = "" if ours_memory is None else f"  device memory for the decode: movq {mib(ours_memory)}, diffusers {mib(theirs_memory)}"
+    device_memory = f"{mib(ours_memory)} / {mib(theirs_memory)}" if device.type == "cuda" else ""
     dtype_name = str(dtype).split(".")[-1]
     print(
         f"{name:<28} {dtype_name:<9} movq {ours_s:7.3f} s/frame  diffusers-fp32 {theirs_s:7.3f} s/frame  "
         f"ratio {theirs_s / ours_s:5.2f}x  {plain_flops / 1e9:6.1f} GFLOP/frame (movq executes {executed / 1e9:.1f})  "
-        f"{effective:6.1f} effective GFLOP/s  {effective / conv_gflops:4.0%} of conv peak  {accuracy}{memory}",
+        f"{effective:6.1f} effective GFLOP/s  {effective / conv_gflops:4.0%} of conv peak  {accuracy}"
+        + (f"  device memory for the decode, movq / diffusers: {device_memory}" if device_memory else ""),
         flush=True,
     )
-    TABLE.append((f"{name} {dtype_name}", f"{ours_s:.3f} s/frame", f"{theirs_s:.3f} s/frame (fp32)",
-                  f"{theirs_s / ours_s:.2f}x", accuracy.replace("max|diff|", "max abs diff"),
-                  f"{mib(ours_memory)} / {mib(theirs_memory)}".strip(" /")))  # fmt: skip
+    accuracy = accuracy.replace("max|diff|", "max abs diff")  # a table cell
+    row(f"{name} {dtype_name}", f"{ours_s:.3f} s/frame", f"{theirs_s:.3f} s/frame (fp32)", f"{theirs_s / ours_s:.2f}x",
+        accuracy, device_memory)  # fmt: skip
     if ablate:
         winograd_s = statistics.median(with_winograd) / frames
         print(
@@ -227,7 +228,7 @@ def compare(name, model, reference, codes, device, dtype, rounds, conv_gflops, b
             f"max|diff| to it {(out - winograd_out).abs().max().item():.1e})",
             flush=True,
         )
-        TABLE.append((f"{name} {dtype_name}, Winograd on", f"{winograd_s:.3f} s/frame", "", f"{theirs_s / winograd_s:.2f}x", "", ""))
+        row(f"{name} {dtype_name}, Winograd on", f"{winograd_s:.3f} s/frame", ratio=f"{theirs_s / winograd_s:.2f}x")
     return out
 
 
@@ -236,7 +237,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 256x256 only, no clip-length memory runs")
-    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model (factor 2) and small clips")
+    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model and short clips")
     parser.add_argument("--sizes", help="frame sizes in pixels, e.g. 256,512 (default: 256,512; 256 with --quick)")
     parser.add_argument("--threads", type=int, help="CPU threads for both sides, here and in child processes")
     parser.add_argument("--table", action="store_true", help="end with all results as one table")
@@ -314,8 +315,11 @@ def default_model_and_cli(device: torch.device, dtypes, rounds: int, clip_frames
         for out in outputs:
             cli_rate = statistics.median(cli[out])
             print(f"movq decode -> {out:<9} {cli_rate:.2f} frames/s  ({cli_rate / rate:.2f}x in-process)", flush=True)
-            TABLE.append((f"default model, CLI to {out}, {frames} frames", f"{cli_rate:.2f} frames/s", "",
-                          f"{cli_rate / rate:.2f}x in-process", "", ""))  # fmt: skip
+            row(
+                f"default model, CLI to {out}, {frames} frames",
+                f"{cli_rate:.2f} frames/s",
+                ratio=f"{cli_rate / rate:.2f}x in-process",
+            )
 
 
 def movq_command() -> Path:
@@ -371,9 +375,7 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
             seconds = {side: statistics.median(r[0] for r in results) for side, results in runs.items()}
             peak = {side: statistics.median(r[1] for r in results) for side, results in runs.items()}
             cuda = {side: results[-1][2] for side, results in runs.items()}
-            every = "; ".join(
-                f"{side} " + ", ".join(f"{s:.1f} s/{p:.0f} MiB" for s, p, _ in results) for side, results in runs.items()
-            )
+            every = "; ".join(f"{side} " + ", ".join(f"{s:.1f} s/{p:.0f} MiB" for s, p, _ in results) for side, results in runs.items())  # fmt: skip
             device_memory = "" if cuda["movq"] is None else \
                 f"  peak CUDA memory movq {mib(cuda['movq'])}, diffusers {mib(cuda['diffusers'])}"  # fmt: skip
             print(
@@ -383,11 +385,12 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
                 f"memory, max pixel difference {difference}{device_memory} (medians of {rounds}: {every})",
                 flush=True,
             )
-            TABLE.append((f"whole process, {count} frame(s) {size}x{size} fp32", f"{seconds['movq']:.2f} s",
-                          f"{seconds['diffusers']:.2f} s", f"{seconds['diffusers'] / seconds['movq']:.2f}x",
-                          f"max pixel difference {difference}",
-                          f"{peak['movq']:.0f} / {peak['diffusers']:.0f} MiB peak RSS"
-                          + ("" if cuda["movq"] is None else f", {mib(cuda['movq'])} / {mib(cuda['diffusers'])} CUDA")))  # fmt: skip
+            memory = f"{peak['movq']:.0f} / {peak['diffusers']:.0f} MiB peak RSS"
+            if cuda["movq"] is not None:
+                memory += f", {mib(cuda['movq'])} / {mib(cuda['diffusers'])} peak CUDA"
+            row(f"whole process, {count} frame(s) {size}x{size} fp32", f"{seconds['movq']:.2f} s",
+                f"{seconds['diffusers']:.2f} s", f"{seconds['diffusers'] / seconds['movq']:.2f}x",
+                f"max pixel difference {difference}", memory)  # fmt: skip
 
 
 def peak_memory(device: torch.device) -> None:
@@ -406,8 +409,11 @@ def peak_memory(device: torch.device) -> None:
                 f"(median of {', '.join(f'{p:.0f}' for p in peaks)})",
                 flush=True,
             )
-            TABLE.append((f"default model, {count}-frame clip to MP4", "", "", "", "",
-                          f"{statistics.median(peaks):.0f} MiB peak RSS"))  # fmt: skip
+            row(f"default model, {count}-frame clip to MP4", memory=f"{statistics.median(peaks):.0f} MiB peak RSS")
+
+
+def row(case: str, movq: str = "", diffusers: str = "", ratio: str = "", accuracy: str = "", memory: str = "") -> None:
+    TABLE.append((case, movq, diffusers, ratio, accuracy, memory))
 
 
 def print_table() -> None:

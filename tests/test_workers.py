@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, movq
-from same_outputs import assert_same_outputs, code_tree, relative_rows
+from same_outputs import assert_same_outputs, code_tree, relative_rows, rows
 
 from movq_cli import workers
 from movq_cli.batch import Job, largest_first
@@ -38,6 +38,17 @@ def test_two_cpu_workers_write_what_one_process_writes(format, codes, small_fold
     assert_same_outputs(tmp_path / "one", tmp_path / "two")
     assert "5 done" in two.stderr and "1 failed (2 workers: cpu, fp32" in two.stderr
     assert "code 64 at frame 0" in two.stderr
+
+
+def test_fail_fast_hands_out_no_file_after_the_first_failure(codes, small_folder, tmp_path):
+    result = movq(
+        "decode", codes, tmp_path / "out", "-w", small_folder[0], "--json", "--device", "cpu,cpu", "--fail-fast"
+    )
+    assert result.exit_code == 1, result.output
+    decoded = {Path(row["input"]).name: row["status"] for row in rows(result)}
+    assert decoded["bad.npy"] == "failed"
+    assert "b.npy" not in decoded  # the smallest file, last in the queue: never handed out
+    assert not list((tmp_path / "out").rglob(".*.partial"))
 
 
 def test_one_device_decodes_in_this_process(codes, small_folder, tmp_path, monkeypatch):

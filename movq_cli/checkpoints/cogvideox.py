@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from movq_cli.errors import InputError
-from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
+from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig, use_fast_paths
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -173,8 +173,5 @@ def build(config: CogVideoXConfig, state: Mapping[str, torch.Tensor], source: Pa
     if problems:
         raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
     model.load_state_dict(dict(state), assign=True)
-    # channels innermost, like the activations: oneDNN would otherwise reorder each kernel at every call
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv3d):
-            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    use_fast_paths(model, True)
     return model.eval().requires_grad_(False)

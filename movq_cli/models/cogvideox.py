@@ -116,6 +116,12 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def _onednn(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+    )
+
+
 def _empty_channels_last(like: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=torch.channels_last_3d)
 
@@ -158,10 +164,14 @@ class CausalConv3d(nn.Module):
     def _convolve(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
         # a copy, not a view: a view would keep the whole padded chunk alive until the next one
         cache[self] = padded[:, :, -self.context :].clone()
-        out = self.conv(padded)
-        if _channels_last(padded) and not _channels_last(out):  # small inputs take a kernel that ignores the layout
-            out = out.contiguous(memory_format=torch.channels_last_3d)
-        return out
+        if _channels_last(padded) and _inplace() and _onednn(padded):
+            # PyTorch sends inputs of few rows (all the latent-resolution ones) to an im2col kernel
+            # that ignores the layout and is 3x slower than oneDNN on them
+            conv = self.conv
+            return torch.mkldnn_convolution(
+                padded, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+            )
+        return self.conv(padded)
 
 
 def _first_frame_apart(frames_out: int) -> bool:
@@ -231,15 +241,13 @@ class SpatialNorm3D(nn.Module):
         """
         batch, channels, frames, height, width = normed.shape
         rows, cols = zq.shape[-2:]
-        # (B, t, h, w, C): a 1x1x1 conv is a linear map of the channels. In float32: the map is
-        # tiny, and CPU matmuls this thin are 10x slower in bfloat16 than in float32.
-        latents = zq.permute(0, 2, 3, 4, 1).float()
+        # A 1x1x1 conv is a linear map of the channels: both in one product over (B, t, h, w, C) latents.
+        # In float32, because CPU matmuls this thin are 10x slower in bfloat16.
+        weight = torch.cat([self.conv_y.conv.weight, self.conv_b.conv.weight]).flatten(1).float()
+        bias = torch.cat([self.conv_y.conv.bias, self.conv_b.conv.bias]).float()
         index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
-        scale, shift = (
-            F.linear(latents, conv.conv.weight.flatten(1).float(), conv.conv.bias.float()).index_select(1, index)
-            for conv in (self.conv_y, self.conv_b)
-        )
-        scale, shift = (t[:, :, :, None, :, None].to(normed.dtype) for t in (scale, shift))
+        both = F.linear(zq.permute(0, 2, 3, 4, 1).float(), weight, bias).index_select(1, index).to(normed.dtype)
+        scale, shift = both[:, :, :, None, :, None].chunk(2, dim=-1)
         shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
         blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
         torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
@@ -446,7 +454,14 @@ class CogVideoX(nn.Module):
 
 
 def use_fast_paths(model: nn.Module, enabled: bool) -> None:
-    """Switch every fast path of `model` on or off; off, it computes exactly diffusers' way."""
+    """Switch every fast path of `model` on or off; off, it computes exactly diffusers' way.
+
+    On, the 3D kernels are also stored channels innermost like the activations, which spares
+    oneDNN a reorder of every kernel at every call; off, they are stored as diffusers has them.
+    """
+    layout = torch.channels_last_3d if enabled else torch.contiguous_format
     for module in model.modules():
         if "fast" in type(module).__dict__:
             module.fast = enabled
+        if isinstance(module, nn.Conv3d) and module.weight.device.type != "meta":
+            module.weight.data = module.weight.data.contiguous(memory_format=layout)
