@@ -187,7 +187,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 # --encoder -> ffmpeg's video codec and its speed setting; --crf is x264's -crf and NVENC's -cq
 ENCODERS = {**{f"x264-{preset}": ("libx264", preset) for preset in X264_PRESETS}, "nvenc": ("h264_nvenc", "p4")}
 CPU_ENCODER = "x264-medium"  # next to a CPU decoder, encoding takes a small share of the time
-GPU_ENCODER = "x264-veryfast"  # next to a GPU decoder, medium would set the pace (docs/MANY_DEVICES.md)
+GPU_ENCODER = "x264-veryfast"  # next to a GPU decoder, medium would set the pace (README, "Many GPUs and clusters")
 
 
 def default_encoder(device_type: str) -> str:

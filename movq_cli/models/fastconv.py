@@ -10,7 +10,7 @@
   2.25x fewer multiplications than direct convolution. Tiles are processed in bands of rows so
   that the transformed tiles stay in cache. Whether that pays depends on the CPU: it made the
   Kandinsky decode 1.2-1.6x faster on a 2-core Intel Xeon, but no faster on a 2-core AMD EPYC
-  whose direct convolution (oneDNN, AVX-512) runs at ~250 GFLOP/s a core, and 2-8x slower there
+  whose direct convolution (oneDNN, AVX-512) runs at ~250 GFLOP/s a core, and 1.5-5x slower there
   while other processes shared the cores (its many small operators each wait for both threads).
   Its transformed kernels are also 4x the size of the 3x3 weights (490 MB for Kandinsky 2.2).
 """
@@ -71,7 +71,7 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """A (Cout, Cin, 3, 3) kernel -> its transform (36, Cin, Cout), float32.
 
     One float32 matmul: every entry is a sum of at most 9 products with G's entries, so it is
-    within a few float32 roundings of the float64 transform (5-10x slower, tested against it).
+    within a few float32 roundings of the float64 transform, which took 6-15x as long.
     """
     out_channels, in_channels = weight.shape[:2]
     taps = weight.detach().float().cpu().permute(2, 3, 1, 0).reshape(9, in_channels * out_channels)
