@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 import torch
+from conftest import make_cogvideox_vae
 
 from movq_cli.checkpoints import cogvideox as checkpoint
 from movq_cli.errors import InputError
@@ -21,35 +22,15 @@ SMALL = dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_group
 REAL = dict(block_out_channels=(32, 32, 32, 64), layers_per_block=3, norm_num_groups=8, temporal_compression_ratio=4)
 
 
-def make_vae(seed: int = 0, **structure):
-    """A random diffusers AutoencoderKLCogVideoX. Norm affines and biases are perturbed so that
-    every parameter matters."""
-    from diffusers import AutoencoderKLCogVideoX
-
-    torch.manual_seed(seed)
-    levels = len(structure["block_out_channels"])
-    vae = AutoencoderKLCogVideoX(
-        latent_channels=16,
-        down_block_types=("CogVideoXDownBlock3D",) * levels,
-        up_block_types=("CogVideoXUpBlock3D",) * levels,
-        **structure,
-    )
-    with torch.no_grad():
-        for name, param in vae.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.add_(torch.randn_like(param) * 0.2)
-    return vae.eval()
-
-
 @pytest.fixture(scope="module")
 def small():
-    vae = make_vae(**SMALL)
+    vae = make_cogvideox_vae(**SMALL)
     return vae, checkpoint.build(CogVideoXConfig(**SMALL), checkpoint.diffusers_to_native(vae.state_dict()))
 
 
 @pytest.fixture(scope="module")
 def real():
-    vae = make_vae(seed=1, **REAL)
+    vae = make_cogvideox_vae(seed=1, **REAL)
     return vae, checkpoint.build(CogVideoXConfig(**REAL), checkpoint.diffusers_to_native(vae.state_dict()))
 
 

@@ -170,7 +170,7 @@ def test_a_2d_model_refuses_unscaled(tmp_path, small_folder):
     assert_one_line_error(result, 2, "--unscaled is for CogVideoX")
 
 
-def test_the_5b_scaling_factor_comes_from_the_config(tmp_path):
+def test_the_scaling_factor_comes_from_the_config(tmp_path):
     vae = make_cogvideox_vae(seed=3, scaling_factor=1.15258426, **VIDEO_SMALL)
     vae.save_pretrained(tmp_path / "vae")
     latents = _latents(9, 3)

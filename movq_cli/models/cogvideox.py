@@ -13,20 +13,20 @@ encoder tensors.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models.config import JsonConfig
 from movq_cli.models.fastconv import UpsampleConv3x3
 
 
 @dataclass(frozen=True)
-class CogVideoXConfig:
+class CogVideoXConfig(JsonConfig):
     """A CogVideoX decoder. `block_out_channels` lists widths full resolution first, as diffusers does."""
 
     block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
@@ -66,21 +66,6 @@ class CogVideoXConfig:
     def time_doublings(self) -> int:
         """How many up blocks double time as well as space: the first ones, never the last."""
         return min(int(math.log2(self.temporal_compression_ratio)), len(self.block_out_channels) - 1)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> CogVideoXConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> CogVideoXConfig:
-        return cls.from_dict(json.loads(text))
 
 
 # The vae/config.json of each released model; they differ only in how latents are scaled.

@@ -6,8 +6,27 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 
+class JsonConfig:
+    """A config dataclass as JSON: what native files store in their metadata."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> JsonConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> JsonConfig:
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass(frozen=True)
-class MovqConfig:
+class MovqConfig(JsonConfig):
     """A MoVQ decoder. Levels count from 0 (full resolution) to len(ch_mult)-1 (lowest)."""
 
     ch: int = 128
@@ -63,21 +82,6 @@ class MovqConfig:
     def n_codes(self) -> int | None:
         """How many distinct integer codes are valid: [0, n_codes)."""
         return self.n_used if self.n_used is not None else self.n_embed
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> MovqConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> MovqConfig:
-        return cls.from_dict(json.loads(text))
 
 
 _KANDINSKY_2 = dict(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_levels=(3,))
