@@ -158,3 +158,10 @@ def test_skip_existing_on_one_file_leaves_it_and_says_so(codes_file, small_folde
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "skipped" and "skipped:" in result.stderr
     assert (tmp_path / "clip.mp4").read_bytes() == b"not touched"
+
+
+def test_info_in_a_narrow_terminal_keeps_each_value_on_one_line():
+    env = {**os.environ, "COLUMNS": "40"}
+    done = subprocess.run([sys.executable, "-m", "movq_cli", "info", "default"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("file holds") and "229 tensors, 2,718,159 parameters" in line for line in done.stdout.splitlines())

@@ -163,6 +163,12 @@ def inspect(
 
 
 def _print_table(rows: dict[str, str]) -> None:
+    """Label and value a row: a table on a terminal; elsewhere plain lines, never wrapped, for scripts and copying."""
+    if not stdout.is_terminal:
+        width = max(map(len, rows))
+        for label, value in rows.items():
+            print(f"{label:<{width}}  {value}")
+        return
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
