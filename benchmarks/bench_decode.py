@@ -15,8 +15,8 @@ throughput at the model's widths, measured in the same run; above 100% means tha
 fewer multiplications than direct convolution. On the CPU in fp32, movq with Winograd switched
 on is timed in the same rounds. Then the whole CLI (to MP4 and to PNGs) against in-process
 decoding, alternating; then whole processes as a user runs them, `movq decode` against a plain
-diffusers script (load, decode, write PNGs), 1 and 3 frames, alternating, with the wall time and
-peak memory of each; and the peak memory of a 6-frame and a 96-frame clip.
+diffusers script (load, decode, write PNGs), 1 and 3 frames, alternating, with the wall time, CPU
+time and peak memory of each; and the peak memory of a 6-frame and a 96-frame clip.
 
 `--threads N` runs both sides, in this process and in every child, on N CPU threads (on a
 shared machine, other processes holding a core make every multi-threaded operator wait for it).
@@ -30,12 +30,14 @@ import copy
 import math
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +56,7 @@ TABLE: list[tuple[str, ...]] = []  # rows of print_table: case, movq, diffusers,
 DIFFUSERS_SCRIPT = """\
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -328,16 +331,26 @@ def movq_command() -> Path:
     return script if script.exists() else ROOT / "movq_cli" / "__main__.py"
 
 
-def run_with_peaks(command: list[str]) -> tuple[float, float, float | None]:
-    """Run `command` (a script and its arguments) in a fresh interpreter: seconds, peak MiB, peak CUDA MiB."""
+class Run(NamedTuple):
+    seconds: float  # wall time
+    cpu_seconds: float  # user + system time of the child, less sensitive to other processes than wall time
+    peak: float  # MiB resident (VmHWM)
+    cuda: float | None  # MiB of CUDA memory reserved at the peak, when the child used CUDA
+
+
+def run_with_peaks(command: list[str]) -> Run:
+    """Run `command` (a script and its arguments) in a fresh interpreter and measure it."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PEAKS, *command], capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time: the difference is this one
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     cuda = re.search(r"^CUDA (\d+)$", done.stderr, re.M)
     peak = int(re.search(r"^VmHWM (\d+)$", done.stderr, re.M).group(1)) / 1024
-    return seconds, peak, None if cuda is None else int(cuda.group(1)) / 1024
+    return Run(seconds, cpu, peak, None if cuda is None else int(cuda.group(1)) / 1024)
 
 
 def read_frames(folder: Path) -> np.ndarray:
@@ -372,24 +385,26 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
                 read_frames(tmp / f"movq-{count}-{rounds - 1}").astype(int)
                 - read_frames(tmp / f"diffusers-{count}-{rounds - 1}").astype(int)
             ).max()
-            seconds = {side: statistics.median(r[0] for r in results) for side, results in runs.items()}
-            peak = {side: statistics.median(r[1] for r in results) for side, results in runs.items()}
-            cuda = {side: results[-1][2] for side, results in runs.items()}
-            every = "; ".join(f"{side} " + ", ".join(f"{s:.1f} s/{p:.0f} MiB" for s, p, _ in results) for side, results in runs.items())  # fmt: skip
+            seconds, cpu, peak = ({side: statistics.median(getattr(r, field) for r in results) for side, results in runs.items()}
+                                  for field in ("seconds", "cpu_seconds", "peak"))  # fmt: skip
+            cuda = {side: results[-1].cuda for side, results in runs.items()}
+            every = "; ".join(f"{side} " + ", ".join(f"{r.seconds:.1f} s/{r.peak:.0f} MiB" for r in results) for side, results in runs.items())  # fmt: skip
             device_memory = "" if cuda["movq"] is None else \
                 f"  peak CUDA memory movq {mib(cuda['movq'])}, diffusers {mib(cuda['diffusers'])}"  # fmt: skip
+            case = f"whole process, {count} frame(s) {size}x{size} fp32 to PNGs"
             print(
-                f"whole process, {count} frame(s) {size}x{size} fp32 to PNGs: movq decode {seconds['movq']:.2f} s "
-                f"{peak['movq']:.0f} MiB, diffusers script {seconds['diffusers']:.2f} s {peak['diffusers']:.0f} MiB: "
-                f"{seconds['diffusers'] / seconds['movq']:.2f}x as fast, {peak['movq'] / peak['diffusers']:.2f}x the "
-                f"memory, max pixel difference {difference}{device_memory} (medians of {rounds}: {every})",
+                f"{case}: movq decode {seconds['movq']:.2f} s (CPU {cpu['movq']:.2f} s) {peak['movq']:.0f} MiB, "
+                f"diffusers script {seconds['diffusers']:.2f} s (CPU {cpu['diffusers']:.2f} s) {peak['diffusers']:.0f} MiB: "
+                f"{seconds['diffusers'] / seconds['movq']:.2f}x as fast ({cpu['diffusers'] / cpu['movq']:.2f}x in CPU time), "
+                f"{peak['movq'] / peak['diffusers']:.2f}x the memory, max pixel difference {difference}{device_memory} "
+                f"(medians of {rounds}: {every})",
                 flush=True,
-            )
+            )  # fmt: skip
             memory = f"{peak['movq']:.0f} / {peak['diffusers']:.0f} MiB peak RSS"
             if cuda["movq"] is not None:
                 memory += f", {mib(cuda['movq'])} / {mib(cuda['diffusers'])} peak CUDA"
-            row(f"whole process, {count} frame(s) {size}x{size} fp32", f"{seconds['movq']:.2f} s",
-                f"{seconds['diffusers']:.2f} s", f"{seconds['diffusers'] / seconds['movq']:.2f}x",
+            row(case, f"{seconds['movq']:.2f} s", f"{seconds['diffusers']:.2f} s",
+                f"{seconds['diffusers'] / seconds['movq']:.2f}x ({cpu['diffusers'] / cpu['movq']:.2f}x CPU time)",
                 f"max pixel difference {difference}", memory)  # fmt: skip
 
 
@@ -403,7 +418,7 @@ def peak_memory(device: torch.device) -> None:
             for _ in range(3):  # the peak depends on thread timing: medians of three
                 command = [str(movq_command()), "decode", str(Path(tmp) / f"c{count}.npy"),
                            str(Path(tmp) / f"m{count}.mp4"), "--quiet", "--overwrite", "--device", str(device)]  # fmt: skip
-                peaks.append(run_with_peaks(command)[1])
+                peaks.append(run_with_peaks(command).peak)
             print(
                 f"peak memory (VmHWM), {count:>2}-frame clip to MP4: {statistics.median(peaks):.0f} MiB "
                 f"(median of {', '.join(f'{p:.0f}' for p in peaks)})",

@@ -73,7 +73,11 @@ def test_help_reads_like_a_man_page(command, usage):
 
 
 def test_shell_completion_is_offered():
-    result = movq("--help")
+    from conftest import runner
+
+    from movq_cli.cli import app
+
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})  # option names whole, however narrow the terminal
     assert result.exit_code == 0
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
 
