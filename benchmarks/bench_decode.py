@@ -4,7 +4,7 @@
     python benchmarks/bench_decode.py --quick         # fewer rounds, 256x256 only, no clip-length runs
     python benchmarks/bench_decode.py --device cuda   # the same on a GPU (adds fp16 and device memory)
     python benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table   # benchmarks/gpu_check.sh
-    python benchmarks/bench_decode.py --smoke         # every section once, on a tiny model: checks the script
+    python benchmarks/bench_decode.py --smoke         # one round of each section, on a tiny model: checks the script
 
 Same weights and codes for both sides; decodes alternate between them for several rounds and
 the medians are compared. Needs the test extra (diffusers). Reports, per case: seconds per
@@ -20,7 +20,8 @@ time and peak memory of each; and the peak memory of a 6-frame and a 96-frame cl
 
 `--threads N` runs both sides, in this process and in every child, on N CPU threads (on a
 shared machine, other processes holding a core make every multi-threaded operator wait for it).
-`--table` ends with every result as one table.
+`--table` ends with every result as one table; `--only SECTION` runs only the sections named
+(decode, cli, whole-process, clip-memory).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from movq_cli.models.fastconv import use_winograd
 from movq_cli.pipeline import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("decode", "cli", "whole-process", "clip-memory")  # in the order they run
 TABLE: list[tuple[str, ...]] = []  # rows of print_table: case, movq, diffusers, ratio, accuracy, memory
 
 # A plain diffusers decode, as a user writes it: codes (.npy) in, one PNG per frame out.
@@ -240,11 +242,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 256x256 only, no clip-length memory runs")
-    parser.add_argument("--smoke", action="store_true", help="every section once, on a tiny model and short clips")
+    parser.add_argument("--smoke", action="store_true", help="one round, tiny model: checks the script")
     parser.add_argument("--sizes", help="frame sizes in pixels, e.g. 256,512 (default: 256,512; 256 with --quick)")
     parser.add_argument("--threads", type=int, help="CPU threads for both sides, here and in child processes")
     parser.add_argument("--table", action="store_true", help="end with all results as one table")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run this section (may be repeated)")
     args = parser.parse_args()
+    sections = args.only or [s for s in SECTIONS if s != "clip-memory" or not (args.quick or args.smoke)]
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -257,7 +261,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}", flush=True)
 
     reference, model, folder = model_pair(layout, device)
-    for grid in grids:
+    for grid in grids if "decode" in sections else ():
         codes = torch.randint(0, model.config.n_embed, (1, grid, grid), generator=torch.Generator().manual_seed(grid))
         codes = codes.to(device)
         size = grid * model.config.factor
@@ -267,9 +271,11 @@ def main() -> None:
             baseline = None if dtype == torch.float32 else model(model.quantize.lookup(codes).float())
             compare(f"{layout} {size}x{size}", model, reference, codes, device, dtype, rounds, peak, baseline)
     del reference, model
-    default_model_and_cli(device, dtypes, rounds, clip_frames=4 if args.smoke else 24 if args.quick else 64)
-    whole_process(folder, device, 1 if args.smoke else max(rounds, 3), grid=grids[0])
-    if not (args.quick or args.smoke):
+    if "cli" in sections:
+        default_model_and_cli(device, dtypes, rounds, clip_frames=4 if args.smoke else 24 if args.quick else 64)
+    if "whole-process" in sections:
+        whole_process(folder, device, 1 if args.smoke else max(rounds, 3), grid=grids[0])
+    if "clip-memory" in sections:
         peak_memory(device)
     if args.table:
         print_table()
@@ -338,11 +344,12 @@ class Run(NamedTuple):
     cuda: float | None  # MiB of CUDA memory reserved at the peak, when the child used CUDA
 
 
-def run_with_peaks(command: list[str]) -> Run:
+def run_with_peaks(command: list[str], threads: int | None = None) -> Run:
     """Run `command` (a script and its arguments) in a fresh interpreter and measure it."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAKS, *command], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", PEAKS, *command], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time: the difference is this one
     if done.returncode:
@@ -357,6 +364,12 @@ def read_frames(folder: Path) -> np.ndarray:
     from PIL import Image
 
     return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
+
+
+def pixel_difference(a: Path, b: Path) -> str:
+    """Largest difference between two folders of PNG frames, and how many of their values differ."""
+    difference = np.abs(read_frames(a).astype(int) - read_frames(b).astype(int))
+    return f"max {difference.max()}, {np.count_nonzero(difference)} of {difference.size} values"
 
 
 def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, counts=(1, 3)) -> None:
@@ -381,10 +394,12 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
                         command = [str(tmp / "diffusers_decode.py"), str(tmp / f"codes{count}.npy"), str(folder),
                                    str(out), str(device)]  # fmt: skip
                     results.append(run_with_peaks(command))
-            difference = np.abs(
-                read_frames(tmp / f"movq-{count}-{rounds - 1}").astype(int)
-                - read_frames(tmp / f"diffusers-{count}-{rounds - 1}").astype(int)
-            ).max()
+            # Yardstick for "identical": diffusers against itself on one thread (a different summation order).
+            one_thread = tmp / f"diffusers-{count}-one-thread"
+            run_with_peaks([str(tmp / "diffusers_decode.py"), str(tmp / f"codes{count}.npy"), str(folder),
+                            str(one_thread), str(device)], threads=1)  # fmt: skip
+            difference = pixel_difference(tmp / f"movq-{count}-{rounds - 1}", tmp / f"diffusers-{count}-{rounds - 1}")
+            yardstick = pixel_difference(one_thread, tmp / f"diffusers-{count}-{rounds - 1}")
             seconds, cpu, peak = ({side: statistics.median(getattr(r, field) for r in results) for side, results in runs.items()}
                                   for field in ("seconds", "cpu_seconds", "peak"))  # fmt: skip
             cuda = {side: results[-1].cuda for side, results in runs.items()}
@@ -396,7 +411,8 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
                 f"{case}: movq decode {seconds['movq']:.2f} s (CPU {cpu['movq']:.2f} s) {peak['movq']:.0f} MiB, "
                 f"diffusers script {seconds['diffusers']:.2f} s (CPU {cpu['diffusers']:.2f} s) {peak['diffusers']:.0f} MiB: "
                 f"{seconds['diffusers'] / seconds['movq']:.2f}x as fast ({cpu['diffusers'] / cpu['movq']:.2f}x in CPU time), "
-                f"{peak['movq'] / peak['diffusers']:.2f}x the memory, max pixel difference {difference}{device_memory} "
+                f"{peak['movq'] / peak['diffusers']:.2f}x the memory, pixels differ by {difference} "
+                f"(diffusers on 1 thread against itself: {yardstick}){device_memory} "
                 f"(medians of {rounds}: {every})",
                 flush=True,
             )  # fmt: skip
@@ -405,7 +421,7 @@ def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, co
                 memory += f", {mib(cuda['movq'])} / {mib(cuda['diffusers'])} peak CUDA"
             row(case, f"{seconds['movq']:.2f} s", f"{seconds['diffusers']:.2f} s",
                 f"{seconds['diffusers'] / seconds['movq']:.2f}x ({cpu['diffusers'] / cpu['movq']:.2f}x CPU time)",
-                f"max pixel difference {difference}", memory)  # fmt: skip
+                f"pixels differ {difference} (diffusers 1 vs N threads: {yardstick})", memory)  # fmt: skip
 
 
 def peak_memory(device: torch.device) -> None:

@@ -65,6 +65,7 @@ def decode(
     crf: int | None = None,
     snap: bool = False,
     unscaled: bool = False,
+    tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
     on_frames: Callable[[int], None] | None = None,
 ) -> DecodeResult:
@@ -73,15 +74,16 @@ def decode(
 
     `frames` selects output frames (a slice or frame numbers), `key` the array of an .npz, `grid`
     the frame shape of flat token rows; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
-    says CogVideoX latents are already divided by the scaling factor; `on_frames(n)` hears
-    progress. Returns what was written (frames, frame size, seconds)."""
+    says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
+    (240, 360)) decodes CogVideoX chunks in spatial tiles, to the same pixels, in less device
+    memory; `on_frames(n)` hears progress. Returns what was written (frames, frame size, seconds)."""
     from movq_cli.io import codes as codes_io
     from movq_cli.pipeline import decode_to_file
 
     clip = codes_io.read(codes, key=key, grid=grid)
     return decode_to_file(
-        model, clip, out, chunk=chunk, fps=fps, crf=crf, snap=snap, unscaled=unscaled, overwrite=overwrite,
-        on_frames=on_frames, frames=frames,
+        model, clip, out, chunk=chunk, fps=fps, crf=crf, snap=snap, unscaled=unscaled, tile=_tile(tile),
+        overwrite=overwrite, on_frames=on_frames, frames=frames,
     )  # fmt: skip
 
 
@@ -95,6 +97,7 @@ def decode_frames(
     chunk: int | None = None,
     snap: bool = False,
     unscaled: bool = False,
+    tile: int | tuple[int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """The frames of the code file `codes`, decoded a chunk at a time: (H, W, 3) uint8 arrays in order.
 
@@ -105,8 +108,8 @@ def decode_frames(
     from movq_cli.pipeline import plan
 
     clip = codes_io.read(codes, key=key, grid=grid)
-    family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled)
-    family.check_memory(clip)  # before a selection of frames is read
+    family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled, tile=_tile(tile))
+    family.check_memory(clip, options)  # before a selection of frames is read
     chosen = plan(family, clip, frames)
     family.check(chosen.clip, options)
     for block in decode_chunks(model, chosen, chunk=chunk, options=options):
@@ -135,3 +138,13 @@ def encode(
         model, footage, Path(out), model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
         on_frames=on_frames,
     )  # fmt: skip
+
+
+def _tile(tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """A tile size in pixels, square (256) or (rows, columns), as DecodeOptions takes it."""
+    if tile is None:
+        return None
+    rows, cols = (tile, tile) if isinstance(tile, int) else tile
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a tile needs a positive size, not {tile}")
+    return rows, cols

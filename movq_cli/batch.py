@@ -78,6 +78,7 @@ class BatchOptions:
     encoder: str | None = None  # None: the device's default for MP4 (writers.default_encoder)
     snap: bool = False
     unscaled: bool = False
+    tile: tuple[int, int] | None = None  # CogVideoX: spatial tiles of (rows, columns) pixels
     overwrite: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
@@ -238,7 +239,8 @@ def decode_one(
     clip = read_clip(job.codes, options)
     result = decode_to_file(
         model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-        snap=options.snap, unscaled=options.unscaled, overwrite=options.overwrite, frames=options.frames,
+        snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
+        frames=options.frames,
         encoder=_encoder(job, device, options),
         on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
     )  # fmt: skip

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli.errors import InputError, run_errors
+from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WriteOptions, Writer, get_writer
-from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
+from movq_cli.models.family import TILE_HINT, DecodeOptions, Family, family_of, selected_numbers
 from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
@@ -252,12 +252,13 @@ def decode_to_file(
     encoder: str | None = None,
     frames: slice | Sequence[int] | None = None,
     unscaled: bool = False,
+    tile: tuple[int, int] | None = None,
 ) -> DecodeResult:
     """Decode `clip` (its output `frames`, None: all) into `output`: a video or animation, one
     picture, or a folder of PNG frames, as its suffix says (a str keeps the trailing slash that
     names a folder). `fps`, `crf` and `encoder` (an MP4's, from writers.ENCODERS) are for the
-    formats that use them (None: the format's default); given for another, InputError. `snap`
-    and `unscaled` say how latents are taken (see DecodeOptions). The model decodes on the
+    formats that use them (None: the format's default); given for another, InputError. `snap`,
+    `unscaled` and `tile` say how latents are taken and decoded (see DecodeOptions). The model decodes on the
     device its weights are on (`device`, if given, must be that one).
 
     Everything is checked before decoding starts; on any failure or interruption the
@@ -266,18 +267,22 @@ def decode_to_file(
     family = family_of(model)
     if device is not None and torch.device(device) != family.device:
         raise ValueError(f"the model is on {family.device}, not {device}")
-    options = DecodeOptions(snap=snap, unscaled=unscaled)
-    family.check_memory(clip)  # before a selection of frames is read
+    options = DecodeOptions(snap=snap, unscaled=unscaled, tile=tile)
+    family.check_memory(clip, options)  # before a selection of frames is read
     plan_ = plan(family, clip, frames)
     family.check(plan_.clip, options)
     _check_not_input(Path(output), clip.path)
     frame_size = family.frame_size(clip.grid)
     started = time.perf_counter()
     writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder), overwrite)
-    with run_errors(f"decoding {clip.path.name}", family.device):
-        with BackgroundWriter(writer) as background:
+    try:
+        with run_errors(f"decoding {clip.path.name}", family.device), BackgroundWriter(writer) as background:
             for pixels in decode_frames(model, plan_, chunk=chunk, options=options):
                 background.put(pixels)
                 if on_frames:
                     on_frames(len(pixels))
+    except OutOfMemory as error:
+        if not family.independent_frames:  # the chunks are the model's: only tiles make them smaller
+            error.hint = "try a smaller --tile" if tile else TILE_HINT
+        raise
     return DecodeResult(Path(output), plan_.n_frames, frame_size, time.perf_counter() - started)

@@ -201,3 +201,25 @@ def test_a_hub_id_finds_the_vae_folder_of_a_cogvideox_repository(clips, video_fo
     shard = next((repo / "snapshots" / commit / "vae").glob("*-00002-of-*.safetensors"))
     shard.unlink()  # a shard the index names is missing: not cached, one line
     assert_one_line_error(movq("decode", path, tmp_path / "x", "-w", "THUDM/CogVideoX-2b"), 2, "not in the cache")
+
+
+def test_tiled_decoding_writes_the_pipeline_frames(clips, video_folder, tmp_path):
+    path, expected = clips[5]
+    untiled = movq("decode", path, tmp_path / "untiled", "-w", video_folder[0])
+    result = movq("decode", path, tmp_path / "tiled", "-w", video_folder[0], "--tile", "8x4")  # 2x1 latents
+    assert untiled.exit_code == 0 and result.exit_code == 0, result.output
+    got = _frames(tmp_path / "tiled", 17)
+    assert np.abs(got.astype(int) - expected).max() <= 1 and (got == expected).mean() > 0.999
+    assert np.abs(got.astype(int) - _frames(tmp_path / "untiled", 17)).max() <= 1
+    api = np.stack(list(movq_cli.decode_frames(path, movq_cli.load(video_folder[0]), tile=8)))
+    assert np.abs(api.astype(int) - got).max() <= 1
+
+
+def test_bad_tiles_are_one_line(clips, video_folder, small_folder, tmp_path):
+    path, _ = clips[4]
+    for tile in ("0", "8x", "big", "-8"):
+        assert_one_line_error(movq("decode", path, tmp_path / "a", "-w", video_folder[0], "--tile", tile), 2, "tile")
+    np.save(tmp_path / "codes.npy", np.zeros((1, 3, 3), np.int64))
+    result = movq("decode", tmp_path / "codes.npy", tmp_path / "b", "-w", small_folder[0], "--tile", "64")
+    assert_one_line_error(result, 2, "--tile is for CogVideoX")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy"]

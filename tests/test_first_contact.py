@@ -37,7 +37,9 @@ USAGE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("command, needle", USAGE_ERRORS, ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+@pytest.mark.parametrize(
+    "command, needle", USAGE_ERRORS, ids=lambda value: " ".join(value) if isinstance(value, list) else None
+)
 def test_usage_errors_are_one_line_and_exit_2(command, needle, codes_file, tmp_path):
     fill = {"codes": codes_file, "tmp": tmp_path}
     result = movq(*[part.format(**fill) for part in command])
@@ -166,6 +168,11 @@ def test_skip_existing_on_one_file_leaves_it_and_says_so(codes_file, small_folde
 
 def test_info_in_a_narrow_terminal_keeps_each_value_on_one_line():
     env = {**os.environ, "COLUMNS": "40"}
-    done = subprocess.run([sys.executable, "-m", "movq_cli", "info", "default"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "movq_cli", "info", "default"], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0, done.stderr
-    assert any(line.startswith("file holds") and "229 tensors, 2,718,159 parameters" in line for line in done.stdout.splitlines())
+    assert any(
+        line.startswith("file holds") and "229 tensors, 2,718,159 parameters" in line
+        for line in done.stdout.splitlines()
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,8 @@ from movq_cli.cli.options import (
     QuietOption,
     ThreadsOption,
     WeightsOption,
+    parse_tile,
+    typer_parser,
 )
 from movq_cli.errors import InputError
 
@@ -105,6 +107,15 @@ def decode(
             help="CogVideoX latents already divided by the VAE's scaling_factor (default: as a pipeline hands them).",
         ),
     ] = False,
+    tile: Annotated[
+        Any,  # a tuple annotation would read as two values (see options.GridOption)
+        typer.Option(
+            metavar="PIXELS",
+            help="Decode CogVideoX chunks in spatial tiles of PIXELS (256 or 240x360), each on the device in "
+            "turn, the rest in host memory: for frames whose chunk does not fit. Same pixels, slower.",
+            parser=typer_parser(parse_tile),
+        ),
+    ] = None,
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
     ] = None,
@@ -159,7 +170,7 @@ def decode(
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
             key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
-            unscaled=unscaled, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
+            unscaled=unscaled, tile=tile, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
         )  # fmt: skip
         jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
         if shard is not None:

@@ -35,6 +35,13 @@ def parse_grid(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def parse_tile(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '240x360' -> (240, 360): pixels of a tile."""
+    if text.isdigit() and int(text) > 0:
+        return int(text), int(text)
+    return parse_grid(text)
+
+
 def parse_frames(text: str) -> slice:
     """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice."""
     parts = text.split(":")

@@ -426,16 +426,29 @@ class CogVideoX(nn.Module):
             latents = latents.contiguous(memory_format=torch.channels_last_3d)
         return self.decoder(latents, cache)
 
-    def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    @torch.inference_mode()
+    def decode_chunk_tiled(self, latents: torch.Tensor, cache: Cache, tile: tuple[int, int]) -> torch.Tensor:
+        """decode_chunk, with the device seeing one tile of (rows, columns) latents at a time and
+        each layer's activation kept in host memory (models/tiled.py). Equal to decode_chunk to
+        float rounding; a stream must not mix the two."""
+        from movq_cli.models.tiled import TiledChunk
+
+        store = torch.device("cpu")
+        return TiledChunk(latents, cache, tile, store).decode(self.decoder)
+
+    def decode_stream(
+        self, chunks: Iterable[torch.Tensor], tile: tuple[int, int] | None = None
+    ) -> Iterator[torch.Tensor]:
         """Chunks of unscaled latents (1, C, t, h, w), in the model's dtype and device and cut as
-        `schedule` says -> each chunk's frames (1, out, T, H, W) as soon as they are decoded.
+        `schedule` says -> each chunk's frames (1, out, T, H, W) as soon as they are decoded;
+        `tile`: decode each chunk in spatial tiles of (rows, columns) latents.
 
         Between chunks the stream holds only the causal caches (two frames per convolution), not
         the frames it handed out.
         """
         cache: Cache = {}
         for latents in chunks:
-            yield self.decode_chunk(latents, cache)
+            yield self.decode_chunk(latents, cache) if tile is None else self.decode_chunk_tiled(latents, cache, tile)
 
 
 def use_fast_paths(model: nn.Module, enabled: bool) -> None:

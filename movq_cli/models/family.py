@@ -30,6 +30,8 @@ from movq_cli.memory import check_fits_in_memory
 from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.movq import Movq
 
+TILE_HINT = "--tile 256 decodes each chunk in tiles, to the same pixels"
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -37,6 +39,7 @@ class DecodeOptions:
 
     snap: bool = False  # 2D: snap latents to their nearest codebook rows
     unscaled: bool = False  # 3D: latents are already divided by the model's scaling_factor
+    tile: tuple[int, int] | None = None  # 3D: decode each chunk in spatial tiles of (rows, columns) pixels
 
 
 class Family(ABC):
@@ -66,7 +69,7 @@ class Family(ABC):
         """File frames per decoder call, covering the clip; `chunk` None: the family's choice."""
 
     @abstractmethod
-    def check_memory(self, clip: Codes) -> None:
+    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
         """Raise InputError when the device has too little memory for a chunk of `clip` (from its shape alone)."""
 
     @abstractmethod
@@ -102,10 +105,14 @@ class Frames(Family):
         chunk = chunk or auto_chunk(self.config, clip.grid, self.device, self.dtype)
         return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
 
-    def check_memory(self, clip: Codes) -> None:
+    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
         check_fits_in_memory(frame_bytes(self.config, clip.grid, self.dtype), f"a frame of {_grid(clip)}", self.device)
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
+        if options.tile is not None:
+            raise InputError(
+                "--tile is for CogVideoX latents; 2D MoVQ frames decode one at a time (a smaller --chunk saves memory)"
+            )
         self.check_memory(clip)
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
@@ -138,9 +145,25 @@ class Video(Family):
             )
         return self.model.schedule(clip.n_frames)
 
-    def check_memory(self, clip: Codes) -> None:
+    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
         largest_chunk = max(self.model.schedule(clip.n_frames))
-        check_fits_in_memory(self.chunk_bytes(clip.grid, largest_chunk), f"a chunk of {_grid(clip)}", self.device)
+        whole = self.chunk_bytes(clip.grid, largest_chunk)
+        if options.tile is None:
+            try:
+                check_fits_in_memory(whole, f"a chunk of {_grid(clip)}", self.device)
+            except InputError as error:
+                error.hint = TILE_HINT
+                raise
+            return
+        # tiled: a tile (and its border) on the device; two whole activations in host memory
+        rows, cols = (min(size, count + 2) for size, count in zip(self.tile_latents(options), clip.grid, strict=True))
+        tile = f"a tile of {rows * self.config.factor}x{cols * self.config.factor} pixels"
+        check_fits_in_memory(self.chunk_bytes((rows, cols), largest_chunk), tile, self.device)
+        check_fits_in_memory(2 * whole // LIVE_ACTIVATIONS, f"a tiled chunk of {_grid(clip)}", torch.device("cpu"))
+
+    def tile_latents(self, options: DecodeOptions) -> tuple[int, int]:
+        """--tile, in pixels, as whole latents (at least one) per tile."""
+        return tuple(max(1, pixels // self.config.factor) for pixels in options.tile)
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         if not clip.is_latents:
@@ -148,7 +171,7 @@ class Video(Family):
                 f"{clip.path}: CogVideoX decodes latents, (F, C, h, w) or (1, F, C, h, w) floats; "
                 "these are integer codes"
             )
-        self.check_memory(clip)
+        self.check_memory(clip, options)
         codes_io.check_fits(clip, self.config.latent_channels, None)
         if options.snap:
             raise InputError("--snap needs a codebook, and CogVideoX has none")
@@ -172,7 +195,8 @@ class Video(Family):
                 latents = latents.movedim(0, 1)[None]
                 yield latents if options.unscaled else self.model.unscale(latents)
 
-        for frames in self.model.decode_stream(chunks()):
+        tile = None if options.tile is None else self.tile_latents(options)
+        for frames in self.model.decode_stream(chunks(), tile=tile):
             yield frames[0].movedim(1, 0)  # (1, 3, T, H, W) -> (T, 3, H, W)
 
 

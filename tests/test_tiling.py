@@ -1,0 +1,70 @@
+"""Exact spatial tiling of CogVideoX chunks: tiled frames equal untiled ones and diffusers' untiled decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_cogvideox_vae
+from test_cogvideox import REAL, SMALL, latents, reference, stream
+
+from movq_cli.checkpoints import cogvideox as checkpoint
+from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
+
+
+def tiled(model: CogVideoX, z: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    chunks = torch.split(z, model.schedule(z.shape[2]), dim=2)
+    return torch.cat(list(model.decode_stream(chunks, tile=tile)), dim=2)
+
+
+def build(structure: dict, seed: int):
+    vae = make_cogvideox_vae(seed=seed, **structure)
+    return vae, checkpoint.build(CogVideoXConfig(**structure), checkpoint.diffusers_to_native(vae.state_dict()))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return build(SMALL, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("frames", "height", "width", "tile"),
+    [
+        (1, 4, 6, (2, 2)),  # one latent frame: the single-frame norms
+        (3, 5, 7, (2, 3)),  # odd F, ragged edge tiles
+        (4, 6, 4, (1, 1)),  # even F, one latent per tile: every pixel next to a tile border
+        (5, 4, 6, (4, 6)),  # one tile: the tiled code path on its own
+    ],
+)
+def test_tiled_equals_untiled_and_diffusers(small, frames, height, width, tile):
+    vae, model = small
+    z = latents(frames, height, width, seed=20 + frames)
+    expected = reference(vae, z)
+    untiled = stream(model, z)
+    got = tiled(model, z, tile)
+    assert got.shape == untiled.shape == expected.shape
+    assert (got - untiled).abs().max().item() <= 1e-4
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_tiled_released_structure_equals_diffusers():
+    vae, model = build(REAL, seed=4)
+    z = latents(3, 4, 6, seed=30)
+    assert (tiled(model, z, (2, 3)) - reference(vae, z)).abs().max().item() <= 1e-4
+
+
+def test_tiling_carries_the_causal_cache_in_host_memory(small):
+    _, model = small
+    z = latents(5, 4, 6, seed=5)
+    cache = {}
+    for chunk in torch.split(z, model.schedule(5), dim=2):
+        model.decode_chunk_tiled(chunk, cache, (2, 2))
+    # two past frames per 3x3x3 convolution, whole frames, however the chunk was tiled
+    assert cache and all(t.shape[2] == 2 and t.device.type == "cpu" for t in cache.values())
+    assert {t.shape[-2:] for t in cache.values()} == {(4, 6), (8, 12), (16, 24)}
+
+
+def test_group_statistics_combine_exactly_across_uneven_tiles(small):
+    """Tiles of different sizes weigh in by their pixel counts: 3x5, 3x1, 1x5 and 1x1 latents."""
+    vae, model = small
+    z = latents(2, 4, 6, seed=9)
+    assert (tiled(model, z, (3, 5)) - reference(vae, z)).abs().max().item() <= 1e-4
