@@ -12,7 +12,10 @@ every case once, alternating the sides, and the medians over rounds are compared
 the chunks and turns each into uint8 pixels as a writer would; diffusers decodes the clip whole,
 as `vae.decode` does. Reports, per latent length F: frames/s of movq fp32 and bf16 against
 diffusers fp32, the largest difference of movq fp32 to diffusers, the PSNR of movq bf16 pixels
-against movq fp32 pixels, and the peak memory of each. Needs the test extra (diffusers).
+against movq fp32 pixels, and the peak memory of each. For the long F, both sides also decode
+in tiles of half the frame, and each tiled output is compared with the same side's untiled one (on
+the CPU the activations stay in the same memory, so tiling shows its error and its cost here,
+not the device memory it saves). Needs the test extra (diffusers).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
 
 STRUCTURE = dict(block_out_channels=(64, 128, 128, 256), layers_per_block=3, norm_num_groups=32)
 SIDES = ("diffusers", "movq-fp32", "movq-bf16")
+# Both decode frames in tiles of half the frame each way: diffusers with its own tiling
+# (overlapping tiles, blended; overlaps 1/6 and 1/5 as released), movq with --tile's exact tiling.
+TILED = ("diffusers-tiled", "movq-fp32-tiled")
 
 
 def make_vae(seed: int = 0):
@@ -73,11 +79,15 @@ def decode_job(side: str, files: Path, frames: int, height: int, width: int, kee
 
 
 def decode(side: str, files: Path, latents: torch.Tensor, sink: BinaryIO | None) -> dict:
-    frames = latents.shape[2]
-    if side == "diffusers":
+    frames, height, width = latents.shape[2:]
+    tiled = side.endswith("-tiled")
+    if side.startswith("diffusers"):
         from diffusers import AutoencoderKLCogVideoX
 
         vae = AutoencoderKLCogVideoX.from_pretrained(files / "diffusers").eval()
+        if tiled:
+            factor = 2 ** (len(STRUCTURE["block_out_channels"]) - 1)
+            vae.enable_tiling(tile_sample_min_height=height * factor // 2, tile_sample_min_width=width * factor // 2)
         start = time.perf_counter()
         with torch.no_grad():
             video = vae.decode(latents).sample
@@ -87,13 +97,13 @@ def decode(side: str, files: Path, latents: torch.Tensor, sink: BinaryIO | None)
             sink.write(video.float().numpy().tobytes())
         count = video.shape[2]
     else:
-        dtype = torch.float32 if side == "movq-fp32" else torch.bfloat16
+        dtype = torch.bfloat16 if side == "movq-bf16" else torch.float32
         state = {name: tensor.to(dtype) for name, tensor in load_file(files / "movq.safetensors").items()}
         model: CogVideoX = checkpoint.build(CogVideoXConfig(**STRUCTURE), state)
         chunks = (chunk.to(dtype) for chunk in torch.split(latents, model.schedule(frames), dim=2))
         count, seconds = 0, 0.0
         start = time.perf_counter()
-        for video in model.decode_stream(chunks):
+        for video in model.decode_stream(chunks, tile=((height + 1) // 2, (width + 1) // 2) if tiled else None):
             to_pixels(video)
             seconds += time.perf_counter() - start
             count += video.shape[2]
@@ -117,7 +127,7 @@ def run_job(side: str, files: Path, frames: int, height: int, width: int, keep: 
 def read_frames(path: Path, latent_frames: int, height: int, width: int) -> torch.Tensor:
     """The float frames (1, 3, T, H, W) a job kept; movq's chunks were written one after another."""
     flat = torch.from_numpy(np.fromfile(path, dtype=np.float32))
-    if path.stem == "diffusers":
+    if path.stem.startswith("diffusers"):
         return flat.view(1, 3, -1, height, width)
     chunks, offset = [], 0
     for length in chunk_lengths(latent_frames):
@@ -138,22 +148,26 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
-def compare(files: Path, frames: int, height: int, width: int, rounds: int) -> tuple[list[str], dict[str, int]]:
-    """Every side `rounds` times for one latent length: report lines and median peak memory per side."""
+def compare(
+    files: Path, frames: int, height: int, width: int, rounds: int, tiles: bool
+) -> tuple[list[str], dict[str, int]]:
+    """Every side (and with `tiles` the tiled ones) `rounds` times for one latent length: report
+    lines and median peak memory per side."""
+    sides = SIDES + TILED if tiles else SIDES
     factor = 2 ** (len(STRUCTURE["block_out_channels"]) - 1)
     size = (sum(chunk_lengths(frames)), height * factor, width * factor)
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for round_ in range(rounds):
-        for side in SIDES:
+        for side in sides:
             keep = files / f"{side}.f32" if round_ == 0 else None
             runs[side].append(run_job(side, files, frames, height, width, keep))
-    outputs = {side: read_frames(files / f"{side}.f32", frames, *size[1:]) for side in SIDES}
-    rate = {side: size[0] / statistics.median(run["seconds"] for run in runs[side]) for side in SIDES}
-    peak = {side: int(statistics.median(run["peak_mib"] for run in runs[side])) for side in SIDES}
-    peaks = {side: ", ".join(str(run["peak_mib"]) for run in runs[side]) for side in SIDES}
+    outputs = {side: read_frames(files / f"{side}.f32", frames, *size[1:]) for side in sides}
+    rate = {side: size[0] / statistics.median(run["seconds"] for run in runs[side]) for side in sides}
+    peak = {side: int(statistics.median(run["peak_mib"] for run in runs[side])) for side in sides}
+    peaks = {side: ", ".join(str(run["peak_mib"]) for run in runs[side]) for side in sides}
     head = f"F={frames:<3d} -> {size[0]} frames {size[1]}x{size[2]}"
     max_diff = (outputs["movq-fp32"] - outputs["diffusers"]).abs().max().item()
-    return [
+    lines = [
         f"{head}  diffusers fp32 {rate['diffusers']:6.3f} frames/s  peak {peak['diffusers']:5d} MiB ({peaks['diffusers']})",
         f"{head}  movq float32   {rate['movq-fp32']:6.3f} frames/s  peak {peak['movq-fp32']:5d} MiB ({peaks['movq-fp32']})  "
         f"speed {rate['movq-fp32'] / rate['diffusers']:4.2f}x diffusers  memory {peak['movq-fp32'] / peak['diffusers']:4.2f}x  "
@@ -161,7 +175,16 @@ def compare(files: Path, frames: int, height: int, width: int, rounds: int) -> t
         f"{head}  movq bfloat16  {rate['movq-bf16']:6.3f} frames/s  peak {peak['movq-bf16']:5d} MiB ({peaks['movq-bf16']})  "
         f"speed {rate['movq-bf16'] / rate['diffusers']:4.2f}x diffusers  memory {peak['movq-bf16'] / peak['diffusers']:4.2f}x  "
         f"PSNR vs movq fp32 {psnr(outputs['movq-bf16'], outputs['movq-fp32']):.1f} dB",
-    ], peak
+    ]
+    for side, untiled in zip(TILED, ("diffusers", "movq-fp32"), strict=True) if tiles else ():
+        difference = (outputs[side] - outputs[untiled]).abs()
+        pixels = (to_pixels(outputs[side]) != to_pixels(outputs[untiled])).float().mean().item()
+        lines.append(
+            f"{head}  {side:<15s} {rate[side]:6.3f} frames/s  peak {peak[side]:5d} MiB ({peaks[side]})  "
+            f"half-frame tiles: max|diff| to untiled {difference.max().item():.1e}, mean {difference.mean().item():.1e}, "
+            f"{100 * pixels:.2f}% of pixel values changed, PSNR {psnr(outputs[side], outputs[untiled]):.1f} dB"
+        )
+    return lines, peak
 
 
 def main() -> None:
@@ -172,7 +195,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="the long latent length (13; quick 5)")
     parser.add_argument("--short", type=int, help="the short latent length (5; quick 3)")
     parser.add_argument("--rounds", type=int, help="decodes of each case, in fresh processes (3; quick 1)")
-    parser.add_argument("--job", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--job", choices=SIDES + TILED, help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,7 +224,7 @@ def main() -> None:
         del vae, native
         peaks = {}
         for length in (frames, short):
-            lines, peaks[length] = compare(files, length, height, width, rounds)
+            lines, peaks[length] = compare(files, length, height, width, rounds, tiles=length == frames)
             print("\n".join(lines), flush=True)
     print(
         f"movq fp32 peak memory F={frames} / F={short}: {peaks[frames]['movq-fp32'] / peaks[short]['movq-fp32']:.2f}x; "

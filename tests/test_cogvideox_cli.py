@@ -107,7 +107,8 @@ def test_every_way_the_weights_come_gives_the_same_frames(clips, video_folder, t
 
 
 def test_a_file_without_its_config_is_read_by_its_tensors(tmp_path):
-    """The released structure's groups (32) and widths; no config.json: inferred, and the 2b scaling factor."""
+    """The released structure's groups (32) and widths; no config.json: inferred, all but the scaling
+    factor, which the weights do not show: scaled latents are refused until it is known."""
     structure = dict(
         block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=32, temporal_compression_ratio=4
     )
@@ -119,11 +120,24 @@ def test_a_file_without_its_config_is_read_by_its_tensors(tmp_path):
     assert info.exit_code == 0, info.output
     report = json.loads(info.stdout)
     assert report["config_source"] == "inferred" and report["config"]["block_out_channels"] == [32, 32, 64]
+    assert report["config"]["scaling_factor"] is None
     latents = _latents(11, 2, 2, 3)
     np.save(tmp_path / "l.npy", latents)
-    result = movq("decode", tmp_path / "l.npy", tmp_path / "out", "-w", alone)
+    expected = cogvideox_pipeline_frames(vae, latents)
+    refused = movq("decode", tmp_path / "l.npy", tmp_path / "out", "-w", alone)
+    assert_one_line_error(refused, 2, "--unscaled")
+    assert not (tmp_path / "out").exists()
+    np.save(tmp_path / "unscaled.npy", latents / np.float32(1.15258426))
+    result = movq("decode", tmp_path / "unscaled.npy", tmp_path / "out", "-w", alone, "--unscaled")
     assert result.exit_code == 0, result.output
-    assert np.abs(_frames(tmp_path / "out", 8).astype(int) - cogvideox_pipeline_frames(vae, latents)).max() <= 1
+    assert np.abs(_frames(tmp_path / "out", 8).astype(int) - expected).max() <= 1
+    # the inferred config with the factor filled in (for the released structure: --config cogvideox-2b)
+    (tmp_path / "2b.json").write_text(json.dumps({**report["config"], "scaling_factor": 1.15258426}))
+    converted = movq("convert", alone, tmp_path / "2b.safetensors", "--config", tmp_path / "2b.json")
+    assert converted.exit_code == 0, converted.output
+    result = movq("decode", tmp_path / "l.npy", tmp_path / "from-2b", "-w", tmp_path / "2b.safetensors")
+    assert result.exit_code == 0, result.output
+    assert np.abs(_frames(tmp_path / "from-2b", 8).astype(int) - expected).max() <= 1
 
 
 def test_info_and_inspect_know_the_family(clips, video_folder):

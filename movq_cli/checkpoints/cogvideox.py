@@ -102,9 +102,9 @@ def infer_config(shapes: Shapes) -> CogVideoXConfig:
     """Native tensor name -> shape, to the config that has exactly these tensors.
 
     The weights show widths, resnets per block and channels. They do not show the GroupNorm
-    group count, the temporal compression or how latents are scaled: those take the released
-    models' values (32, 4) and CogVideoX-2b's scaling_factor 1.15258426 (the 5b models use 0.7;
-    give the config when it matters). Raises ValueError naming the tensor that is missing or off.
+    group count, the temporal compression or how latents are scaled: the first two take the
+    released models' values (32, 4); the scaling factor, which differs between them (1.15258426
+    for 2b, 0.7 for 5b and 1.5), is left unknown (None). Raises ValueError naming the tensor that is missing or off.
     """
     levels = _count(shapes, r"decoder\.up_blocks\.(\d+)\.")
     if levels == 0:
@@ -119,7 +119,7 @@ def infer_config(shapes: Shapes) -> CogVideoXConfig:
             out_channels=_shape(shapes, "decoder.conv_out.conv.weight")[0],
             norm_num_groups=DEFAULT_GROUPS,
             temporal_compression_ratio=DEFAULT_TEMPORAL_RATIO,
-            scaling_factor=DEFAULT_SCALING_FACTOR,
+            scaling_factor=None,
         )
     except ValueError as error:
         raise ValueError(f"the tensors describe no valid decoder: {error}") from None

@@ -102,7 +102,8 @@ def info(
         "stored dtype": ", ".join(report["dtypes"]),
     }
     if report["family"] == "cogvideox":
-        rows["scaling factor"] = str(report["scaling_factor"])
+        scale = report["scaling_factor"]
+        rows["scaling factor"] = "unknown (no config.json: decode --unscaled latents)" if scale is None else str(scale)
         rows["downsampling"] = f"x{report['factor']} in space, x{report['temporal_compression']} in time"
         rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{width}x{height} pixels"
     else:

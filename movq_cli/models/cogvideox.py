@@ -35,7 +35,9 @@ class CogVideoXConfig(JsonConfig):
     out_channels: int = 3
     norm_num_groups: int = 32
     temporal_compression_ratio: int = 4  # 2 ** (up blocks that also double time)
-    scaling_factor: float = 1.15258426  # latents from the pipeline are divided by it before decoding
+    # Latents from the pipeline are divided by it before decoding. None: unknown (weights found
+    # without their config): only latents already divided by it can be decoded.
+    scaling_factor: float | None = 1.15258426
     # The 1.5 models' image-to-video pipeline divides encoded image latents by scaling_factor
     # instead of multiplying; decoding divides by it either way.
     invert_scale_latents: bool = False
@@ -52,7 +54,7 @@ class CogVideoXConfig(JsonConfig):
         ratio = self.temporal_compression_ratio
         if ratio < 1 or ratio & (ratio - 1):
             problems.append(f"temporal_compression_ratio {ratio} must be a power of 2")
-        if self.scaling_factor <= 0:
+        if self.scaling_factor is not None and self.scaling_factor <= 0:
             problems.append("scaling_factor must be positive")
         if problems:
             raise ValueError("invalid CogVideoX config: " + "; ".join(problems))
@@ -414,6 +416,8 @@ class CogVideoX(nn.Module):
         The pipelines decode `latents / scaling_factor` whether or not `invert_scale_latents` is set
         (that flag changes only how image latents are encoded for image-to-video).
         """
+        if self.config.scaling_factor is None:
+            raise ValueError("the scaling factor of these weights is unknown: decode unscaled latents")
         return latents / self.config.scaling_factor
 
     @torch.inference_mode()

@@ -31,6 +31,11 @@ from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.movq import Movq
 
 TILE_HINT = "--tile 256 decodes each chunk in tiles, to the same pixels"
+UNKNOWN_SCALE = (
+    "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
+    "(2b: 1.15258426, 5b and 1.5: 0.7): put config.json beside them, give latents already divided by it "
+    "(--unscaled), or store it: movq convert WEIGHTS OUT.safetensors --config cogvideox-2b (or -5b)"
+)
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,8 @@ class Video(Family):
                 "these are integer codes"
             )
         self.check_memory(clip, options)
+        if self.config.scaling_factor is None and not options.unscaled:
+            raise InputError(UNKNOWN_SCALE)
         codes_io.check_fits(clip, self.config.latent_channels, None)
         if options.snap:
             raise InputError("--snap needs a codebook, and CogVideoX has none")
