@@ -63,6 +63,7 @@ def decode(
     chunk: int | None = None,
     fps: float | None = None,
     crf: int | None = None,
+    encoder: str | None = None,
     snap: bool = False,
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
@@ -73,7 +74,8 @@ def decode(
     one picture (.png, .jpg) or a folder of PNG frames ("name/"), written atomically.
 
     `frames` selects output frames (a slice or frame numbers), `key` the array of an .npz, `grid`
-    the frame shape of flat token rows; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
+    the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
+    "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes CogVideoX chunks in spatial tiles, to the same pixels, in less device
     memory; `on_frames(n)` hears progress. Returns what was written (frames, frame size, seconds)."""
@@ -82,8 +84,8 @@ def decode(
 
     clip = codes_io.read(codes, key=key, grid=grid)
     return decode_to_file(
-        model, clip, out, chunk=chunk, fps=fps, crf=crf, snap=snap, unscaled=unscaled, tile=_tile(tile),
-        overwrite=overwrite, on_frames=on_frames, frames=frames,
+        model, clip, out, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap, unscaled=unscaled,
+        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames,
     )  # fmt: skip
 
 

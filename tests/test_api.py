@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -47,6 +48,18 @@ def test_decode_writes_a_file_and_reports_it(clip, small_folder, tmp_path):
     assert result.frames == 5 and result.frame_size == (6, 8) and sum(seen) == 5
     written = np.stack([iio.imread(tmp_path / "frames" / f"{i:05d}.png") for i in range(5)])
     assert np.abs(written.astype(int) - expected).max() <= 1
+
+
+def test_decode_to_mp4_takes_the_encoder(clip, small_folder, tmp_path):
+    from movq_cli.errors import InputError
+
+    path, _ = clip
+    model = movq.load(small_folder[0], device="cpu")
+    result = movq.decode(path, tmp_path / "clip.mp4", model, encoder="x264-ultrafast", crf=0)
+    assert result.frames == 5 and imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "clip.mp4"))[0] == 5
+    with pytest.raises(InputError, match="encoder"):
+        movq.decode(path, tmp_path / "other.mp4", model, encoder="x264-warp-speed")
+    assert not (tmp_path / "other.mp4").exists()
 
 
 def test_encode_then_decode_with_the_bundled_model(tmp_path):
