@@ -12,7 +12,6 @@ import glob
 import hashlib
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -32,7 +31,6 @@ from movq_cli.pipeline import count_frames, decode_to_file
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
 CODE_SUFFIXES = {".npy", ".npz"}
 GLOB_CHARACTERS = set("*?[")
-PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial")  # io.targets.AtomicTarget's temporary names
 
 
 @dataclass(frozen=True)
@@ -181,19 +179,6 @@ def largest_first(jobs: list[Job]) -> list[Job]:
         return 0
 
     return sorted(jobs, key=size, reverse=True)
-
-
-def remove_partial_output(output: str | Path) -> None:
-    """Remove what a writer that was killed left of `output`: its temporary beside the target."""
-    target = Path(os.path.abspath(output))
-    with suppress(OSError):
-        for entry in os.scandir(target.parent):
-            match = PARTIAL.fullmatch(entry.name)
-            if match and match.group("name") == target.name:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
 
 
 def read_clip(path: Path, options: BatchOptions) -> Codes:

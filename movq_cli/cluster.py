@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, remove_partial_output, reported
+from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
 from movq_cli.errors import InputError, MovqError, RunError, first_line
+from movq_cli.io.targets import remove_partial_output
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, remove_partial_output, reported
+from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
 from movq_cli.errors import MovqError, RunError, first_line
+from movq_cli.io.targets import remove_partial_output
 
 STOP_SECONDS = 10.0  # how long a stopped worker may take to remove its partial output before it is killed
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from movq_cli.errors import InputError, reason
 
 FRAME_NAME = re.compile(r"\d{5,}\.png")  # how a folder of frames names them
+PARTIAL_SUFFIX = ".partial"
+PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))  # AtomicTarget's temporaries
 
 
 class AtomicTarget:
@@ -34,7 +36,7 @@ class AtomicTarget:
                 parent.mkdir(parents=True)
             except OSError as error:
                 raise InputError(f"cannot create the folder {parent}: {reason(error)}") from None
-        self.temp = parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial"
+        self.temp = parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
         try:
             if folder:
                 os.mkdir(self.temp)
@@ -107,3 +109,16 @@ class AtomicTarget:
 
 def _is_frame(entry: os.DirEntry) -> bool:
     return FRAME_NAME.fullmatch(entry.name) is not None and entry.is_file(follow_symlinks=False)
+
+
+def remove_partial_output(output: str | Path) -> None:
+    """Remove what a writer that was killed left of `output`: its temporary beside the target."""
+    target = Path(os.path.abspath(output))
+    with suppress(OSError):
+        for entry in os.scandir(target.parent):
+            match = PARTIAL.fullmatch(entry.name)
+            if match and match.group("name") == target.name:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
