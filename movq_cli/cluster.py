@@ -22,6 +22,9 @@ from movq_cli.errors import InputError, MovqError, RunError, first_line
 from movq_cli.io.targets import remove_partial_output
 
 DEVICES = ("auto", "cpu", "cuda")
+# Times a file is tried again on a new actor after its actor died decoding it (Ray's default,
+# forever, would loop on a file that kills every actor, e.g. by running the host out of memory).
+RETRIES = 2
 
 
 def decode_on_ray(
@@ -116,7 +119,7 @@ def _dataset(ray, jobs: list[Job], weights: str, device: str, dtype: str, option
     dataset = dataset.map_batches(
         Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
                                             options=options),
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **resources,
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
     )  # fmt: skip
     return dataset, workers
 

@@ -237,3 +237,29 @@ def test_bad_tiles_are_one_line(clips, video_folder, small_folder, tmp_path):
     result = movq("decode", tmp_path / "codes.npy", tmp_path / "b", "-w", small_folder[0], "--tile", "64")
     assert_one_line_error(result, 2, "--tile is for CogVideoX")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy"]
+
+
+def test_a_chunk_too_large_for_the_device_points_to_tile(video_folder, tmp_path, monkeypatch):
+    """Checked from the shape alone (sparse files): refused untiled with the hint, and tiled when
+    even host memory cannot hold the chunk's layers; tiled, a chunk too large whole passes."""
+    path = tmp_path / "huge.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(1, 16, 3000, 3000))
+    untiled = movq("decode", path, tmp_path / "a", "-w", video_folder[0])
+    assert_one_line_error(untiled, 2, "--tile 256")
+    tiled = movq("decode", path, tmp_path / "b", "-w", video_folder[0], "--tile", "64")
+    assert_one_line_error(tiled, 2, "a tiled chunk of 3000x3000 latents needs about")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.npy"]
+
+    import movq_cli.memory
+    from movq_cli.errors import InputError
+    from movq_cli.io import codes as codes_io
+    from movq_cli.models.family import DecodeOptions, family_of
+
+    np.lib.format.open_memmap(tmp_path / "wide.npy", mode="w+", dtype=np.float32, shape=(1, 16, 200, 200))
+    wide = codes_io.read(tmp_path / "wide.npy")
+    family = family_of(movq_cli.load(video_folder[0]))
+    whole = family.chunk_bytes(wide.grid, 1)
+    monkeypatch.setattr(movq_cli.memory, "device_memory", lambda device: whole * 3 // 4)
+    with pytest.raises(InputError, match="a chunk of 200x200 latents needs about"):
+        family.check_memory(wide)
+    family.check_memory(wide, DecodeOptions(tile=(64, 64)))  # a 16x16-latent tile, the layers in host memory

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import assert_one_line_error, movq
 from same_outputs import assert_same_outputs, code_tree, relative_rows
@@ -65,3 +70,44 @@ def test_bad_ray_usage_is_exit_2_before_ray_starts(args, needle, codes, small_fo
 def test_one_file_is_not_sent_to_a_cluster(codes, small_folder, tmp_path):
     result = movq("decode", codes / "a.npy", tmp_path / "a.mp4", "-w", small_folder[0], "--ray")
     assert_one_line_error(result, 2, "--ray is for batches")
+
+
+# Loaded by every Python process of a local cluster started under PYTHONPATH=its folder: an
+# actor that decodes a file named poison*.npy dies, as one run out of host memory would.
+POISON = """\
+import os
+
+import movq_cli.batch
+
+_reported = movq_cli.batch.reported
+
+
+def reported(model, job, *args, **kwargs):
+    if job.codes.name.startswith("poison"):
+        os._exit(1)
+    return _reported(model, job, *args, **kwargs)
+
+
+movq_cli.batch.reported = reported
+"""
+
+
+@pytest.mark.slow
+def test_a_file_that_kills_its_actor_fails_after_a_few_tries_and_the_rest_go_on(small_folder, tmp_path):
+    pytest.importorskip("ray")
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(POISON)
+    (tmp_path / "codes").mkdir()
+    for name in ("a.npy", "poison.npy", "b.npy"):
+        np.save(tmp_path / "codes" / name, np.zeros((1, 4, 4), np.int64))
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a cluster of its own
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "hook"), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "movq_cli", "decode", tmp_path / "codes", tmp_path / "out",
+               "-w", small_folder[0], "--ray", "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    reports = {Path(row["input"]).name: row for row in map(json.loads, done.stdout.splitlines())}
+    assert reports["a.npy"]["status"] == reports["b.npy"]["status"] == "done"
+    assert reports["poison.npy"]["status"] == "failed" and "task failed" in reports["poison.npy"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4"]  # nothing partial
