@@ -3,6 +3,8 @@
     python benchmarks/bench_cogvideox.py                          # 16x24 latents, F = 13 and 5, 3 rounds
     python benchmarks/bench_cogvideox.py --quick                  # 12x18 latents, F = 5 and 3, 1 round
     python benchmarks/bench_cogvideox.py --height 60 --width 90   # the released models' 480x720 (long)
+    python benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 --rounds 1
+                                       # CogVideoX-2b's own structure at 480x720, with peak CUDA memory
 
 Both sides decode the same random weights and latents, in the released 2b/5b structure (4 up
 blocks, 3 + 1 resnets each, time doubled twice) at half width, so that a run takes minutes on
@@ -29,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -39,18 +41,19 @@ from movq_cli.checkpoints import cogvideox as checkpoint
 from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
 
 STRUCTURE = dict(block_out_channels=(64, 128, 128, 256), layers_per_block=3, norm_num_groups=32)
+RELEASED = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, norm_num_groups=32)  # --released
 SIDES = ("diffusers", "movq-fp32", "movq-bf16")
 # Both decode frames in tiles of about half the frame each way: diffusers with its own tiling
 # (overlapping tiles, blended; overlaps 1/6 and 1/5 as released), movq with --tile's exact tiling.
 TILED = ("diffusers-tiled", "movq-fp32-tiled")
 
 
-def make_vae(seed: int = 0):
+def make_vae(structure: dict, seed: int = 0):
     """A random diffusers AutoencoderKLCogVideoX, norm affines and biases perturbed as in the tests."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLCogVideoX(latent_channels=16, **STRUCTURE)
+    vae = AutoencoderKLCogVideoX(latent_channels=16, **structure)
     with torch.no_grad():
         for name, param in vae.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -67,6 +70,10 @@ def diffusers_tile(size: int, overlap: int) -> int:
     return next(tile for tile in range(overlap, size + overlap, overlap) if 2 * tile >= size)
 
 
+def describe(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def make_latents(frames: int, height: int, width: int) -> torch.Tensor:
     return torch.randn(1, 16, frames, height, width, generator=torch.Generator().manual_seed(frames))
 
@@ -76,57 +83,82 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
     return torch.round(torch.clamp(frames.float() / 2 + 0.5, 0, 1) * 255).to(torch.uint8)
 
 
-def decode_job(side: str, files: Path, frames: int, height: int, width: int, keep: Path | None) -> dict:
-    """One decode in this fresh process: seconds, output frame count and peak memory in MiB.
+class Setup(NamedTuple):
+    """What every job of a run shares: the weights' folder, the structure and the device."""
+
+    files: Path
+    structure: dict
+    device: torch.device
+
+    def arguments(self) -> list[str]:
+        return ["--files", str(self.files), "--device", str(self.device)] + (
+            ["--released"] if self.structure == RELEASED else []
+        )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode_job(side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None) -> dict:
+    """One decode in this fresh process: seconds, output frame count and peak memory in MiB (and
+    on CUDA the peak of device memory allocated).
 
     With `keep`, the float frames are appended to that file chunk by chunk as they come.
     """
     if keep is None:
-        return decode(side, files, make_latents(frames, height, width), sink=None)
+        return decode(side, setup, make_latents(frames, height, width), sink=None)
     with open(keep, "wb") as sink:
-        return decode(side, files, make_latents(frames, height, width), sink)
+        return decode(side, setup, make_latents(frames, height, width), sink)
 
 
-def decode(side: str, files: Path, latents: torch.Tensor, sink: BinaryIO | None) -> dict:
+def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None) -> dict:
     frames, height, width = latents.shape[2:]
-    tiled = side.endswith("-tiled")
+    tiled, device = side.endswith("-tiled"), setup.device
+    latents = latents.to(device)
     if side.startswith("diffusers"):
         from diffusers import AutoencoderKLCogVideoX
 
-        vae = AutoencoderKLCogVideoX.from_pretrained(files / "diffusers").eval()
+        vae = AutoencoderKLCogVideoX.from_pretrained(setup.files / "diffusers").to(device).eval()
         if tiled:
-            factor = 2 ** (len(STRUCTURE["block_out_channels"]) - 1)
+            factor = 2 ** (len(setup.structure["block_out_channels"]) - 1)
             rows, cols = diffusers_tile(height, 6), diffusers_tile(width, 5)
             vae.enable_tiling(tile_sample_min_height=rows * factor, tile_sample_min_width=cols * factor)
+        sync(device)
         start = time.perf_counter()
         with torch.no_grad():
             video = vae.decode(latents).sample
         to_pixels(video)
+        sync(device)
         seconds = time.perf_counter() - start
         if sink:
-            sink.write(video.float().numpy().tobytes())
+            sink.write(video.float().cpu().numpy().tobytes())
         count = video.shape[2]
     else:
         dtype = torch.bfloat16 if side == "movq-bf16" else torch.float32
-        state = {name: tensor.to(dtype) for name, tensor in load_file(files / "movq.safetensors").items()}
-        model: CogVideoX = checkpoint.build(CogVideoXConfig(**STRUCTURE), state)
+        state = {name: tensor.to(device, dtype) for name, tensor in load_file(setup.files / "movq.safetensors").items()}
+        model: CogVideoX = checkpoint.build(CogVideoXConfig(**setup.structure), state)
         chunks = (chunk.to(dtype) for chunk in torch.split(latents, model.schedule(frames), dim=2))
         count, seconds = 0, 0.0
+        sync(device)
         start = time.perf_counter()
         for video in model.decode_stream(chunks, tile=((height + 1) // 2, (width + 1) // 2) if tiled else None):
-            to_pixels(video)
+            to_pixels(video).cpu()  # as a writer takes them
+            sync(device)
             seconds += time.perf_counter() - start
             count += video.shape[2]
             if sink:  # keeping the frames for comparison is not part of the decode
-                sink.write(video.float().contiguous().numpy().tobytes())
+                sink.write(video.float().contiguous().cpu().numpy().tobytes())
             start = time.perf_counter()
     status = Path("/proc/self/status").read_text()
     peak = next(int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
-    return {"seconds": seconds, "frames": count, "peak_mib": peak}
+    cuda = torch.cuda.max_memory_allocated(device) // 2**20 if device.type == "cuda" else None
+    return {"seconds": seconds, "frames": count, "peak_mib": peak, "cuda_peak_mib": cuda}
 
 
-def run_job(side: str, files: Path, frames: int, height: int, width: int, keep: Path | None) -> dict:
-    command = [sys.executable, __file__, "--job", side, "--files", str(files)]
+def run_job(side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None) -> dict:
+    command = [sys.executable, __file__, "--job", side, *setup.arguments()]
     command += ["--frames", str(frames), "--height", str(height), "--width", str(width)]
     if keep:
         command += ["--keep", str(keep)]
@@ -134,22 +166,22 @@ def run_job(side: str, files: Path, frames: int, height: int, width: int, keep: 
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def read_frames(path: Path, latent_frames: int, height: int, width: int) -> torch.Tensor:
+def read_frames(path: Path, structure: dict, latent_frames: int, height: int, width: int) -> torch.Tensor:
     """The float frames (1, 3, T, H, W) a job kept; movq's chunks were written one after another."""
     flat = torch.from_numpy(np.fromfile(path, dtype=np.float32))
     if path.stem.startswith("diffusers"):
         return flat.view(1, 3, -1, height, width)
     chunks, offset = [], 0
-    for length in chunk_lengths(latent_frames):
+    for length in chunk_lengths(structure, latent_frames):
         size = 3 * length * height * width
         chunks.append(flat[offset : offset + size].view(1, 3, length, height, width))
         offset += size
     return torch.cat(chunks, dim=2)
 
 
-def chunk_lengths(latent_frames: int) -> list[int]:
+def chunk_lengths(structure: dict, latent_frames: int) -> list[int]:
     with torch.device("meta"):
-        model = CogVideoX(CogVideoXConfig(**STRUCTURE))
+        model = CogVideoX(CogVideoXConfig(**structure))
     return [model.chunk_frames(t) for t in model.schedule(latent_frames)]
 
 
@@ -159,22 +191,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(
-    files: Path, frames: int, height: int, width: int, rounds: int, tiles: bool
+    setup: Setup, frames: int, height: int, width: int, rounds: int, tiles: bool
 ) -> tuple[list[str], dict[str, int]]:
     """Every side (and with `tiles` the tiled ones) `rounds` times for one latent length: report
     lines and median peak memory per side."""
     sides = SIDES + TILED if tiles else SIDES
-    factor = 2 ** (len(STRUCTURE["block_out_channels"]) - 1)
-    size = (sum(chunk_lengths(frames)), height * factor, width * factor)
+    factor = 2 ** (len(setup.structure["block_out_channels"]) - 1)
+    size = (sum(chunk_lengths(setup.structure, frames)), height * factor, width * factor)
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for round_ in range(rounds):
         for side in sides:
-            keep = files / f"{side}.f32" if round_ == 0 else None
-            runs[side].append(run_job(side, files, frames, height, width, keep))
-    outputs = {side: read_frames(files / f"{side}.f32", frames, *size[1:]) for side in sides}
+            keep = setup.files / f"{side}.f32" if round_ == 0 else None
+            runs[side].append(run_job(side, setup, frames, height, width, keep))
+    outputs = {side: read_frames(setup.files / f"{side}.f32", setup.structure, frames, *size[1:]) for side in sides}
     rate = {side: size[0] / statistics.median(run["seconds"] for run in runs[side]) for side in sides}
     peak = {side: int(statistics.median(run["peak_mib"] for run in runs[side])) for side in sides}
     peaks = {side: ", ".join(str(run["peak_mib"]) for run in runs[side]) for side in sides}
+    if setup.device.type == "cuda":  # the device's peak is what limits a GPU: report it instead
+        peak = {side: int(statistics.median(run["cuda_peak_mib"] for run in runs[side])) for side in sides}
+        peaks = {side: "CUDA, " + ", ".join(str(run["cuda_peak_mib"]) for run in runs[side]) for side in sides}
     head = f"F={frames:<3d} -> {size[0]} frames {size[1]}x{size[2]}"
     max_diff = (outputs["movq-fp32"] - outputs["diffusers"]).abs().max().item()
     lines = [
@@ -193,7 +228,9 @@ def compare(
             f"{head}  {side:<15s} {rate[side]:6.3f} frames/s  peak {peak[side]:5d} MiB ({peaks[side]})  "
             f"tiled: max|diff| to untiled {difference.max().item():.1e}, mean {difference.mean().item():.1e}, "
             f"{100 * pixels:.2f}% of pixel values changed, PSNR {psnr(outputs[side], outputs[untiled]):.1f} dB"
-        )
+            + (f"; max|diff| to diffusers untiled {(outputs[side] - outputs['diffusers']).abs().max().item():.1e}"
+               if side.startswith("movq") else "")
+        )  # fmt: skip
     return lines, peak
 
 
@@ -205,6 +242,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="the long latent length (13; quick 5)")
     parser.add_argument("--short", type=int, help="the short latent length (5; quick 3)")
     parser.add_argument("--rounds", type=int, help="decodes of each case, in fresh processes (3; quick 1)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on CUDA, peak device memory is reported)")
+    parser.add_argument("--released", action="store_true", help="the released 2b/5b widths, not half of them")
     parser.add_argument("--job", choices=SIDES + TILED, help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
@@ -212,29 +251,32 @@ def main() -> None:
     height = args.height or (12 if args.quick else 16)
     width = args.width or (18 if args.quick else 24)
     frames = args.frames or (5 if args.quick else 13)
+    structure = RELEASED if args.released else STRUCTURE
     if args.job:
-        print(json.dumps(decode_job(args.job, args.files, frames, height, width, args.keep)))
+        setup = Setup(args.files, structure, torch.device(args.device))
+        print(json.dumps(decode_job(args.job, setup, frames, height, width, args.keep)))
         return
     short = args.short or (3 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 3)
 
     print(f"# python benchmarks/bench_cogvideox.py {' '.join(sys.argv[1:])}".rstrip())
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu; block_out_channels "
-        f"{STRUCTURE['block_out_channels']}, layers_per_block 3; latents {height}x{width}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {describe(torch.device(args.device))}; "
+        f"block_out_channels {structure['block_out_channels']}, layers_per_block 3; latents {height}x{width}; "
         f"medians of {rounds} fresh processes per figure",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as folder:
-        files = Path(folder)
-        vae = make_vae()
+        setup = Setup(Path(folder), structure, torch.device(args.device))
+        files = setup.files
+        vae = make_vae(structure)
         native = checkpoint.diffusers_to_native(vae.state_dict())
         save_file({name: tensor.contiguous() for name, tensor in native.items()}, str(files / "movq.safetensors"))
         vae.save_pretrained(files / "diffusers")
         del vae, native
         peaks = {}
         for length in (frames, short):
-            lines, peaks[length] = compare(files, length, height, width, rounds, tiles=length == frames)
+            lines, peaks[length] = compare(setup, length, height, width, rounds, tiles=length == frames)
             print("\n".join(lines), flush=True)
     print(
         f"movq fp32 peak memory F={frames} / F={short}: {peaks[frames]['movq-fp32'] / peaks[short]['movq-fp32']:.2f}x; "

@@ -4,6 +4,8 @@
 # then a short benchmark ending in one table: the Kandinsky 2.2 layout at 256x256 and 512x512 in
 # fp32, bf16 and fp16 against diffusers with the device memory of each decode, the CLI to MP4 in
 # frames/s, and whole `movq decode` processes against a plain diffusers script. About 5 minutes.
+# With COGVIDEOX=1, then CogVideoX-2b's structure at 480x720 (13 latent frames -> 49 frames),
+# movq against diffusers, whole and tiled, with peak CUDA memory: a few minutes more.
 #
 #     bash benchmarks/gpu_check.sh        # the virtualenv goes to /tmp/movq-gpu (VENV=... to choose)
 set -euo pipefail
@@ -22,4 +24,8 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_de
 tests=0
 timeout 150 python -m pytest -q -p no:cacheprovider -k cuda || tests=$?
 timeout 360 python benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table | tee "$results"
+if [ "${COGVIDEOX:-0}" = 1 ]; then
+    timeout 420 python benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 \
+        --rounds 1 --short 1 | tee -a "$results"
+fi
 exit "$tests"
