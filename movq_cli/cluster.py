@@ -8,10 +8,13 @@ Ray itself is imported only here, and only when a batch runs on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,20 +55,25 @@ def decode_on_ray(
     ray = _ray()
     started_here = not ray.is_initialized()
     reports: dict[int, FileReport] = {}
-    try:
-        if started_here:
-            _connect(ray)
-        dataset, workers = _dataset(ray, jobs, str(weights), device, dtype, options, workers, threads)
-        described, stopped = _collect(dataset, jobs, options, reports, on_start, on_report)
-    finally:
-        if started_here:
-            ray.shutdown()  # its actors first, then what they left
-        for number, job in enumerate(jobs):
-            if number not in reports:
-                remove_partial_output(job.output)
+    # Ray prints its workers' failures to sys.stdout, which is for reports (--json)
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            if started_here:
+                _connect(ray)
+            dataset, workers = _dataset(ray, jobs, str(weights), device, dtype, options, workers, threads)
+            described, stopped = _collect(dataset, jobs, options, reports, on_start, on_report)
+        finally:
+            if started_here:
+                ray.shutdown()  # its actors first, then what they left
+            for number, job in enumerate(jobs):
+                if number not in reports:
+                    remove_partial_output(job.output)
     for number, job in enumerate(jobs):
         if number not in reports and not stopped:
-            error = f"Ray could not decode {job.codes}: its task failed (Ray's logs say why)"
+            error = (
+                f"Ray could not decode {job.codes}: the actor decoding it died, {RETRIES + 1} times "
+                "(out of memory? Ray's logs, in /tmp/ray/session_latest/logs by default, say why)"
+            )
             reports[number] = FileReport(job.codes, Path(job.output), "failed", error=error)
             if on_report:
                 on_report(reports[number])
@@ -110,17 +118,19 @@ def _dataset(ray, jobs: list[Job], weights: str, device: str, dtype: str, option
         for job in order
     ]  # absolute: the actors' working folder is not the driver's
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a file that fails is reported, not traced back
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     context = dataset.context
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.max_errored_blocks = -1  # a file Ray could not decode is reported failed, and the rest go on
-    dataset = dataset.map_batches(
-        Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
-                                            options=options),
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
-    )  # fmt: skip
+    with warnings.catch_warnings():  # max_task_retries has no named parameter yet: Ray warns of ray_remote_args
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = dataset.map_batches(
+            Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
+                                                options=options),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
+        )  # fmt: skip
     return dataset, workers
 
 

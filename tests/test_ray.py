@@ -109,5 +109,6 @@ def test_a_file_that_kills_its_actor_fails_after_a_few_tries_and_the_rest_go_on(
     assert done.returncode == 1, done.stderr
     reports = {Path(row["input"]).name: row for row in map(json.loads, done.stdout.splitlines())}
     assert reports["a.npy"]["status"] == reports["b.npy"]["status"] == "done"
-    assert reports["poison.npy"]["status"] == "failed" and "task failed" in reports["poison.npy"]["error"]
+    assert reports["poison.npy"]["status"] == "failed" and "died, 3 times" in reports["poison.npy"]["error"]
+    assert "Traceback" not in done.stderr and "DeprecationWarning" not in done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4"]  # nothing partial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -181,9 +182,11 @@ def decode(
         decoder = describe(model) if model else ""
         started = time.perf_counter()
 
+        stdout = sys.stdout  # the reports' stream, whatever a library writes to sys.stdout meanwhile (Ray does)
+
         def print_json(report) -> None:
             if as_json:
-                print(json.dumps(report.as_json()), flush=True)
+                print(json.dumps(report.as_json()), file=stdout, flush=True)
 
         if single:
             job = jobs[0]
