@@ -38,7 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from movq_cli.checkpoints import cogvideox as checkpoint
-from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
+from movq_cli.models.cogvideox import CogVideoX
+from movq_cli.models.config import CogVideoXConfig
 
 STRUCTURE = dict(block_out_channels=(64, 128, 128, 256), layers_per_block=3, norm_num_groups=32)
 RELEASED = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, norm_num_groups=32)  # --released

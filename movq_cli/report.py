@@ -22,8 +22,7 @@ from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.checkpoints.weights import Checkpoint, build, read_checkpoint, shards
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
-from movq_cli.models.cogvideox import CogVideoXConfig
-from movq_cli.models.config import MovqConfig
+from movq_cli.models.config import CogVideoXConfig, MovqConfig
 from movq_cli.models.family import DecodeOptions, family_of
 
 TOP_CODES = 5

@@ -14,7 +14,10 @@ from conftest import make_cogvideox_vae
 
 from movq_cli.checkpoints import cogvideox as checkpoint
 from movq_cli.errors import InputError
-from movq_cli.models.cogvideox import PRESETS, CausalConv3d, CogVideoX, CogVideoXConfig, preset, use_fast_paths
+from movq_cli.models.cogvideox import CausalConv3d, CogVideoX, use_fast_paths
+from movq_cli.models.config import COGVIDEOX_PRESETS as PRESETS
+from movq_cli.models.config import CogVideoXConfig
+from movq_cli.models.config import cogvideox_preset as preset
 
 # Three levels, both upsamplers doubling time: the chunk and first-frame rules at a small cost.
 SMALL = dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8, temporal_compression_ratio=4)

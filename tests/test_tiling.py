@@ -8,7 +8,8 @@ from conftest import make_cogvideox_vae
 from test_cogvideox import REAL, SMALL, latents, reference, stream
 
 from movq_cli.checkpoints import cogvideox as checkpoint
-from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig
+from movq_cli.models.cogvideox import CogVideoX
+from movq_cli.models.config import CogVideoXConfig
 
 
 def tiled(model: CogVideoX, z: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:

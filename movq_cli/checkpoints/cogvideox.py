@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from movq_cli.errors import InputError
-from movq_cli.models.cogvideox import CogVideoX, CogVideoXConfig, use_fast_paths
+from movq_cli.models.cogvideox import CogVideoX, use_fast_paths
+from movq_cli.models.config import CogVideoXConfig
 
 Shapes = Mapping[str, Sequence[int]]
 

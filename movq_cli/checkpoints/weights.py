@@ -35,11 +35,10 @@ from movq_cli.checkpoints.layouts import (
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.errors import InputError, RunError, first_line
-from movq_cli.models import cogvideox as video
-from movq_cli.models.config import PRESETS, MovqConfig, preset
+from movq_cli.models.config import COGVIDEOX_PRESETS, PRESETS, CogVideoXConfig, MovqConfig, cogvideox_preset, preset
 from movq_cli.models.movq import Movq
 
-Config = MovqConfig | video.CogVideoXConfig
+Config = MovqConfig | CogVideoXConfig
 
 CONFIG_KEY = "movq_config"
 FAMILY_KEY = "movq_family"  # "cogvideox" in native CogVideoX files; absent in 2D MoVQ ones
@@ -103,7 +102,7 @@ def locate(path: str | Path) -> Located:
         )
     metadata = _metadata(path)
     if CONFIG_KEY in metadata:
-        kind = video.CogVideoXConfig if metadata.get(FAMILY_KEY) == "cogvideox" else MovqConfig
+        kind = CogVideoXConfig if metadata.get(FAMILY_KEY) == "cogvideox" else MovqConfig
         try:
             config = kind.from_json(metadata[CONFIG_KEY])
         except (ValueError, TypeError) as error:
@@ -169,8 +168,8 @@ def read_config(text: str) -> Config:
     """A config given by the user: a preset name, or a JSON file of MovqConfig fields or a diffusers config.json."""
     if text in PRESETS:
         return preset(text)
-    if text in video.PRESETS:
-        return video.preset(text)
+    if text in COGVIDEOX_PRESETS:
+        return cogvideox_preset(text)
     path = Path(text)
     try:
         values = json.loads(path.read_text())
@@ -178,10 +177,10 @@ def read_config(text: str) -> Config:
             raise ValueError("expected a JSON object")
         if "_class_name" in values or "up_block_types" in values:
             return _from_diffusers(values)
-        kind = video.CogVideoXConfig if "block_out_channels" in values else MovqConfig
+        kind = CogVideoXConfig if "block_out_channels" in values else MovqConfig
         return kind.from_dict(values)
     except FileNotFoundError:
-        presets = ", ".join([*PRESETS, *video.PRESETS])
+        presets = ", ".join([*PRESETS, *COGVIDEOX_PRESETS])
         raise InputError(f"--config {text}: neither a preset ({presets}) nor a file") from None
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{path}: not a usable config ({error})") from None
@@ -195,7 +194,7 @@ def load(
     The encoder is read only when asked for with `encoder` (and only if the file has one).
     """
     checkpoint = read_checkpoint(path, device, dtype, encoder=encoder)
-    if encoder and isinstance(checkpoint.config, video.CogVideoXConfig):
+    if encoder and isinstance(checkpoint.config, CogVideoXConfig):
         raise InputError(f"{checkpoint.path}: a CogVideoX VAE; movq encodes with 2D MoVQ models only")
     return build(checkpoint.config, checkpoint.state, source=checkpoint.path)
 
@@ -252,7 +251,7 @@ def _read_video(located: Located, state: dict[str, torch.Tensor], config: Config
         source = "inferred"
     else:
         source = "given"
-    if not isinstance(config, video.CogVideoXConfig):
+    if not isinstance(config, CogVideoXConfig):
         raise InputError(f"{located.path}: CogVideoX tensors, but a 2D MoVQ config ({source})")
     return Checkpoint(located.path, "native" if source == "metadata" else layout, config, source, state)
 
@@ -346,7 +345,7 @@ def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "
     The model is made without initialising it, then takes each tensor in its layout (convolution
     weights channels_last) in one copy on the CPU, or as it is on another device.
     """
-    if isinstance(config, video.CogVideoXConfig):
+    if isinstance(config, CogVideoXConfig):
         return video_layouts.build(config, state, source)
     with torch.device("meta"), _Uninitialised():
         model = Movq(config)
@@ -392,7 +391,7 @@ def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> Non
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         metadata = {CONFIG_KEY: model.config.to_json()}
-        if isinstance(model.config, video.CogVideoXConfig):
+        if isinstance(model.config, CogVideoXConfig):
             metadata[FAMILY_KEY] = "cogvideox"
         save_file(state, str(temporary), metadata=metadata)
         os.replace(temporary, path)

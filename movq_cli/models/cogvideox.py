@@ -13,77 +13,14 @@ encoder tensors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from movq_cli.models.config import JsonConfig
+from movq_cli.models.config import CogVideoXConfig
 from movq_cli.models.fastconv import UpsampleConv3x3
-
-
-@dataclass(frozen=True)
-class CogVideoXConfig(JsonConfig):
-    """A CogVideoX decoder. `block_out_channels` lists widths full resolution first, as diffusers does."""
-
-    block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
-    layers_per_block: int = 3  # each up block runs layers_per_block + 1 resnets
-    latent_channels: int = 16
-    out_channels: int = 3
-    norm_num_groups: int = 32
-    temporal_compression_ratio: int = 4  # 2 ** (up blocks that also double time)
-    # Latents from the pipeline are divided by it before decoding. None: unknown (weights found
-    # without their config): only latents already divided by it can be decoded.
-    scaling_factor: float | None = 1.15258426
-    # The 1.5 models' image-to-video pipeline divides encoded image latents by scaling_factor
-    # instead of multiplying; decoding divides by it either way.
-    invert_scale_latents: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
-        problems = []
-        if not self.block_out_channels or min(self.block_out_channels) < 1:
-            problems.append("block_out_channels must be positive")
-        if self.layers_per_block < 0:
-            problems.append("layers_per_block must be >= 0")
-        if any(width % self.norm_num_groups for width in self.block_out_channels):
-            problems.append(f"widths {self.block_out_channels} must be multiples of {self.norm_num_groups} groups")
-        ratio = self.temporal_compression_ratio
-        if ratio < 1 or ratio & (ratio - 1):
-            problems.append(f"temporal_compression_ratio {ratio} must be a power of 2")
-        if self.scaling_factor is not None and self.scaling_factor <= 0:
-            problems.append("scaling_factor must be positive")
-        if problems:
-            raise ValueError("invalid CogVideoX config: " + "; ".join(problems))
-
-    @property
-    def factor(self) -> int:
-        """How many pixels one latent spans along each spatial axis."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def time_doublings(self) -> int:
-        """How many up blocks double time as well as space: the first ones, never the last."""
-        return min(int(math.log2(self.temporal_compression_ratio)), len(self.block_out_channels) - 1)
-
-
-# The vae/config.json of each released model; they differ only in how latents are scaled.
-PRESETS: dict[str, dict] = {
-    "cogvideox-2b": dict(scaling_factor=1.15258426),
-    "cogvideox-5b": dict(scaling_factor=0.7),
-    "cogvideox1.5-5b": dict(scaling_factor=0.7, invert_scale_latents=True),
-}
-
-
-def preset(name: str) -> CogVideoXConfig:
-    """The published configuration called `name` (see PRESETS)."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return CogVideoXConfig(**PRESETS[name])
-
 
 # Each causal convolution's last input frames, kept from one chunk for the next. Keyed by the
 # convolution module; owned by whoever decodes the stream, so one model serves several streams.
