@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models import norms
 from movq_cli.models.config import CogVideoXConfig
 from movq_cli.models.fastconv import UpsampleConv3x3
 
@@ -141,8 +142,7 @@ class SpatialNorm3D(nn.Module):
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
         if self.fast and _channels_last(f):
-            normed = self.norm_layer(f)
-            return self._modulate(normed, zq, out=normed if _inplace() else torch.empty_like(normed))
+            return self._normalize_modulate(f, zq, out=None)
         zq = fit_latents(zq, f.shape[-3:])
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
@@ -151,12 +151,24 @@ class SpatialNorm3D(nn.Module):
         forward_padded: (B, C, room + T, H, W), channels_last_3d. Inference only."""
         batch, channels, frames, height, width = f.shape
         padded = _empty_channels_last(f, (batch, channels, room + frames, height, width))
-        out = self._modulate(self.norm_layer(f), zq, out=padded[:, :, room:])
+        out = self._normalize_modulate(f, zq, out=padded[:, :, room:])
         F.silu(out, inplace=True)
         return padded
 
-    def _modulate(self, normed: torch.Tensor, zq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out = normed * conv_y(zq) + conv_b(zq) for channels_last_3d normed and out.
+    def _normalize_modulate(self, f: torch.Tensor, zq: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """self(f, zq) for a channels_last_3d f, into `out` (None: a new tensor, or GroupNorm's own output)."""
+        if norms.folds(f):  # GroupNorm as a per-channel affine map, folded into the scale and shift
+            return self._modulate(f, zq, torch.empty_like(f) if out is None else out, norms.affine(self.norm_layer, f))
+        normed = self.norm_layer(f)
+        if out is None:
+            out = normed if _inplace() else torch.empty_like(normed)
+        return self._modulate(normed, zq, out)
+
+    def _modulate(
+        self, normed: torch.Tensor, zq: torch.Tensor, out: torch.Tensor, affine: tuple | None = None
+    ) -> torch.Tensor:
+        """out = normed * conv_y(zq) + conv_b(zq) for channels_last_3d normed and out; with
+        `affine` (a, b), `normed` is the norm's input and (normed * a + b) is taken instead.
 
         conv_y and conv_b are 1x1x1, so they commute with nearest upsampling: computed at latent
         resolution and broadcast over each block of pixels, they give the same numbers without
@@ -170,8 +182,12 @@ class SpatialNorm3D(nn.Module):
         weight = torch.cat([self.conv_y.conv.weight, self.conv_b.conv.weight]).flatten(1).float()
         bias = torch.cat([self.conv_y.conv.bias, self.conv_b.conv.bias]).float()
         index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
-        both = F.linear(zq.permute(0, 2, 3, 4, 1).float(), weight, bias).index_select(1, index).to(normed.dtype)
-        scale, shift = both[:, :, :, None, :, None].chunk(2, dim=-1)
+        both = F.linear(zq.permute(0, 2, 3, 4, 1).float(), weight, bias).index_select(1, index)
+        scale, shift = both.chunk(2, dim=-1)
+        if affine is not None:  # (x * a + b) * scale + shift = x * (a * scale) + (b * scale + shift)
+            a, b = (t[:, None, None, None, :] for t in affine)
+            scale, shift = scale * a, torch.addcmul(shift, scale, b)
+        scale, shift = (t.to(normed.dtype)[:, :, :, None, :, None] for t in (scale, shift))
         shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
         blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
         torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
