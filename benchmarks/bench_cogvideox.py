@@ -47,6 +47,7 @@ SIDES = ("diffusers", "movq-fp32", "movq-bf16")
 # Both decode frames in tiles of about half the frame each way: diffusers with its own tiling
 # (overlapping tiles, blended; overlaps 1/6 and 1/5 as released), movq with --tile's exact tiling.
 TILED = ("diffusers-tiled", "movq-fp32-tiled")
+TRUTH = "diffusers-fp64"  # once, for the long F: how far each float32 decode is from exact
 
 
 def make_vae(structure: dict, seed: int = 0):
@@ -122,6 +123,8 @@ def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None
         from diffusers import AutoencoderKLCogVideoX
 
         vae = AutoencoderKLCogVideoX.from_pretrained(setup.files / "diffusers").to(device).eval()
+        if side == TRUTH:
+            vae, latents = vae.double(), latents.double()
         if tiled:
             factor = 2 ** (len(setup.structure["block_out_channels"]) - 1)
             rows, cols = diffusers_tile(height, 6), diffusers_tile(width, 5)
@@ -204,7 +207,11 @@ def compare(
         for side in sides:
             keep = setup.files / f"{side}.f32" if round_ == 0 else None
             runs[side].append(run_job(side, setup, frames, height, width, keep))
-    outputs = {side: read_frames(setup.files / f"{side}.f32", setup.structure, frames, *size[1:]) for side in sides}
+    kept = sides
+    if tiles:
+        run_job(TRUTH, setup, frames, height, width, setup.files / f"{TRUTH}.f32")
+        kept += (TRUTH,)
+    outputs = {side: read_frames(setup.files / f"{side}.f32", setup.structure, frames, *size[1:]) for side in kept}
     rate = {side: size[0] / statistics.median(run["seconds"] for run in runs[side]) for side in sides}
     peak = {side: int(statistics.median(run["peak_mib"] for run in runs[side])) for side in sides}
     peaks = {side: ", ".join(str(run["peak_mib"]) for run in runs[side]) for side in sides}
@@ -213,11 +220,19 @@ def compare(
         peaks = {side: "CUDA, " + ", ".join(str(run["cuda_peak_mib"]) for run in runs[side]) for side in sides}
     head = f"F={frames:<3d} -> {size[0]} frames {size[1]}x{size[2]}"
     max_diff = (outputs["movq-fp32"] - outputs["diffusers"]).abs().max().item()
+    if tiles:
+        exact = outputs[TRUTH]
+        truth = (
+            f"; to float64: diffusers {(outputs['diffusers'] - exact).abs().max().item():.1e}, "
+            f"movq {(outputs['movq-fp32'] - exact).abs().max().item():.1e}"
+        )
+    else:
+        truth = ""
     lines = [
         f"{head}  diffusers fp32 {rate['diffusers']:6.3f} frames/s  peak {peak['diffusers']:5d} MiB ({peaks['diffusers']})",
         f"{head}  movq float32   {rate['movq-fp32']:6.3f} frames/s  peak {peak['movq-fp32']:5d} MiB ({peaks['movq-fp32']})  "
         f"speed {rate['movq-fp32'] / rate['diffusers']:4.2f}x diffusers  memory {peak['movq-fp32'] / peak['diffusers']:4.2f}x  "
-        f"max|diff| {max_diff:.1e}",
+        f"max|diff| {max_diff:.1e}{truth}",
         f"{head}  movq bfloat16  {rate['movq-bf16']:6.3f} frames/s  peak {peak['movq-bf16']:5d} MiB ({peaks['movq-bf16']})  "
         f"speed {rate['movq-bf16'] / rate['diffusers']:4.2f}x diffusers  memory {peak['movq-bf16'] / peak['diffusers']:4.2f}x  "
         f"PSNR vs movq fp32 {psnr(outputs['movq-bf16'], outputs['movq-fp32']):.1f} dB",
@@ -245,7 +260,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="decodes of each case, in fresh processes (3; quick 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on CUDA, peak device memory is reported)")
     parser.add_argument("--released", action="store_true", help="the released 2b/5b widths, not half of them")
-    parser.add_argument("--job", choices=SIDES + TILED, help=argparse.SUPPRESS)
+    parser.add_argument("--job", choices=(*SIDES, *TILED, TRUTH), help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
