@@ -34,6 +34,24 @@ class OutOfMemory(RunError):
     hint = "try a smaller --chunk"
 
 
+RETRY_SECONDS = 0.02  # how soon an interruption put off by `interrupt` comes again
+
+
+def interrupt(signum, frame) -> None:
+    """A handler for SIGINT and SIGTERM: KeyboardInterrupt where the program is, so that writers
+    remove their partial output. Inside a finalizer (a `__del__`, such as a finished ffmpeg
+    process's) Python would print the exception and drop it, and the program would go on as if
+    never interrupted: there it asks again shortly, by SIGALRM, which must have this handler too."""
+    import signal
+
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     lines = str(error).strip().splitlines()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
-from movq_cli.errors import MovqError, RunError, first_line
+from movq_cli.errors import MovqError, RunError, first_line, interrupt
 from movq_cli.io.targets import remove_partial_output
 
 STOP_SECONDS = 10.0  # how long a stopped worker may take to remove its partial output before it is killed
@@ -225,7 +225,8 @@ def _work(
     connection: Connection, device: str, weights: str, dtype: str, threads: int | None, options: BatchOptions
 ) -> None:
     """A worker: load the model once, then decode each job the parent sends until it sends None."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGTERM, signal.SIGALRM):  # SIGTERM: the parent stops it; SIGALRM: see interrupt
+        signal.signal(signum, interrupt)
     try:
         from movq_cli import load
         from movq_cli.device import describe
@@ -254,7 +255,3 @@ def _work(
             connection.send(("report", reported(model, job, where, options, on_start)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped, or the parent is gone; the writer has removed its partial output
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

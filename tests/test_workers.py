@@ -167,3 +167,21 @@ def test_an_interrupted_batch_stops_every_worker_and_leaves_nothing_partial(sign
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not list(out.glob(".*.partial"))
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_an_interruption_inside_a_finalizer_is_put_off(monkeypatch):
+    """SIGINT or SIGTERM landing in a __del__ (where Python prints an exception and drops it) is
+    asked for again a moment later; anywhere else it is a KeyboardInterrupt at once."""
+    from movq_cli import errors
+
+    timers = []
+    monkeypatch.setattr(signal, "setitimer", lambda which, seconds: timers.append((which, seconds)))
+
+    class Finalized:
+        def __del__(self):
+            errors.interrupt(signal.SIGTERM, sys._getframe())
+
+    Finalized()  # collected at once: its __del__ runs here
+    assert timers == [(signal.ITIMER_REAL, errors.RETRY_SECONDS)]
+    with pytest.raises(KeyboardInterrupt):
+        errors.interrupt(signal.SIGTERM, sys._getframe())

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from movq_cli.errors import MovqError, first_line
+from movq_cli.errors import MovqError, first_line, interrupt
 
 if TYPE_CHECKING:
     from movq_cli.batch import FileReport
@@ -41,7 +41,8 @@ def error_line(message: str) -> None:
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Known errors become one red line on stderr and their exit code; Ctrl-C or SIGTERM exit 130."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)  # SIGALRM: see errors.interrupt
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
     try:
         yield
     except MovqError as error:
@@ -56,11 +57,8 @@ def reported_errors() -> Iterator[None]:
         error_line(f"unexpected {type(error).__name__}: {first_line(error)} (MOVQ_DEBUG=1 shows more)")
         raise typer.Exit(1) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _progress(quiet: bool) -> Progress:
