@@ -27,6 +27,7 @@ from movq_cli.models.movq import Movq
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
 UNBLOCK_AFTER = 1.0  # seconds an abandoned writer may take to finish its write before it is aborted
 _END = object()  # the end of the frames, in the writer's queue
+POLL_SECONDS = 0.1  # how often an idle writer thread looks whether it was abandoned
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,15 @@ class BackgroundWriter:
                 raise self._error
 
     def _run(self) -> None:
-        while (frames := self._queue.get()) is not _END:
+        while True:
+            try:
+                frames = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:  # abandoned by an interrupted decoding thread, whose last word may be lost
+                if self._abandoned.is_set():
+                    return
+                continue
+            if frames is _END:
+                return
             if self._error is None and not self._abandoned.is_set():
                 try:
                     self.writer.write(frames)

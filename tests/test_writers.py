@@ -368,3 +368,18 @@ def test_an_interruption_drops_queued_chunks_and_unblocks_a_stuck_write(monkeypa
     assert time.perf_counter() - started < 5
     assert recorder.chunks == [0] and recorder.calls[-1] == "abort" and "finish" not in recorder.calls
     assert not any(thread.name == "movq-writer" and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_an_abandoned_writer_thread_ends_even_if_its_end_marker_is_lost(monkeypatch):
+    """An interruption can land inside the queue's own code and lose the marker that ends the
+    writer thread (a Ctrl-C hung `movq decode` that way): the thread also ends on seeing itself abandoned."""
+    recorder = Recorder()
+    background = BackgroundWriter(recorder).__enter__()
+    background.put(_chunk(0))
+    monkeypatch.setattr(background._queue, "put_nowait", lambda item: None)  # the marker, lost
+    leaving = threading.Thread(target=background.__exit__, args=(KeyboardInterrupt, KeyboardInterrupt(), None))
+    leaving.daemon = True  # a hang fails the test instead of holding it
+    leaving.start()
+    leaving.join(timeout=10)
+    assert not leaving.is_alive() and not background._thread.is_alive()
+    assert recorder.calls[-1] == "abort"
