@@ -120,19 +120,29 @@ class FfmpegWriter(Writer):
         super().__init__(target, frame_size, options)
         height, width = frame_size
         fps = DEFAULT_FPS if options.fps is None else options.fps
+        output, kept = str(target.temp), ()
+        if os.path.isdir("/proc/self/fd"):
+            # ffmpeg opens the temporary through a descriptor it inherits, not by its name: if the
+            # temporary is removed while ffmpeg starts (its worker died), ffmpeg cannot create it again
+            descriptor = os.open(target.temp, os.O_WRONLY)
+            output, kept = f"/proc/self/fd/{descriptor}", (descriptor,)
         command = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
-            "-an", *self.encoding(options), "-f", self.muxer, str(target.temp),
+            "-an", *self.encoding(options), "-f", self.muxer, output,
         ]  # fmt: skip
         self.log = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stderr=self.log, stdout=subprocess.DEVNULL, start_new_session=True
-            )
+                command, stdin=subprocess.PIPE, stderr=self.log, stdout=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=kept,
+            )  # fmt: skip
         except OSError as error:
             self.log.close()
             raise RunError(f"cannot start ffmpeg: {error.strerror or error}") from None
+        finally:
+            for descriptor in kept:
+                os.close(descriptor)
 
     @abstractmethod
     def encoding(self, options: WriteOptions) -> list[str]:
