@@ -94,19 +94,21 @@ def preview_to_file(
     count: int = 8,
     columns: int | None = None,
     overwrite: bool = False,
+    options: DecodeOptions | None = None,
 ) -> PreviewResult:
-    """Decode `count` evenly spaced frames of `clip` and write their contact sheet to `output` (.png or .jpg)."""
+    """Decode `count` evenly spaced frames of `clip` (latents taken as `options` say) and write
+    their contact sheet to `output` (.png or .jpg)."""
     picture = WRITERS.get(output.suffix.lower())
     if picture is None or not picture.one_frame:
         raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
-    family = family_of(model)
-    family.check_memory(clip)  # before the chosen frames are read
+    family, options = family_of(model), options or DecodeOptions()
+    family.check_memory(clip, options)  # before the chosen frames are read
     plan_ = plan(family, clip, frame_numbers(family.output_frames(clip.n_frames), count))
-    family.check(plan_.clip, DecodeOptions())
+    family.check(plan_.clip, options)
     columns = columns or min(DEFAULT_COLUMNS, plan_.n_frames)
     size = sheet_size(plan_.n_frames, family.frame_size(clip.grid), columns)
     with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
-        frames = np.concatenate(list(decode_frames(model, plan_)))
+        frames = np.concatenate(list(decode_frames(model, plan_, options=options)))
         sheet = contact_sheet(frames, plan_.numbers, columns)
         writer.write(sheet[None])
     return PreviewResult(output, plan_.numbers, family.output_frames(clip.n_frames), sheet.shape[:2])

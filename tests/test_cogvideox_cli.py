@@ -263,3 +263,17 @@ def test_a_chunk_too_large_for_the_device_points_to_tile(video_folder, tmp_path,
     with pytest.raises(InputError, match="a chunk of 200x200 latents needs about"):
         family.check_memory(wide)
     family.check_memory(wide, DecodeOptions(tile=(64, 64)))  # a 16x16-latent tile, the layers in host memory
+
+
+def test_preview_takes_tiles_and_unscaled_latents(clips, video_folder, tmp_path):
+    path, _ = clips[5]
+    root = video_folder[0]
+    np.save(tmp_path / "unscaled.npy", np.load(path) / np.float32(video_folder[1].config.scaling_factor))
+    plain = movq("preview", path, tmp_path / "plain.png", "-w", root, "--count", "3")
+    tiled = movq("preview", path, tmp_path / "tiled.png", "-w", root, "--count", "3", "--tile", "8")
+    unscaled = movq("preview", tmp_path / "unscaled.npy", tmp_path / "unscaled.png", "-w", root, "--count", "3",
+                    "--unscaled")  # fmt: skip
+    assert plain.exit_code == tiled.exit_code == unscaled.exit_code == 0, tiled.output + unscaled.output
+    sheet = iio.imread(tmp_path / "plain.png").astype(int)
+    for other in ("tiled.png", "unscaled.png"):
+        assert np.abs(iio.imread(tmp_path / other).astype(int) - sheet).max() <= 1

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,9 +20,9 @@ from movq_cli.cli.options import (
     OverwriteOption,
     QuietOption,
     ThreadsOption,
+    TileOption,
+    UnscaledOption,
     WeightsOption,
-    parse_tile,
-    typer_parser,
 )
 from movq_cli.errors import InputError
 
@@ -101,22 +101,8 @@ def decode(
         ),
     ] = None,
     snap: Annotated[bool, typer.Option("--snap", help="Snap latents to their nearest codebook rows.")] = False,
-    unscaled: Annotated[
-        bool,
-        typer.Option(
-            "--unscaled",
-            help="CogVideoX latents already divided by the VAE's scaling_factor (default: as a pipeline hands them).",
-        ),
-    ] = False,
-    tile: Annotated[
-        Any,  # a tuple annotation would read as two values (see options.GridOption)
-        typer.Option(
-            metavar="PIXELS",
-            help="Decode CogVideoX chunks in spatial tiles of PIXELS (256 or 240x360), each on the device in "
-            "turn, the rest in host memory: for frames whose chunk does not fit. Same pixels, slower.",
-            parser=typer_parser(parse_tile),
-        ),
-    ] = None,
+    unscaled: UnscaledOption = False,
+    tile: TileOption = None,
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
     ] = None,

@@ -106,3 +106,19 @@ CodesArgument = Annotated[
         help="Code file: .npy or .npz of integer codes or float latents.", metavar="CODES", show_default=False
     ),
 ]
+UnscaledOption = Annotated[
+    bool,
+    typer.Option(
+        "--unscaled",
+        help="CogVideoX latents already divided by the VAE's scaling_factor (default: as a pipeline hands them).",
+    ),
+]
+TileOption = Annotated[
+    Any,  # a tuple annotation would read as two values (see GridOption)
+    typer.Option(
+        metavar="PIXELS",
+        help="Decode CogVideoX chunks in spatial tiles of PIXELS (256 or 240x360), each on the device in "
+        "turn, the rest in host memory: for frames whose chunk does not fit. Same pixels, slower.",
+        parser=typer_parser(parse_tile),
+    ),
+]

@@ -18,6 +18,8 @@ from movq_cli.cli.options import (
     OverwriteOption,
     QuietOption,
     ThreadsOption,
+    TileOption,
+    UnscaledOption,
     WeightsOption,
 )
 
@@ -45,6 +47,8 @@ def preview(
     threads: ThreadsOption = None,
     grid: GridOption = None,
     key: KeyOption = None,
+    unscaled: UnscaledOption = False,
+    tile: TileOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -53,12 +57,14 @@ def preview(
         from movq_cli import load
         from movq_cli.device import set_threads
         from movq_cli.io import codes as codes_io
+        from movq_cli.models.family import DecodeOptions
         from movq_cli.preview import preview_to_file
 
         clip = codes_io.read(codes, key=key, grid=grid)
         set_threads(threads)
         model = load(weights, device, dtype)
-        result = preview_to_file(model, clip, out, count, columns, overwrite)
+        options = DecodeOptions(unscaled=unscaled, tile=tile)
+        result = preview_to_file(model, clip, out, count, columns, overwrite, options)
         if not quiet:
             numbers = ", ".join(map(str, result.frame_numbers))
             height, width = result.size
