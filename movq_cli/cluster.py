@@ -124,14 +124,16 @@ def _dataset(ray, jobs: list[Job], weights: str, device: str, dtype: str, option
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.max_errored_blocks = -1  # a file Ray could not decode is reported failed, and the rest go on
+    arguments = dict(
+        fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads, options=options),
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **resources,
+    )  # fmt: skip
     with warnings.catch_warnings():  # max_task_retries has no named parameter yet: Ray warns of ray_remote_args
         warnings.simplefilter("ignore", DeprecationWarning)
-        dataset = dataset.map_batches(
-            Decoder, fn_constructor_kwargs=dict(weights=weights, device=device, dtype=dtype, threads=threads,
-                                                options=options),
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=RETRIES, **resources,
-        )  # fmt: skip
-    return dataset, workers
+        try:
+            return dataset.map_batches(Decoder, max_task_retries=RETRIES, **arguments), workers
+        except TypeError:  # a Ray that no longer takes it (announced for 2.64): Ray's own retries
+            return dataset.map_batches(Decoder, **arguments), workers
 
 
 def _collect(dataset, jobs: list[Job], options: BatchOptions, reports: dict, on_start, on_report) -> tuple[str, bool]:

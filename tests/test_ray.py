@@ -112,3 +112,32 @@ def test_a_file_that_kills_its_actor_fails_after_a_few_tries_and_the_rest_go_on(
     assert reports["poison.npy"]["status"] == "failed" and "died, 3 times" in reports["poison.npy"]["error"]
     assert "Traceback" not in done.stderr and "DeprecationWarning" not in done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4"]  # nothing partial
+
+
+def test_a_ray_without_max_task_retries_gets_its_own_retries(codes, small_folder):
+    """Ray announces dropping the keyword arguments that carry max_task_retries: then the batch
+    still runs, with Ray's own retries (a stand-in Ray here: no cluster needed)."""
+    from types import SimpleNamespace
+
+    from movq_cli import cluster
+    from movq_cli.batch import BatchOptions, Job
+
+    calls = []
+
+    class Dataset:
+        context = SimpleNamespace()
+
+        def map_batches(self, fn, **arguments):
+            calls.append(sorted(arguments))
+            if "max_task_retries" in arguments:
+                raise TypeError("map_batches() got an unexpected keyword argument 'max_task_retries'")
+            return "mapped"
+
+    ray = SimpleNamespace(
+        cluster_resources=lambda: {"CPU": 2},
+        data=SimpleNamespace(from_items=lambda rows, override_num_blocks: Dataset(), ActorPoolStrategy=dict),
+    )
+    jobs = [Job(codes / "a.npy", codes / "a.mp4")]
+    dataset, workers = cluster._dataset(ray, jobs, str(small_folder[0]), "cpu", "fp32", BatchOptions(), None, None)
+    assert dataset == "mapped" and workers == 1
+    assert "max_task_retries" in calls[0] and "max_task_retries" not in calls[1]
