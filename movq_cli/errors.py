@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,8 +43,6 @@ def interrupt(signum, frame) -> None:
     remove their partial output. Inside a finalizer (a `__del__`, such as a finished ffmpeg
     process's) Python would print the exception and drop it, and the program would go on as if
     never interrupted: there it asks again shortly, by SIGALRM, which must have this handler too."""
-    import signal
-
     while frame is not None:
         if frame.f_code.co_name == "__del__":
             signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)

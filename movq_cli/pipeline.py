@@ -21,7 +21,7 @@ import torch
 from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WriteOptions, Writer, get_writer
-from movq_cli.models.family import TILE_HINT, DecodeOptions, Family, family_of, selected_numbers
+from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
 from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
@@ -291,7 +291,6 @@ def decode_to_file(
                 if on_frames:
                     on_frames(len(pixels))
     except OutOfMemory as error:
-        if not family.independent_frames:  # the chunks are the model's: only tiles make them smaller
-            error.hint = "try a smaller --tile" if tile else TILE_HINT
+        error.hint = family.memory_hint(options) or error.hint
         raise
     return DecodeResult(Path(output), plan_.n_frames, frame_size, time.perf_counter() - started)

@@ -25,16 +25,20 @@ SMALL = dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_group
 REAL = dict(block_out_channels=(32, 32, 32, 64), layers_per_block=3, norm_num_groups=8, temporal_compression_ratio=4)
 
 
+def built(structure: dict, seed: int = 0):
+    """A random diffusers VAE of `structure`, and movq's decoder holding its weights."""
+    vae = make_cogvideox_vae(seed=seed, **structure)
+    return vae, checkpoint.build(CogVideoXConfig(**structure), checkpoint.diffusers_to_native(vae.state_dict()))
+
+
 @pytest.fixture(scope="module")
 def small():
-    vae = make_cogvideox_vae(**SMALL)
-    return vae, checkpoint.build(CogVideoXConfig(**SMALL), checkpoint.diffusers_to_native(vae.state_dict()))
+    return built(SMALL)
 
 
 @pytest.fixture(scope="module")
 def real():
-    vae = make_cogvideox_vae(seed=1, **REAL)
-    return vae, checkpoint.build(CogVideoXConfig(**REAL), checkpoint.diffusers_to_native(vae.state_dict()))
+    return built(REAL, seed=1)
 
 
 def reference(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -43,9 +47,9 @@ def reference(vae, latents: torch.Tensor) -> torch.Tensor:
         return vae.decode(latents).sample
 
 
-def stream(model: CogVideoX, latents: torch.Tensor) -> torch.Tensor:
+def stream(model: CogVideoX, latents: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
     chunks = torch.split(latents, model.schedule(latents.shape[2]), dim=2)
-    return torch.cat(list(model.decode_stream(chunks)), dim=2)
+    return torch.cat(list(model.decode_stream(chunks, tile=tile)), dim=2)
 
 
 def latents(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_cogvideox_vae
-from test_cogvideox import REAL, SMALL, latents, reference, stream
+from test_cogvideox import REAL, SMALL, built, latents, reference, stream
 
 from movq_cli.checkpoints import cogvideox as checkpoint
-from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.config import CogVideoXConfig
-
-
-def tiled(model: CogVideoX, z: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
-    chunks = torch.split(z, model.schedule(z.shape[2]), dim=2)
-    return torch.cat(list(model.decode_stream(chunks, tile=tile)), dim=2)
-
-
-def build(structure: dict, seed: int):
-    vae = make_cogvideox_vae(seed=seed, **structure)
-    return vae, checkpoint.build(CogVideoXConfig(**structure), checkpoint.diffusers_to_native(vae.state_dict()))
 
 
 @pytest.fixture(scope="module")
 def small():
-    return build(SMALL, seed=3)
+    return built(SMALL, seed=3)
 
 
 @pytest.mark.parametrize(
@@ -41,16 +29,16 @@ def test_tiled_equals_untiled_and_diffusers(small, frames, height, width, tile):
     z = latents(frames, height, width, seed=20 + frames)
     expected = reference(vae, z)
     untiled = stream(model, z)
-    got = tiled(model, z, tile)
+    got = stream(model, z, tile)
     assert got.shape == untiled.shape == expected.shape
     assert (got - untiled).abs().max().item() <= 1e-4
     assert (got - expected).abs().max().item() <= 1e-4
 
 
 def test_tiled_released_structure_equals_diffusers():
-    vae, model = build(REAL, seed=4)
+    vae, model = built(REAL, seed=4)
     z = latents(3, 4, 6, seed=30)
-    assert (tiled(model, z, (2, 3)) - reference(vae, z)).abs().max().item() <= 1e-4
+    assert (stream(model, z, (2, 3)) - reference(vae, z)).abs().max().item() <= 1e-4
 
 
 def test_tiling_carries_the_causal_cache_in_host_memory(small):
@@ -68,7 +56,7 @@ def test_group_statistics_combine_exactly_across_uneven_tiles(small):
     """Tiles of different sizes weigh in by their pixel counts: 3x5, 3x1, 1x5 and 1x1 latents."""
     vae, model = small
     z = latents(2, 4, 6, seed=9)
-    assert (tiled(model, z, (3, 5)) - reference(vae, z)).abs().max().item() <= 1e-4
+    assert (stream(model, z, (3, 5)) - reference(vae, z)).abs().max().item() <= 1e-4
 
 
 def test_tiled_bfloat16_stays_close_to_float32(small):
@@ -78,7 +66,7 @@ def test_tiled_bfloat16_stays_close_to_float32(small):
     state = {name: t.to(torch.bfloat16) for name, t in checkpoint.diffusers_to_native(vae.state_dict()).items()}
     half = checkpoint.build(CogVideoXConfig(**SMALL), state)
     z = latents(3, 6, 8, seed=11)
-    got = tiled(half, z.to(torch.bfloat16), (3, 3))
+    got = stream(half, z.to(torch.bfloat16), (3, 3))
     assert got.dtype == torch.bfloat16
     mse = (got.float() - stream(model, z)).pow(2).mean().item()
     assert 10 * math.log10(4 / mse) >= 35  # PSNR over the [-1, 1] range, as untiled bf16 is held to

@@ -30,7 +30,6 @@ from movq_cli.memory import check_fits_in_memory
 from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.movq import Movq
 
-TILE_HINT = "--tile 256 decodes each chunk in tiles, to the same pixels"
 UNKNOWN_SCALE = (
     "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
     "(2b: 1.15258426, 5b and 1.5: 0.7): put config.json beside them, give latents already divided by it "
@@ -76,6 +75,10 @@ class Family(ABC):
     @abstractmethod
     def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
         """Raise InputError when the device has too little memory for a chunk of `clip` (from its shape alone)."""
+
+    def memory_hint(self, options: DecodeOptions) -> str | None:
+        """What to try when decoding runs out of memory (None: errors.OutOfMemory's own, a smaller --chunk)."""
+        return None
 
     @abstractmethod
     def check(self, clip: Codes, options: DecodeOptions) -> None:
@@ -157,7 +160,7 @@ class Video(Family):
             try:
                 check_fits_in_memory(whole, f"a chunk of {_grid(clip)}", self.device)
             except InputError as error:
-                error.hint = TILE_HINT
+                error.hint = self.memory_hint(options)
                 raise
             return
         # tiled: a tile (and its border) on the device; two whole activations in host memory
@@ -165,6 +168,12 @@ class Video(Family):
         tile = f"a tile of {rows * self.config.factor}x{cols * self.config.factor} pixels"
         check_fits_in_memory(self.chunk_bytes((rows, cols), largest_chunk), tile, self.device)
         check_fits_in_memory(2 * whole // LIVE_ACTIVATIONS, f"a tiled chunk of {_grid(clip)}", torch.device("cpu"))
+
+    def memory_hint(self, options: DecodeOptions) -> str:
+        # the chunks are the model's: only tiles make them smaller
+        if options.tile is None:
+            return "--tile 256 decodes each chunk in tiles, to the same pixels"
+        return "try a smaller --tile"
 
     def tile_latents(self, options: DecodeOptions) -> tuple[int, int]:
         """--tile, in pixels, as whole latents (at least one) per tile."""
