@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,13 @@ import torch
 from typer.testing import CliRunner
 
 from movq_cli.models.config import MovqConfig
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """--basetemp may name a folder whose parent does not exist yet (pytest creates only the last level)."""
+    if config.option.basetemp:
+        Path(config.option.basetemp).resolve().parent.mkdir(parents=True, exist_ok=True)
+
 
 # The small model most tests use, as make_vqmodel's arguments and, written out by hand (not
 # converted), as the MovqConfig that describes it: widths (32, 64), one ResBlock per encoder
