@@ -383,3 +383,25 @@ def test_an_abandoned_writer_thread_ends_even_if_its_end_marker_is_lost(monkeypa
     leaving.join(timeout=10)
     assert not leaving.is_alive() and not background._thread.is_alive()
     assert recorder.calls[-1] == "abort"
+
+
+def test_an_output_folder_made_by_another_worker_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two workers writing into the same new folder: the one that finds it made between its look
+    and its mkdir writes there too (it used to fail its file with "File exists")."""
+    from pathlib import Path
+
+    from movq_cli.io.targets import AtomicTarget
+
+    folder = tmp_path / "new" / "deeper"
+    folder.mkdir(parents=True)
+    is_dir, looks = Path.is_dir, []
+
+    def looked_too_early(self):  # the first look came before the other worker made the folder
+        looks.append(self)
+        return len(looks) > 1 and is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", looked_too_early)
+    target = AtomicTarget(folder / "clip.mp4", overwrite=False)
+    monkeypatch.undo()
+    assert target.temp.parent == folder and target.temp.exists()
+    target.remove()

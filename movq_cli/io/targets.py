@@ -33,7 +33,7 @@ class AtomicTarget:
         parent = self.path.parent
         if not parent.is_dir():
             try:
-                parent.mkdir(parents=True)
+                parent.mkdir(parents=True, exist_ok=True)  # another worker may make it meanwhile
             except OSError as error:
                 raise InputError(f"cannot create the folder {parent}: {reason(error)}") from None
         self.temp = parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
