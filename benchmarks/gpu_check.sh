@@ -1,31 +1,123 @@
 #!/usr/bin/env bash
-# The GPU check, on a fresh CUDA machine with nothing but pip's index to reach: a virtualenv with
-# PyPI's default (CUDA) build of torch and movq with its test extra, the tests that need CUDA,
-# then a short benchmark ending in one table: the Kandinsky 2.2 layout at 256x256 and 512x512 in
-# fp32, bf16 and fp16 against diffusers with the device memory of each decode, the CLI to MP4 in
-# frames/s, and whole `movq decode` processes against a plain diffusers script. About 5 minutes.
-# With COGVIDEOX=1, then CogVideoX-2b's structure at 480x720 (13 latent frames -> 49 frames),
-# movq against diffusers, whole and tiled, with peak CUDA memory: a few minutes more.
+# The GPU check, on the lent GPU machine as it is: no network, its own python3 (3.12) with torch
+# (2.11, CUDA 13) and most of what movq needs already installed. What it lacks (diffusers,
+# imageio-ffmpeg) travels as wheels that benchmarks/gpu_wheels.sh downloads here into .gpu-wheels/;
+# they are installed without an index into a folder in /tmp, and movq runs from this working tree
+# (both on PYTHONPATH). Nothing is fetched: huggingface_hub and pip are told to stay offline too.
 #
-#     bash benchmarks/gpu_check.sh        # the virtualenv goes to /tmp/movq-gpu (VENV=... to choose)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-venv=${VENV:-/tmp/movq-gpu}
-results=benchmarks/results-cuda-$(date -u +%Y-%m-%d).txt
+# Steps, each under its own timeout, all of them within BUDGET seconds (460, under 8 minutes):
+#   tests         the CUDA tests (pytest -k cuda)
+#   decode        the short benchmark table: the Kandinsky 2.2 layout at 256x256 and 512x512 in
+#                 fp32, bf16 and fp16 against diffusers with device memory, the CLI to MP4, whole
+#                 `movq decode` processes against a diffusers script
+#   large-frames  large frames and tiling (benchmarks/bench_large_frames.py; skipped, with a line
+#                 saying so, while that script does not exist)
+#   cogvideox     CogVideoX-2b's structure at 480x720, 49 frames, against diffusers, whole and tiled
+# Everything goes to $OUT/log.txt as it runs, and each step's output to $OUT/STEP.txt, so a step
+# that times out leaves the earlier ones; the last lines (also $OUT/summary.txt) say how each ended.
+#
+#     bash benchmarks/gpu_wheels.sh              # here, once: the wheels (carry .gpu-wheels in the call)
+#     bash benchmarks/gpu_check.sh               # on the GPU machine
+#     bash benchmarks/gpu_check.sh --rehearse    # the same steps on the CPU at small sizes;
+#                                                # benchmarks/gpu_rehearsal.sh runs it as that machine would
+# OUT (default /tmp/movq-gpu-check), WHEELS (default .gpu-wheels) and BUDGET may be set.
+set -uo pipefail
+case "${1:-}" in
+    "") rehearse=0 device=cuda ;;
+    --rehearse) rehearse=1 device=cpu ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh [--rehearse]" >&2; exit 2 ;;
+esac
+cd "$(dirname "$0")/.." || exit 2
+root=$PWD
+out=${OUT:-/tmp/movq-gpu-check}
+wheels=${WHEELS:-$root/.gpu-wheels}
+budget=${BUDGET:-460}
+mkdir -p "$out" || exit 2
+log=$out/log.txt
+: >"$log"
+site=$(mktemp -d /tmp/movq-carried.XXXXXX) || exit 2
+trap 'rm -rf "$site"' EXIT
 
-python3 -m venv "$venv"
-. "$venv/bin/activate"
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet torch  # PyPI's Linux wheel is the CUDA build
-python -m pip install --quiet -e ".[test]"
-python -c 'import torch; assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA device"
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")'
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=$root:$site${PYTHONPATH:+:$PYTHONPATH}
 
-tests=0
-timeout 150 python -m pytest -q -p no:cacheprovider -k cuda || tests=$?
-timeout 360 python benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table | tee "$results"
-if [ "${COGVIDEOX:-0}" = 1 ]; then
-    timeout 420 python benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 \
-        --rounds 1 --short 1 | tee -a "$results"
+summary=()
+small=
+failures=0
+
+say() {
+    echo "$*" | tee -a "$log"
+}
+
+ended() {  # ended STEP HOW [failed]
+    summary+=("$(printf '%-13s %s' "$1" "$2")")
+    [ "${3:-}" = failed ] && failures=$((failures + 1))
+    say "-- $1: $2"
+}
+
+step() {  # step NAME SECONDS COMMAND...: COMMAND under its own timeout, cut to what the budget leaves
+    local name=$1 limit=$2
+    shift 2
+    local left=$((budget - SECONDS - 15))
+    if ((left < 20)); then
+        ended "$name" "not run: the check's $budget s are spent" failed
+        return 1
+    fi
+    ((limit > left)) && limit=$left
+    say "== $name, at most $limit s, at $SECONDS s: $*"
+    local began=$SECONDS keep=$out/$name.txt
+    [[ $name = install || $name = environment ]] && keep=/dev/null  # in the log only: $OUT brings back 8 files
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log" "$keep"
+    local status=${PIPESTATUS[0]}
+    local took=$((SECONDS - began))
+    case $status in
+        0) ended "$name" "passed in $took s" ;;
+        124 | 137) ended "$name" "timed out after $took s (limit $limit s)" failed ;;
+        *) ended "$name" "failed with exit $status after $took s" failed ;;
+    esac
+    return "$status"
+}
+
+finish() {
+    say ""
+    say "GPU check$( ((rehearse)) && echo ", rehearsal on the CPU"), $(date -u '+%Y-%m-%d %H:%M UTC'), $SECONDS s:"
+    printf '%s\n' "${summary[@]}" | tee "$out/summary.txt" | tee -a "$log"
+    exit $((failures > 0))
+}
+
+say "movq GPU check$( ((rehearse)) && echo ", rehearsal on the CPU"): $(git log -1 --format='%h %s' 2>/dev/null)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
+if ! compgen -G "$wheels/*.whl" >/dev/null; then
+    say "no wheels in $wheels: run bash benchmarks/gpu_wheels.sh first and carry .gpu-wheels"
+    exit 2
 fi
-exit "$tests"
+step install 60 python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl ||
+    finish
+step environment 60 python3 benchmarks/gpu_environment.py "$device" "$site" || finish
+
+step tests 90 python3 -m pytest -q -rs -p no:cacheprovider -k cuda tests
+
+if ((rehearse)); then
+    step decode 210 python3 benchmarks/bench_decode.py --device cpu --smoke --table
+else
+    step decode 210 python3 benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table
+fi
+
+large=(python3 benchmarks/bench_large_frames.py --device "$device")
+if [ ! -f benchmarks/bench_large_frames.py ]; then
+    ended large-frames "skipped: benchmarks/bench_large_frames.py does not exist yet"
+elif ((rehearse)) && ! small=$("${large[@]}" --help 2>/dev/null | grep -o -m1 -E -- '--(smoke|quick)\b'); then
+    ended large-frames "skipped: benchmarks/bench_large_frames.py has no --smoke or --quick for a small CPU run"
+else
+    step large-frames 90 "${large[@]}" ${small:+"$small"}
+fi
+
+if ((rehearse)); then  # half widths, 32x48-pixel frames, F = 3 (9 frames) and 1
+    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cpu --height 4 --width 6 --frames 3 --short 1 \
+        --rounds 1
+else  # the released 2b structure at 480x720, F = 13 (49 frames) and 1
+    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 \
+        --frames 13 --short 1 --rounds 1
+fi
+finish
