@@ -3,13 +3,13 @@ and `movq info` counting every tensor of a file and what the decoder and the enc
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
 
-import httpx2
 import huggingface_hub
 import imageio.v3 as iio
 import numpy as np
@@ -274,8 +274,10 @@ def _hub_error(kind: type) -> Exception:
     """An error as huggingface_hub raises it: one about HTTP carries the response."""
     if not issubclass(kind, hub_errors.HfHubHTTPError):
         return kind("no connection")
-    request = httpx2.Request("HEAD", "https://huggingface.co/owner/name/resolve/main/movq/config.json")
-    return kind("the Hub's message\nand its details", response=httpx2.Response(404, request=request))
+    # the HTTP library whose responses huggingface_hub's errors carry: httpx2 from its 2.0, httpx in 1.x
+    http = importlib.import_module("httpx2" if int(huggingface_hub.__version__.split(".")[0]) >= 2 else "httpx")
+    request = http.Request("HEAD", "https://huggingface.co/owner/name/resolve/main/movq/config.json")
+    return kind("the Hub's message\nand its details", response=http.Response(404, request=request))
 
 
 @pytest.mark.parametrize(
