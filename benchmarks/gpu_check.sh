@@ -10,9 +10,9 @@
 #   decode        the short benchmark table: the Kandinsky 2.2 layout at 256x256 and 512x512 in
 #                 fp32, bf16 and fp16 against diffusers with device memory, the CLI to MP4, whole
 #                 `movq decode` processes against a diffusers script
-#   large-frames  large frames and tiling (benchmarks/bench_large_frames.py; skipped, with a line
-#                 saying so, while that script does not exist)
 #   cogvideox     CogVideoX-2b's structure at 480x720, 49 frames, against diffusers, whole and tiled
+#   large-frames  large frames and tiling (benchmarks/bench_large_frames.py; skipped, with a line
+#                 saying so, while that script does not exist), with what the budget leaves
 # Everything goes to $OUT/log.txt as it runs, and each step's output to $OUT/STEP.txt, so a step
 # that times out leaves the earlier ones; the last lines (also $OUT/summary.txt) say how each ended.
 #
@@ -104,6 +104,14 @@ else
     step decode 210 python3 benchmarks/bench_decode.py --device cuda --quick --sizes 256,512 --table
 fi
 
+if ((rehearse)); then  # half widths, 32x48-pixel frames, F = 3 (9 frames) and 1
+    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cpu --height 4 --width 6 --frames 3 --short 1 \
+        --rounds 1
+else  # the released 2b structure at 480x720, F = 13 (49 frames) and 1
+    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 \
+        --frames 13 --short 1 --rounds 1
+fi
+
 large=(python3 benchmarks/bench_large_frames.py --device "$device")
 if [ ! -f benchmarks/bench_large_frames.py ]; then
     ended large-frames "skipped: benchmarks/bench_large_frames.py does not exist yet"
@@ -111,13 +119,5 @@ elif ((rehearse)) && ! small=$("${large[@]}" --help 2>/dev/null | grep -o -m1 -E
     ended large-frames "skipped: benchmarks/bench_large_frames.py has no --smoke or --quick for a small CPU run"
 else
     step large-frames 90 "${large[@]}" ${small:+"$small"}
-fi
-
-if ((rehearse)); then  # half widths, 32x48-pixel frames, F = 3 (9 frames) and 1
-    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cpu --height 4 --width 6 --frames 3 --short 1 \
-        --rounds 1
-else  # the released 2b structure at 480x720, F = 13 (49 frames) and 1
-    step cogvideox 200 python3 benchmarks/bench_cogvideox.py --device cuda --released --height 60 --width 90 \
-        --frames 13 --short 1 --rounds 1
 fi
 finish
