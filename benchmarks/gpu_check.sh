@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, on the lent GPU machine as it is: no network, its own python3 (3.12) with torch
+# The GPU check, on the GPU machine as it is: no network, its own python3 (3.12) with torch
 # (2.11, CUDA 13) and most of what movq needs already installed. What it lacks (diffusers,
 # imageio-ffmpeg) travels as wheels that benchmarks/gpu_wheels.sh downloads here into .gpu-wheels/;
 # they are installed without an index into a folder in /tmp, and movq runs from this working tree
@@ -16,7 +16,7 @@
 # Everything goes to $OUT/log.txt as it runs, and each step's output to $OUT/STEP.txt, so a step
 # that times out leaves the earlier ones; the last lines (also $OUT/summary.txt) say how each ended.
 #
-#     bash benchmarks/gpu_wheels.sh              # here, once: the wheels (carry .gpu-wheels in the call)
+#     bash benchmarks/gpu_wheels.sh              # here, once: the wheels, to send with the tree
 #     bash benchmarks/gpu_check.sh               # on the GPU machine
 #     bash benchmarks/gpu_check.sh --rehearse    # the same steps on the CPU at small sizes;
 #                                                # benchmarks/gpu_rehearsal.sh runs it as that machine would
@@ -67,7 +67,7 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND under its own timeout, cut to 
     ((limit > left)) && limit=$left
     say "== $name, at most $limit s, at $SECONDS s: $*"
     local began=$SECONDS keep=$out/$name.txt
-    [[ $name = install || $name = environment ]] && keep=/dev/null  # in the log only: $OUT brings back 8 files
+    [[ $name = install || $name = environment ]] && keep=/dev/null  # in the log only: the GPU machine returns 8 files of $OUT
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log" "$keep"
     local status=${PIPESTATUS[0]}
     local took=$((SECONDS - began))
@@ -89,7 +89,7 @@ finish() {
 say "movq GPU check$( ((rehearse)) && echo ", rehearsal on the CPU"): $(git log -1 --format='%h %s' 2>/dev/null)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
 if ! compgen -G "$wheels/*.whl" >/dev/null; then
-    say "no wheels in $wheels: run bash benchmarks/gpu_wheels.sh first and carry .gpu-wheels"
+    say "no wheels in $wheels: run bash benchmarks/gpu_wheels.sh first and send .gpu-wheels with the tree"
     exit 2
 fi
 step install 60 python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl ||

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check rehearsed on a CPU machine as the GPU machine would run it, so that the script is
-# known to work before a GPU is lent: a fresh virtualenv stands in for that machine's python3
+# known to work before it meets a GPU: a fresh virtualenv stands in for that machine's python3
 # (Python 3.12, torch 2.11.0, its CUDA 13 build, which runs on the CPU too; the machine's versions
 # of numpy, safetensors and huggingface-hub; none of diffusers, imageio-ffmpeg, importlib-metadata
 # or ray), benchmarks/gpu_wheels.sh downloads the wheels, and then benchmarks/gpu_check.sh
@@ -34,7 +34,7 @@ import torch
 
 carried = [name for name in ("diffusers", "imageio_ffmpeg", "importlib_metadata", "ray") if importlib.util.find_spec(name)]
 if carried:
-    sys.exit(f"the stand-in for the GPU machine has {', '.join(carried)}: the check must do without or carry it")
+    sys.exit(f"the stand-in for the GPU machine has {', '.join(carried)}: the check must do without it or bring its wheel")
 print(f"stand-in for the GPU machine: Python {sys.version.split()[0]}, torch {torch.__version__}")
 EOF
 

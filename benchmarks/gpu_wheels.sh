@@ -10,10 +10,10 @@
 #                   there, and importlib-metadata is imported only before Python 3.8.
 #   imageio-ffmpeg  the ffmpeg binary that writes MP4, WebM, GIF and WebP. 0.7.0: its wheel (ffmpeg
 #                   7.0.2 with libx264, libvpx-vp9 and libwebp) is 28 MiB, 0.8's is 65 MiB, more
-#                   than a call may carry.
+#                   than may be sent to the GPU machine.
 #
-# ray is not carried: its tests skip without it. The folder travels in the call's carry, and the
-# whole tree with it must stay under 64 MiB: the last lines give both sizes.
+# ray is not needed: its tests skip without it. The folder goes to the GPU machine with the tree,
+# and the two together must stay under 64 MiB: the last lines give both sizes.
 #
 #     bash benchmarks/gpu_wheels.sh        # WHEELS=FOLDER to put them elsewhere
 set -euo pipefail
@@ -27,7 +27,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 --dest "$folder" "${wheels[@]}"
 
-# What a call sends: tracked files and untracked ones git does not ignore, plus the carried wheels.
+# What goes to the GPU machine: tracked files and untracked ones git does not ignore, plus the carried wheels.
 git ls-files -z --cached --others --exclude-standard | python3 -c '
 import sys
 from pathlib import Path
@@ -39,5 +39,5 @@ for wheel in wheels:
 carried = sum(wheel.stat().st_size for wheel in wheels)
 tree = sum(path.stat().st_size for path in map(Path, sys.stdin.read().split("\0")) if path.is_file())
 print(f"wheels: {len(wheels)} files, {carried / 2**20:.1f} MiB in {folder}/")
-print(f"what a call sends with them: {(tree + carried) / 2**20:.1f} MiB of 64 MiB")
+print(f"the tree with them: {(tree + carried) / 2**20:.1f} MiB of 64 MiB")
 ' "$folder"
