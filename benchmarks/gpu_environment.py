@@ -34,11 +34,6 @@ THERE = (
 )
 
 
-def located(name: str) -> tuple[str, Path]:
-    module = importlib.import_module(name)
-    return getattr(module, "__version__", "?"), Path(module.__file__).resolve()
-
-
 def main() -> int:
     device, site = sys.argv[1], Path(sys.argv[2]).resolve()
     import torch
@@ -54,23 +49,30 @@ def main() -> int:
                   f"compute capability {gpu.major}.{gpu.minor}")  # fmt: skip
         else:
             problems.append(f"torch {torch.__version__} sees no CUDA device")
-    version, path = located("movq_cli")
-    print(f"movq {version} from {path.parent}")
-    if path.parent != ROOT / "movq_cli":
-        problems.append(f"movq_cli comes from {path.parent}, not from this working tree")
-    for name in CARRIED:
-        version, path = located(name)
-        print(f"carried {name} {version} from {path.parent}")
-        if not path.is_relative_to(site):
-            problems.append(f"{name} comes from {path.parent}, not from the carried wheels in {site}")
-    print("already there: " + ", ".join(f"{name} {metadata.version(name)}" for name in THERE))
-
-    import imageio_ffmpeg
-
-    ffmpeg = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True, text=True)
-    print(ffmpeg.stdout.splitlines()[0] if ffmpeg.returncode == 0 else f"ffmpeg fails: {ffmpeg.stderr.strip()}")
-    if ffmpeg.returncode:
-        problems.append("the carried ffmpeg does not run")
+    for name, home in (("movq_cli", ROOT / "movq_cli"), *((name, site) for name in CARRIED)):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            problems.append(f"{name} does not import: {error}")
+            continue
+        folder = Path(module.__file__).resolve().parent
+        print(f"{name} {getattr(module, '__version__', '?')} from {folder}")
+        if not folder.is_relative_to(home):
+            problems.append(f"{name} comes from {folder}, not from {home}")
+    versions = []
+    for name in THERE:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name} is not installed")
+    print("already there: " + ", ".join(versions))
+    if "imageio_ffmpeg" in sys.modules:
+        ffmpeg = subprocess.run(
+            [sys.modules["imageio_ffmpeg"].get_ffmpeg_exe(), "-version"], capture_output=True, text=True
+        )
+        print(ffmpeg.stdout.splitlines()[0] if ffmpeg.returncode == 0 else f"ffmpeg fails: {ffmpeg.stderr.strip()}")
+        if ffmpeg.returncode:
+            problems.append("the carried ffmpeg does not run")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems else 0
