@@ -166,8 +166,15 @@ def run_job(side: str, setup: Setup, frames: int, height: int, width: int, keep:
     command += ["--frames", str(frames), "--height", str(height), "--width", str(width)]
     if keep:
         command += ["--keep", str(keep)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:  # the job's own error (out of device memory, say), not only its exit status
+        raise RuntimeError(f"the {side} job for F={frames} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.splitlines()[-1])
+    # as each job ends, so that a run cut short still shows the jobs it finished
+    cuda = "" if result["cuda_peak_mib"] is None else f", CUDA {result['cuda_peak_mib']} MiB"
+    print(f"  {side} F={frames}: {result['frames']} frames in {result['seconds']:.2f} s, peak {result['peak_mib']} MiB{cuda}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return result
 
 
 def read_frames(path: Path, structure: dict, latent_frames: int, height: int, width: int) -> torch.Tensor:
