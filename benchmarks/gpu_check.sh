@@ -71,11 +71,13 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND under its own timeout, cut to 
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log" "$keep"
     local status=${PIPESTATUS[0]}
     local took=$((SECONDS - began))
-    case $status in
-        0) ended "$name" "passed in $took s" ;;
-        124 | 137) ended "$name" "timed out after $took s (limit $limit s)" failed ;;
-        *) ended "$name" "failed with exit $status after $took s" failed ;;
-    esac
+    if ((status == 0)); then
+        ended "$name" "passed in $took s"
+    elif ((took >= limit)) && ((status == 124 || status == 137)); then
+        ended "$name" "timed out after $took s (limit $limit s)" failed
+    else
+        ended "$name" "failed with exit $status after $took s" failed
+    fi
     return "$status"
 }
 
