@@ -14,7 +14,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, movq
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from movq_cli.checkpoints import weights
 from movq_cli.errors import InputError, RunError
@@ -41,7 +41,12 @@ def _moving_gradient(n_frames: int = 5, height: int = 24, width: int = 32) -> np
 
 
 def _read_video(path) -> tuple[np.ndarray, float]:
-    """Every frame ffmpeg reads back from `path` (N, H, W, 3), and the frame rate it reports."""
+    """Every frame read back from `path` (N, H, W, 3), and the frame rate: by ffmpeg, but an animated
+    WebP by Pillow, since ffmpeg decodes those only from its 8.0 (imageio-ffmpeg 0.8)."""
+    if str(path).endswith(".webp"):
+        with Image.open(path) as animation:
+            frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(animation)]
+            return np.stack(frames), 1000 / animation.info["duration"]
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     width, height = meta["size"]
