@@ -7,7 +7,7 @@
 # --rehearse runs in a network namespace of its own, with no network at all (where unshare is
 # allowed; elsewhere offline only by the check's own settings).
 #
-#     bash benchmarks/gpu_rehearsal.sh      # about 10 minutes; VENV=FOLDER (default /tmp/movq-gpu-rehearsal)
+#     bash benchmarks/gpu_rehearsal.sh      # about 4 minutes; VENV=FOLDER (default /tmp/movq-gpu-rehearsal)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-/tmp/movq-gpu-rehearsal}
