@@ -1,6 +1,6 @@
 """Decoding many code files in one run: one output per file, mirroring the input tree.
 
-Inputs are code files, folders (searched recursively for .npy/.npz) and glob patterns (`**`
+Inputs are code files, folders (searched recursively for code files) and glob patterns (`**`
 allowed). A bad file is reported and the batch goes on; only an interruption stops it, or the
 first failure with `fail_fast`. A job array's task takes its `Shard` of the plan; several
 devices (`movq_cli.workers`) or a Ray cluster (`movq_cli.cluster`) share one plan.
@@ -29,7 +29,7 @@ from movq_cli.pipeline import count_frames, decode_to_file
 
 # --format -> the suffix of each output (png and jpg hold one frame each)
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
-CODE_SUFFIXES = {".npy", ".npz"}
+CODE_SUFFIXES = {".npy", ".npz", ".pt", ".pth", ".safetensors"}
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -155,14 +155,19 @@ def _expand(path: Path) -> list[tuple[Path, Path]]:
         files = [file for match in matches for file in (_code_files(match) if match.is_dir() else [match])]
         found = sorted({file for file in files if file.suffix.lower() in CODE_SUFFIXES})
         if not found:
-            raise InputError(f"no .npy or .npz files match {path}")
+            raise InputError(f"no {_suffixes()} files match {path}")
         return [(file, file.relative_to(root)) for file in found]
     if path.is_dir():
         found = _code_files(path)
         if not found:
-            raise InputError(f"{path} is a folder with no .npy or .npz files in it")
+            raise InputError(f"{path} is a folder with no {_suffixes()} files in it")
         return [(file, file.relative_to(path)) for file in found]
     return [(path, Path(path.name))]  # a missing file fails on its own, in its turn
+
+
+def _suffixes() -> str:
+    *most, last = sorted(CODE_SUFFIXES)
+    return f"{', '.join(most)} or {last}"
 
 
 def _code_files(folder: Path) -> list[Path]:
@@ -252,8 +257,14 @@ def reported(
     started = time.perf_counter()
     try:
         return decode_one(model, job, device, options, on_start)
-    except MovqError as error:
-        message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
+        return failed_report(job, error, time.perf_counter() - started)
+
+
+def failed_report(job: Job, error: Exception, seconds: float = 0.0) -> FileReport:
+    """The "failed" report of `job`, which raised `error`."""
+    if isinstance(error, MovqError):
+        message = f"{error}; {error.hint}" if error.hint else str(error)
+    else:
         message = f"unexpected {type(error).__name__}: {first_line(error)}"
-    return FileReport(job.codes, Path(job.output), "failed", seconds=time.perf_counter() - started, error=message)
+    return FileReport(job.codes, Path(job.output), "failed", seconds=seconds, error=message)

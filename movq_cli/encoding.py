@@ -74,7 +74,7 @@ def encode_to_file(
     if model.encoder is None:
         raise InputError("this model has no encoder (its weights carry only the decoder); give weights with one")
     if not latents and not model.has_codebook:
-        raise InputError("this model has no codebook; use --latents")
+        raise InputError("this model has no codebook; use latents=True")
     if output.suffix.lower() != ".npy":
         raise InputError(f"{output}: encode writes .npy files")
     factor = config.factor

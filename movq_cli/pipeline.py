@@ -108,7 +108,8 @@ def plan(family: Family, clip: Codes, frames: slice | Sequence[int] | None = Non
 
 def count_frames(model: torch.nn.Module, clip: Codes, frames: slice | Sequence[int] | None = None) -> int:
     """How many frames decoding `frames` (None: all) of `clip` with `model` writes."""
-    return plan(family_of(model), clip, frames).n_frames
+    family = family_of(model)
+    return plan(family, family.conform(clip, DecodeOptions())[0], frames).n_frames
 
 
 def decode_frames(
@@ -276,11 +277,12 @@ def decode_to_file(
     family = family_of(model)
     if device is not None and torch.device(device) != family.device:
         raise ValueError(f"the model is on {family.device}, not {device}")
-    options = DecodeOptions(snap=snap, unscaled=unscaled, tile=tile)
+    clip, options = family.conform(clip, DecodeOptions(snap=snap, unscaled=unscaled, tile=tile))
     family.check_memory(clip, options)  # before a selection of frames is read
     plan_ = plan(family, clip, frames)
     family.check(plan_.clip, options)
-    _check_not_input(Path(output), clip.path)
+    if not clip.in_memory:
+        _check_not_input(Path(output), clip.path)
     frame_size = family.frame_size(clip.grid)
     started = time.perf_counter()
     writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder), overwrite)

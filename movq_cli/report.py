@@ -138,8 +138,10 @@ def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
     report.update(latent_stats(codes) if codes.is_latents else code_stats(codes))
     if model is not None:
         family = family_of(model)
+        codes, options = family.conform(codes, DecodeOptions())
+        report["read_as"] = codes.describe()
         try:
-            family.check(codes, DecodeOptions())
+            family.check(codes, options)
             report.update(fits=True, reason=None)
         except InputError as error:
             report.update(fits=False, reason=str(error))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,15 @@ from typing import Annotated
 import typer
 
 from movq_cli.cli.app import command
-from movq_cli.cli.console import batch_progress, batch_summary, error_line, frame_progress, reported_errors, summary
+from movq_cli.cli.console import (
+    batch_progress,
+    batch_summary,
+    error_line,
+    frame_progress,
+    report_json,
+    reported_errors,
+    summary,
+)
 from movq_cli.cli.options import (
     DtypeOption,
     FramesOption,
@@ -24,7 +31,7 @@ from movq_cli.cli.options import (
     UnscaledOption,
     WeightsOption,
 )
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, MovqError
 
 BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
 
@@ -56,7 +63,8 @@ def decode(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Code files (.npy/.npz of integer codes or float latents), folders or glob patterns, then OUT.",
+            help="Code files (.npy, .npz, .pt, .safetensors: integer codes or float latents), folders or glob "
+            "patterns, then OUT.",
             metavar="CODES... OUT",
             show_default=False,
         ),
@@ -136,7 +144,7 @@ def decode(
     """Decode clips of codes or latents to videos, pictures, or folders of PNG frames."""
     with reported_errors():
         from movq_cli import load
-        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, is_batch, plan
+        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, failed_report, is_batch, plan
         from movq_cli.device import describe, resolve_devices, set_threads
         from movq_cli.pipeline import model_device
 
@@ -172,12 +180,16 @@ def decode(
 
         def print_json(report) -> None:
             if as_json:
-                print(json.dumps(report.as_json()), file=stdout, flush=True)
+                print(report_json(report), file=stdout, flush=True)
 
         if single:
             job = jobs[0]
             with frame_progress(f"decoding {job.codes.name}", quiet) as progress:
-                report = decode_one(model, job, model_device(model), options, lambda _, n: progress.start(n))
+                try:
+                    report = decode_one(model, job, model_device(model), options, lambda _, n: progress.start(n))
+                except MovqError as error:  # its row, then its line on stderr and its exit code
+                    print_json(failed_report(job, error, time.perf_counter() - started))
+                    raise
             print_json(report)
             if not quiet:
                 summary(report, decoder)

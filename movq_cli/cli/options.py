@@ -96,14 +96,19 @@ FramesOption = Annotated[
         parser=typer_parser(parse_frames),
     ),
 ]
-KeyOption = Annotated[str | None, typer.Option(help="Which array of an .npz file to read.", metavar="NAME")]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(help="Which array of an .npz, .pt or .safetensors file to read (nested dicts: a.b).", metavar="NAME"),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 CodesArgument = Annotated[
     Path,
     typer.Argument(
-        help="Code file: .npy or .npz of integer codes or float latents.", metavar="CODES", show_default=False
+        help="Code file: .npy, .npz, .pt or .safetensors of integer codes or float latents.",
+        metavar="CODES",
+        show_default=False,
     ),
 ]
 UnscaledOption = Annotated[
