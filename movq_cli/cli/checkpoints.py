@@ -19,6 +19,7 @@ from movq_cli.cli.options import (
     GridOption,
     JsonOption,
     KeyOption,
+    QuietOption,
     WeightsArgument,
     parse_grid,
     typer_parser,
@@ -53,6 +54,10 @@ def convert(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing TARGET.")] = False,
+    no_encoder: Annotated[
+        bool, typer.Option("--no-encoder", help="Leave the encoder out (kept by default, for movq encode).")
+    ] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert any supported checkpoint into one native .safetensors file (config in its metadata)."""
     with reported_errors():
@@ -65,9 +70,25 @@ def convert(
             dtype=resolve_dtype(dtype) if dtype else None,
             config=weights_io.read_config(config) if config else None,
             overwrite=overwrite,
+            encoder=not no_encoder,
         )
-        stderr.print(f"read {checkpoint.layout} layout (config {checkpoint.config_source})", soft_wrap=True)
+        if not quiet:
+            stderr.print(f"read {checkpoint.layout} layout (config {checkpoint.config_source})", soft_wrap=True)
+            stderr.print(f"wrote {_contents(checkpoint)} to {target}", soft_wrap=True, markup=False)
         print(target)
+
+
+def _contents(checkpoint) -> str:
+    """What a converted file holds: "the decoder and the encoder, 214 tensors, 6.5 MiB, float32"."""
+    tensors = checkpoint.state.values()
+    parts = (
+        "the decoder and the encoder"
+        if any(name.startswith("encoder.") for name in checkpoint.state)
+        else ("the decoder only")
+    )
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in tensors})
+    return f"{parts}, {len(checkpoint.state)} tensors, {size / (1 << 20):.1f} MiB, {'/'.join(dtypes)}"
 
 
 @command(epilog="Examples:\n\n  movq info movq_final.ckpt\n\n  movq info kandinsky-3/movq --grid 64x64 --json")

@@ -254,9 +254,7 @@ def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> n
         return _rows_to_grid(array, *_square(array.shape[1], path), path)  # far wider than high: token rows
     if array.ndim == 3:
         if grid is not None and tuple(array.shape[1:]) != tuple(grid):
-            raise InputError(
-                f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not grid=({grid[0]}, {grid[1]})"
-            )
+            raise InputError(f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not grid=({grid[0]}, {grid[1]})")
         return array
     raise InputError(f"{path}: codes must be (H, W), (T, H, W), (L,) or (T, L); got {array.ndim} axes {array.shape}")
 
@@ -268,7 +266,9 @@ def _square(length: int, path: Path) -> tuple[int, int]:
         shapes = [(rows, length // rows) for rows in range(1, length + 1) if length % rows == 0]
         likely = [f"grid=({rows}, {cols})" for rows, cols in shapes if max(rows, cols) <= 4 * min(rows, cols)]
         maybe = f" ({' or '.join(likely)}?)" if 0 < len(likely) <= 4 else ""
-        raise InputError(f"{path}: {length} codes in a row is not a square; give the frame shape with grid=(H, W){maybe}")
+        raise InputError(
+            f"{path}: {length} codes in a row is not a square; give the frame shape with grid=(H, W){maybe}"
+        )
     return side, side
 
 

@@ -126,7 +126,8 @@ class Frames(Family):
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         if options.tile is not None:
             raise InputError(
-                "tile=... is for CogVideoX latents; 2D MoVQ frames decode one at a time (a smaller chunk=... saves memory)"
+                "tile=... is for CogVideoX latents; 2D MoVQ frames decode one at a time "
+                "(a smaller chunk=... saves memory)"
             )
         self.check_memory(clip)
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
