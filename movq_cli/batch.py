@@ -56,7 +56,9 @@ class FileReport:
             "input": str(self.input),
             "output": str(self.output),
             "frames": self.frames,
-            "frame_size": list(self.frame_size) if self.frame_size else None,
+            "frame_size": list(self.frame_size) if self.frame_size else None,  # [height, width], as named below
+            "height": self.frame_size[0] if self.frame_size else None,
+            "width": self.frame_size[1] if self.frame_size else None,
             "seconds": round(self.seconds, 3),
             "status": self.status,
             "error": self.error,

@@ -80,7 +80,7 @@ def encode_to_file(
     factor = config.factor
     size = (footage.size[0] // factor * factor, footage.size[1] // factor * factor)
     if min(size) == 0:
-        raise InputError(f"{footage.path}: {footage.size[1]}x{footage.size[0]} is smaller than one code ({factor}px)")
+        raise InputError(f"{footage.path}: {footage.size[0]}x{footage.size[1]} is smaller than one code ({factor}px)")
     grid = (size[0] // factor, size[1] // factor)
     per_frame = (config.embed_dim, *grid) if latents else grid
     shape = (footage.n_frames, *per_frame) if footage.kind != "image" else per_frame

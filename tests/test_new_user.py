@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, movq
+from conftest import movq
 from safetensors import safe_open
 
 from movq_cli.checkpoints.bundled import default_weights
@@ -68,3 +68,34 @@ def test_convert_leaves_the_encoder_out_when_asked_and_is_quiet_with_q(tmp_path)
     assert result.stderr == "" and result.stdout.strip() == str(tmp_path / "decoder.safetensors")
     with safe_open(tmp_path / "decoder.safetensors", framework="pt") as converted:
         assert not any(name.startswith("encoder.") for name in converted.keys())
+
+
+# Sizes: height x width in every line of text, named in JSON
+
+
+def test_sizes_read_height_by_width_everywhere_and_are_named_in_json(small_folder, tmp_path):
+    np.save(tmp_path / "codes.npy", np.zeros((1, 3, 4), np.int64))  # 3 rows of 4 codes: 6x8 pixels
+    decoded = movq("decode", tmp_path / "codes.npy", tmp_path / "out.png", "-w", small_folder[0], "--json")
+    assert decoded.exit_code == 0, decoded.output
+    assert "wrote 1 frame(s) of 6x8 " in decoded.stderr
+    row = json.loads(decoded.stdout)
+    assert (row["height"], row["width"]) == (6, 8) == tuple(row["frame_size"])
+    inspected = movq("inspect", tmp_path / "codes.npy", "-w", small_folder[0])
+    assert "3x4 codes" in inspected.stdout and "1 frame(s) of 6x8" in inspected.stdout, inspected.stdout
+    report = json.loads(movq("inspect", tmp_path / "codes.npy", "-w", small_folder[0], "--json").stdout)
+    assert (report["rows"], report["columns"], report["height"], report["width"]) == (3, 4, 6, 8)
+    assert "height x width" in " ".join(movq("--help").stdout.replace("│", " ").split())
+
+
+# Threads on a busy machine
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_lets_waiting_threads_sleep_unless_told_otherwise(given, expected):
+    environment = {key: value for key, value in _child_environment().items() if key != "OMP_WAIT_POLICY"}
+    if given is not None:
+        environment["OMP_WAIT_POLICY"] = given
+    script = "import os, sys, movq_cli.cli; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

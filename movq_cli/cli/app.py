@@ -73,7 +73,7 @@ class App(TyperGroup):
 app = typer.Typer(
     name="movq",
     cls=App,
-    help="Decode MoVQ codes and latents into pictures and video.",
+    help="Decode MoVQ codes and latents into pictures and video. Sizes are height x width (HxW) everywhere.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -126,14 +126,14 @@ def info(
         scale = report["scaling_factor"]
         rows["scaling factor"] = "unknown (no config.json: decode --unscaled latents)" if scale is None else str(scale)
         rows["downsampling"] = f"x{report['factor']} in space, x{report['temporal_compression']} in time"
-        rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{width}x{height} pixels"
+        rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{height}x{width} pixels"
     else:
         attention = report["attention"]
         where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
         rows["codebook"] = "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"])
         rows["downsampling"] = f"x{report['factor']}"
         rows["attention"] = ", ".join(where) or "none"
-        rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{width}x{height} pixels"
+        rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{height}x{width} pixels"
     _print_table(rows)
 
 
@@ -180,7 +180,7 @@ def inspect(
     if "fits" in report:
         rows["fits the model"] = "yes" if report["fits"] else f"no: {report['reason']}"
         height, width = report["frame_size"]
-        rows["decodes to"] = f"{report['output_frames']} frame(s) of {width}x{height}"
+        rows["decodes to"] = f"{report['output_frames']} frame(s) of {height}x{width}"
     _print_table(rows)
 
 

@@ -152,7 +152,7 @@ def summary(report: FileReport, decoder: str) -> None:
     height, width = report.frame_size
     speed = f"{report.frames / max(report.seconds, 1e-9):.2f} frames/s"
     stderr.print(
-        f"wrote {report.frames} frame(s) of {width}x{height} in {report.seconds:.1f} s ({speed}, {decoder}) "
+        f"wrote {report.frames} frame(s) of {height}x{width} in {report.seconds:.1f} s ({speed}, {decoder}) "
         f"-> {escape(str(report.output))}",
         soft_wrap=True,
     )

@@ -79,13 +79,20 @@ DtypeOption = Annotated[
 ]
 ThreadsOption = Annotated[
     int | None,
-    typer.Option(min=1, metavar="N", help="CPU threads for torch (default: torch's choice, one per core)."),
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="CPU threads for torch (default: one per core; idle threads sleep, OMP_WAIT_POLICY=PASSIVE, so "
+        "that other work on the cores does not slow decoding down).",
+    ),
 ]
 # Any: Typer would read a tuple annotation as two values, and it validates what the parser returns
 GridOption = Annotated[
     Any,
     typer.Option(
-        help="Frame shape for flat token rows (L,) or (T, L).", metavar="HxW", parser=typer_parser(parse_grid)
+        help="Frame shape for flat token rows (L,) or (T, L): height x width in codes.",
+        metavar="HxW",
+        parser=typer_parser(parse_grid),
     ),
 ]
 FramesOption = Annotated[

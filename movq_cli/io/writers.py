@@ -77,7 +77,7 @@ class Writer(ABC):
                 f"pick one with --frames N:N+1, or see several on one sheet with movq preview"
             )
         if cls.max_side is not None and max(height, width) > cls.max_side:
-            raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {width}x{height}")
+            raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {height}x{width}")
 
     @abstractmethod
     def write(self, frames: np.ndarray) -> None:
@@ -225,7 +225,7 @@ class Mp4Writer(VideoWriter):
         super().check_frames(frame_size, n_frames)
         height, width = frame_size
         if height % 2 or width % 2:
-            raise InputError(f"H.264 yuv420p needs even frame sizes, not {width}x{height}; write .webm or PNGs instead")
+            raise InputError(f"H.264 yuv420p needs even frame sizes, not {height}x{width}; write .webm or PNGs instead")
 
     def encoding(self, options: WriteOptions) -> list[str]:
         codec, speed = ENCODERS[options.encoder or CPU_ENCODER]
@@ -286,7 +286,7 @@ class GifWriter(FfmpegWriter):
         height, width = frame_size
         if n_frames * height * width * 3 > GIF_MEMORY:
             raise InputError(
-                f"a .gif of {n_frames} frames of {width}x{height} is made in memory, over "
+                f"a .gif of {n_frames} frames of {height}x{width} is made in memory, over "
                 f"{GIF_MEMORY // 2**30} GiB; pick fewer with --frames, or write .webm or .mp4"
             )
 
