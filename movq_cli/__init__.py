@@ -71,6 +71,7 @@ def decode(
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
+    source_numbers: bool = False,
     on_frames: Callable[[int], None] | None = None,
 ) -> DecodeResult:
     """Decode `codes` into `out`: a video (.mp4, .webm, .gif, .webp), one picture (.png, .jpg) or a
@@ -81,18 +82,21 @@ def decode(
     (F, C, h, w) or (1, F, C, h, w) as a pipeline's output_type="latent" hands them. A tensor is
     decoded on the model's device; one already there (a CUDA tensor) is not copied to the host.
 
-    `frames` selects output frames (a slice or frame numbers), `key` the array of an .npz, `grid`
+    `frames` selects output frames (a slice or frame numbers), `key` the array of a file holding
+    several (nested dicts: "a.b"), `grid`
     the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
     "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes CogVideoX chunks in spatial tiles, to the same pixels, in less device
-    memory; `on_frames(n)` hears progress. Returns what was written (frames, frame size, seconds)."""
+    memory; `source_numbers` names a folder's PNG frames by their number in the whole output
+    (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
+    Returns what was written (frames, frame size, seconds)."""
     from movq_cli.pipeline import decode_to_file
 
     clip = _clip(codes, key, grid)
     return decode_to_file(
         model, clip, out, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap, unscaled=unscaled,
-        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames,
+        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames, source_numbers=source_numbers,
     )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ import torch
 from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
+from movq_cli.io.writers import WRITERS, ManyFrames, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import count_frames, decode_to_file
 
@@ -82,6 +82,7 @@ class BatchOptions:
     overwrite: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
+    source_numbers: bool = False  # folders of PNG frames: files named by frame number in the whole output
 
     @property
     def write(self) -> WriteOptions:
@@ -229,13 +230,17 @@ def decode_one(
     if options.skip_existing and os.path.lexists(job.output):
         return FileReport(job.codes, Path(job.output), "skipped")
     clip = read_clip(job.codes, options)
-    result = decode_to_file(
-        model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-        snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
-        frames=options.frames,
-        encoder=_encoder(job, device, options),
-        on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
-    )  # fmt: skip
+    try:
+        result = decode_to_file(
+            model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
+            snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
+            frames=options.frames, source_numbers=options.source_numbers,
+            encoder=_encoder(job, device, options),
+            on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
+        )  # fmt: skip
+    except ManyFrames as error:  # in a batch, OUT names the folder and --format the kind of output
+        error.hint = "--format png-dir writes each clip's frames to a folder of PNGs"
+        raise
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
 

@@ -26,6 +26,7 @@ class EncodeResult:
     shape: tuple[int, ...]
     dtype: str
     seconds: float
+    size: tuple[int, int] = (0, 0)  # pixels encoded (height, width): the frames' own, cropped to the factor
 
 
 def code_dtype(n_codes: int) -> np.dtype:
@@ -107,4 +108,4 @@ def encode_to_file(
     except BaseException:
         target.remove()
         raise
-    return EncodeResult(output, shape, dtype.name, time.perf_counter() - started)
+    return EncodeResult(output, shape, dtype.name, time.perf_counter() - started, size)

@@ -40,6 +40,7 @@ class OutOfMemory(RunError):
 # speaks to Python callers (overwrite=True), the CLI renders the same message with its flags.
 KEYWORD_FLAGS = [
     (re.compile(r"\b(overwrite|snap|unscaled|latents)=True\b"), r"--\1"),
+    (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
     (re.compile(r"\b(key|grid|tile|chunk|frames)=\.\.\."), r"--\1"),
     (re.compile(r"\b(grid|tile)=\((\w+), (\w+)\)"), r"--\1 \2x\3"),
     (re.compile(r"\b(key|grid|tile|chunk|frames|fps|crf|encoder)=(?=\S)"), r"--\1 "),

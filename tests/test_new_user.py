@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import movq
+from conftest import assert_one_line_error, movq
 from safetensors import safe_open
 
 from movq_cli.checkpoints.bundled import default_weights
@@ -99,3 +99,138 @@ def test_the_command_lets_waiting_threads_sleep_unless_told_otherwise(given, exp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+# Smaller things
+
+
+@pytest.fixture
+def clip(tmp_path):
+    path = tmp_path / "clip.npy"
+    np.save(path, np.random.default_rng(4).integers(0, 64, (12, 3, 4)))
+    return path
+
+
+def test_frames_n_decodes_that_one_frame(clip, small_folder, tmp_path):
+    import movq_cli
+
+    model = movq_cli.load(small_folder[0], device="cpu")
+    expected = list(movq_cli.decode_frames(clip, model, frames=[10]))[0]
+    for selection, number in (("10", 10), ("-1", 11)):
+        result = movq("decode", clip, tmp_path / f"frame{number}.png", "-w", small_folder[0], "--frames", selection)
+        assert result.exit_code == 0, result.output
+        from imageio.v3 import imread
+
+        if number == 10:
+            assert np.array_equal(imread(tmp_path / "frame10.png"), expected)
+
+
+def test_source_numbers_name_png_frames_by_their_number_in_the_clip(clip, small_folder, tmp_path):
+    result = movq("decode", clip, tmp_path / "every5/", "-w", small_folder[0], "--frames", "::5", "--source-numbers")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "every5").iterdir()) == ["00000.png", "00005.png", "00010.png"]
+    plain = movq("decode", clip, tmp_path / "plain/", "-w", small_folder[0], "--frames", "::5")
+    assert plain.exit_code == 0
+    assert sorted(path.name for path in (tmp_path / "plain").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    refused = movq("decode", clip, tmp_path / "one.mp4", "-w", small_folder[0], "--source-numbers")
+    assert_one_line_error(refused, 2, "--source-numbers names the files of a folder of PNG frames")
+
+
+def test_out_dash_is_refused_rather_than_made_a_folder(clip, small_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(movq("decode", clip, "-", "-w", small_folder[0]), 2, "OUT - would be standard output")
+    assert not (tmp_path / "-").exists()
+
+
+def test_out_the_inputs_own_folder_says_to_name_a_file(clip, small_folder):
+    result = movq("decode", clip, clip.parent, "-w", small_folder[0])
+    assert_one_line_error(result, 2, f"to write one file there, name it: {clip.parent / 'clip'}.mp4")
+
+
+def test_fp16_on_the_cpu_gets_a_note(clip, small_folder, tmp_path):
+    result = movq("decode", clip, tmp_path / "f.png", "-w", small_folder[0], "--frames", "0", "--dtype", "fp16",
+                  "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fp16 is slow on the CPU" in result.stderr and "--dtype bf16" in result.stderr
+    quiet = movq("decode", clip, tmp_path / "g.png", "-w", small_folder[0], "--frames", "0", "--dtype", "bf16")
+    assert "is slow on the CPU" not in quiet.stderr
+
+
+# a Ctrl-C that lands while the command's modules are still loading (here: as typer is imported)
+INTERRUPTED_START = """
+import importlib.abc, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "typer":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["movq", "--version"]
+from movq_cli.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130():
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_START], capture_output=True, text=True, env=_child_environment()
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "interrupted" and done.stdout == ""
+
+
+def test_a_batch_of_clips_to_png_names_png_dir(tmp_path, small_folder):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.zeros((3, 3, 4), np.int64))
+    result = movq("decode", folder, tmp_path / "out", "-w", small_folder[0], "--format", "png", "--json")
+    assert result.exit_code == 1
+    assert "--format png-dir" in json.loads(result.stdout)["error"]
+
+
+def test_encode_says_what_it_cropped(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 27, 3), 100, np.uint8)).save(tmp_path / "odd.png")
+    result = movq("encode", tmp_path / "odd.png", tmp_path / "odd.npy")
+    assert result.exit_code == 0, result.output
+    assert "cropped 20x27 to 20x24" in result.stderr, result.stderr  # the bundled model: 4 pixels a code
+    exact = Image.fromarray(np.full((16, 24, 3), 100, np.uint8))
+    exact.save(tmp_path / "exact.png")
+    assert "cropped" not in movq("encode", tmp_path / "exact.png", tmp_path / "exact.npy").stderr
+
+
+def test_inspect_exits_1_when_the_codes_do_not_fit_the_model(small_folder, tmp_path):
+    np.save(tmp_path / "big.npy", np.full((1, 2, 2), 500))
+    result = movq("inspect", tmp_path / "big.npy", "-w", small_folder[0])
+    assert result.exit_code == 1 and "fits the model" in result.stdout and "no:" in result.stdout
+    np.save(tmp_path / "fine.npy", np.zeros((1, 2, 2), np.int64))
+    assert movq("inspect", tmp_path / "fine.npy", "-w", small_folder[0]).exit_code == 0
+
+
+def test_a_failing_nvenc_quotes_the_encoders_own_line(monkeypatch):
+    from movq_cli.errors import InputError
+    from movq_cli.io import writers
+
+    stderr = (
+        "[h264_nvenc @ 0x55f9bb731b40] Cannot load libcuda.so.1\n"
+        "[vost#0:0/h264_nvenc @ 0x55f9bb730fc0] [enc:h264_nvenc @ 0x55f] Error while opening encoder\n"
+        "[out#0/null @ 0x55f9bb730400] Nothing was written into output file, because at least one of its streams "
+        "received no packets.\n"
+    )
+    monkeypatch.setattr(
+        writers.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 255, stdout="", stderr=stderr)
+    )
+    writers._check_nvenc.cache_clear()
+    try:
+        with pytest.raises(InputError, match=r"ffmpeg says: Cannot load libcuda\.so\.1$"):
+            writers._check_nvenc()
+    finally:
+        writers._check_nvenc.cache_clear()
+
+
+def test_decode_help_shows_no_python_types(small_folder):
+    text = movq("decode", "--help").stdout
+    assert "<list[str]>" not in text and "list[str]" not in text

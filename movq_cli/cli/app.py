@@ -17,10 +17,17 @@ from movq_cli import __version__
 
 
 def _no_flag_types(params: list) -> None:
-    """Flags take no value, so their help shows no type (Typer would label each one `<bool>`)."""
+    """Flags take no value, so their help shows no type (Typer would label each one `<bool>`); nor do
+    arguments of several values, whose name says what they are (`CODES... OUT`, not `<list[str]>`)."""
     for param in params:
         if param.param_type_name == "option" and (param.is_flag or param.count):
             param.metavar = ""
+        if param.param_type_name == "argument" and param.nargs != 1:
+            param.display_type_rich = _no_type
+
+
+def _no_type(ctx: typer.Context) -> None:
+    return None
 
 
 class Command(TyperCommand):

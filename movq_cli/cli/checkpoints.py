@@ -148,7 +148,12 @@ def inspect(
     codes: CodesArgument,
     weights: Annotated[
         str | None,
-        typer.Option("--weights", "-w", metavar="WEIGHTS", help="Also check that the codes fit this model."),
+        typer.Option(
+            "--weights",
+            "-w",
+            metavar="WEIGHTS",
+            help="Also check that the codes fit this model (exit 1 when they do not).",
+        ),
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
@@ -163,6 +168,12 @@ def inspect(
         clip = codes_io.read(codes, key=key, grid=grid)
         model = load(weights, "cpu") if weights is not None else None
         report = codes_report(clip, model)
+    _print_codes_report(report, as_json)
+    if report.get("fits") is False:
+        raise typer.Exit(1)
+
+
+def _print_codes_report(report: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return

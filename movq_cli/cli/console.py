@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from movq_cli.errors import MovqError, as_flags, first_line, interrupt
+from movq_cli.errors import InputError, MovqError, as_flags, first_line, interrupt
 
 if TYPE_CHECKING:
     from movq_cli.batch import FileReport
@@ -156,6 +156,21 @@ def summary(report: FileReport, decoder: str) -> None:
         f"-> {escape(str(report.output))}",
         soft_wrap=True,
     )
+
+
+def refuse_stdout(out: str | Path) -> None:
+    """OUT "-" reads as standard output, which movq does not write to: say so rather than make a folder "-"."""
+    if str(out) == "-":
+        raise InputError("OUT - would be standard output; movq writes files: name one (clip.mp4) or a folder (frames/)")
+
+
+def slow_dtype_note(dtype: str, devices: list) -> None:
+    """A line on stderr when the CPU is to compute in fp16, which most CPUs do several times slower than bf16."""
+    if dtype == "fp16" and any(device.type == "cpu" for device in devices):
+        stderr.print(
+            "note: fp16 is slow on the CPU (8x slower than bf16 here); --dtype bf16 is as compact and faster",
+            soft_wrap=True,
+        )
 
 
 def _reason(report: FileReport) -> str:

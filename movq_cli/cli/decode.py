@@ -15,8 +15,10 @@ from movq_cli.cli.console import (
     batch_summary,
     error_line,
     frame_progress,
+    refuse_stdout,
     report_json,
     reported_errors,
+    slow_dtype_note,
     summary,
 )
 from movq_cli.cli.options import (
@@ -115,6 +117,14 @@ def decode(
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
     ] = None,
     overwrite: OverwriteOption = False,
+    source_numbers: Annotated[
+        bool,
+        typer.Option(
+            "--source-numbers",
+            help="Name PNG frames by their number in the clip (--frames ::10 writes 00000.png, 00010.png, ...), "
+            "not 00000.png on.",
+        ),
+    ] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs as they are.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop a batch at the first failure.")] = False,
     shard: Annotated[
@@ -152,6 +162,7 @@ def decode(
             raise InputError("give the code files, then OUT (see movq decode --help)")
         *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
         inputs = [Path(path) for path in inputs]
+        refuse_stdout(out)
         if overwrite and skip_existing:
             raise InputError("--overwrite and --skip-existing contradict each other; choose one")
         single = not is_batch(inputs)
@@ -166,6 +177,7 @@ def decode(
         options = BatchOptions(
             key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
             unscaled=unscaled, tile=tile, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
+            source_numbers=source_numbers,
         )  # fmt: skip
         jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
         if shard is not None:
@@ -174,6 +186,8 @@ def decode(
         devices = [] if ray else resolve_devices(device)
         model = load(weights, str(devices[0]), dtype) if single or len(devices) == 1 else None
         decoder = describe(model) if model else ""
+        if not quiet:
+            slow_dtype_note(dtype, devices)
         started = time.perf_counter()
 
         stdout = sys.stdout  # the reports' stream, whatever a library writes to sys.stdout meanwhile (Ray does)

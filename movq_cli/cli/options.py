@@ -43,14 +43,18 @@ def parse_tile(text: str) -> tuple[int, int]:
 
 
 def parse_frames(text: str) -> slice:
-    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice."""
+    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice;
+    'n' -> frame n alone (-1: the last)."""
+    if text.strip().lstrip("-").isdigit():
+        number = int(text)
+        return slice(number, number + 1 if number != -1 else None)
     parts = text.split(":")
     try:
         if len(parts) not in (2, 3):
             raise ValueError
         start, stop, *step = (int(part) if part.strip() else None for part in parts)
     except ValueError:
-        raise InputError(f"expected START:STOP or START:STOP:STEP with integers, not {text!r}") from None
+        raise InputError(f"expected N, START:STOP or START:STOP:STEP with integers, not {text!r}") from None
     if step and step[0] == 0:
         raise InputError(f"{text}: the step cannot be zero")
     return slice(start, stop, step[0] if step else None)
@@ -98,8 +102,8 @@ GridOption = Annotated[
 FramesOption = Annotated[
     Any,
     typer.Option(
-        help="Only START:STOP[:STEP] of each clip (Python slice rules; output frames).",
-        metavar="START:STOP[:STEP]",
+        help="Only frame N, or START:STOP[:STEP], of each clip (Python slice rules; output frames).",
+        metavar="N|START:STOP[:STEP]",
         parser=typer_parser(parse_frames),
     ),
 ]

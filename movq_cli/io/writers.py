@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
@@ -38,6 +39,11 @@ class WriteOptions:
     fps: float | None = None
     crf: int | None = None
     encoder: str | None = None  # an MP4's H.264 encoder, from ENCODERS
+    numbers: tuple[int, ...] | None = None  # a folder of PNG frames: each frame's file number (None: 0, 1, ...)
+
+
+class ManyFrames(InputError):
+    """More frames than a one-picture format holds."""
 
 
 class Writer(ABC):
@@ -72,7 +78,7 @@ class Writer(ABC):
         """Raise InputError unless `n_frames` frames of `frame_size` (height, width) fit this format."""
         height, width = frame_size
         if cls.one_frame and n_frames != 1:
-            raise InputError(
+            raise ManyFrames(
                 f"{n_frames} frames cannot go into one {cls.suffix}; write them to a folder of PNG frames, "
                 f"pick one with --frames N:N+1, or see several on one sheet with movq preview"
             )
@@ -249,7 +255,8 @@ def _check_nvenc() -> None:
         raise InputError(f"--encoder nvenc: cannot run ffmpeg: {error}") from None
     if trial.returncode != 0:
         lines = [line.strip() for line in trial.stderr.splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit status {trial.returncode}"
+        own = [line for line in lines if line.startswith("[h264_nvenc")]  # the encoder's, not ffmpeg's aftermath
+        why = re.sub(r"^\[[^]]*\]\s*", "", own[0]) if own else lines[0] if lines else f"exit status {trial.returncode}"
         raise InputError(f"--encoder nvenc needs an NVIDIA GPU with its driver, and ffmpeg says: {why}")
 
 
@@ -336,14 +343,17 @@ class PngFolderWriter(Writer):
     """Frames into a folder as 00000.png, 00001.png, ... in frame order."""
 
     suffix = ""
+    uses = frozenset({"numbers"})
 
     def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
         super().__init__(target, frame_size, options)
         self.count = 0
+        self.numbers = options.numbers
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
-            _write_image(self.target.temp / f"{self.count:05d}.png", frame, ".png", PngWriter.saving)
+            number = self.count if self.numbers is None else self.numbers[self.count]
+            _write_image(self.target.temp / f"{number:05d}.png", frame, ".png", PngWriter.saving)
             self.count += 1
 
 
