@@ -9,7 +9,7 @@ The public API, what the `movq` command itself calls::
     for frame in movq.decode_frames("clip.npy", model):   # or frame by frame: (H, W, 3) uint8
         ...
     movq.decode(latents, "clip.mp4", model)               # a numpy array or a torch tensor, where it is
-    movq.preview("clip.npy", "sheet.png", model)          # a contact sheet of 8 numbered frames
+    movq.contact_sheet("clip.npy", "sheet.png", model)    # 8 numbered frames on one picture (movq preview)
     encoder = movq.load(encoder=True)                     # the bundled model, with its encoder
     movq.encode("photo.png", "photo.npy", encoder)
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from movq_cli.preview import PreviewResult
 
 __version__ = "0.1.0"
-__all__ = ["load", "decode", "decode_frames", "preview", "encode", "__version__"]
+__all__ = ["load", "decode", "decode_frames", "contact_sheet", "encode", "__version__"]
 
 
 def load(
@@ -130,7 +130,7 @@ def decode_frames(
         yield from block
 
 
-def preview(
+def contact_sheet(
     codes: str | Path | np.ndarray | torch.Tensor,
     out: str | Path,
     model: torch.nn.Module,

@@ -1,4 +1,4 @@
-"""Clips in memory: numpy arrays and torch tensors into `decode`, `decode_frames` and `preview`,
+"""Clips in memory: numpy arrays and torch tensors into `decode`, `decode_frames` and `contact_sheet`,
 checked as files are, with errors that name the API's keywords; flat token rows without a grid."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_decode_and_preview_write_an_array(clip, model, tmp_path):
     assert result.frames == 2
     expected = _from_file(path, model, frames=slice(1, 3))
     assert np.array_equal(np.stack([iio.imread(tmp_path / "frames" / f"{i:05d}.png") for i in range(2)]), expected)
-    sheet = movq_cli.preview(codes, tmp_path / "sheet.png", model, count=2)
+    sheet = movq_cli.contact_sheet(codes, tmp_path / "sheet.png", model, count=2)
     assert sheet.frame_numbers == [0, 3] and (tmp_path / "sheet.png").exists()
 
 
