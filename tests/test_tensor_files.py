@@ -114,3 +114,15 @@ def test_fine_tuning_latents_decode_as_they_are_saved(video_folder, tmp_path):
     got = np.stack([iio.imread(tmp_path / "out" / f"{i:05d}.png") for i in range(len(expected))])
     assert np.abs(got.astype(int) - expected).max() <= 1
     assert (got == expected).mean() > 0.999
+
+
+def test_cogvideox_latents_as_tensors_decode_as_their_files_do(video_folder, tmp_path):
+    root, vae = video_folder
+    model = movq_cli.load(root, device="cpu")
+    pipeline = torch.randn(1, 3, 16, 6, 10)  # (1, F, C, h, w), as output_type="latent" hands them
+    np.save(tmp_path / "latents.npy", pipeline.numpy())
+    expected = np.stack(list(movq_cli.decode_frames(tmp_path / "latents.npy", model)))
+    assert np.array_equal(np.stack(list(movq_cli.decode_frames(pipeline, model))), expected)
+    moments = torch.cat([pipeline[0].permute(1, 0, 2, 3) / vae.config.scaling_factor, torch.randn(16, 3, 6, 10)])
+    got = np.stack(list(movq_cli.decode_frames(moments, model)))  # (2C, F, h, w): the mean, unscaled
+    assert np.abs(got.astype(int) - expected).max() <= 1

@@ -187,7 +187,7 @@ class Video(Family):
         channels, shape = self.config.latent_channels, clip.array.shape
         if not clip.is_latents or shape[1] == channels or shape[0] not in (channels, 2 * channels):
             return clip, options
-        latents = clip.array.transpose(1, 0, 2, 3)[:, :channels]
+        latents = clip.array.swapaxes(0, 1)[:, :channels]  # numpy and torch alike
         if shape[0] == 2 * channels:
             options = replace(options, unscaled=True)
         return replace(clip, array=latents), options
