@@ -126,3 +126,14 @@ def test_cogvideox_latents_as_tensors_decode_as_their_files_do(video_folder, tmp
     moments = torch.cat([pipeline[0].permute(1, 0, 2, 3) / vae.config.scaling_factor, torch.randn(16, 3, 6, 10)])
     got = np.stack(list(movq_cli.decode_frames(moments, model)))  # (2C, F, h, w): the mean, unscaled
     assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_latents_that_read_two_ways_are_refused_rather_than_guessed(video_folder, tmp_path):
+    root, _ = video_folder
+    torch.save(torch.randn(32, 16, 6, 10), tmp_path / "which.pt")  # 32 frames, or the moments of 16?
+    result = movq("decode", tmp_path / "which.pt", tmp_path / "out/", "-w", root)
+    assert_one_line_error(result, 2, "read two ways")
+    assert not (tmp_path / "out").exists()
+    torch.save(torch.randn(1, 32, 16, 6, 10), tmp_path / "pipeline.pt")  # with its batch axis: a pipeline's
+    result = movq("decode", tmp_path / "pipeline.pt", tmp_path / "out/", "-w", root, "--frames", "0")
+    assert result.exit_code == 0, result.output

@@ -131,7 +131,7 @@ def _materialise(view):
     return view if _is_tensor(view) else np.array(view, order="C")
 
 
-def kind(array) -> str:
+def _kind(array) -> str:
     """The numpy dtype kind of an array or a tensor: "i", "u", "f", "b", "c", ..."""
     if not _is_tensor(array):
         return array.dtype.kind
@@ -225,7 +225,7 @@ def _check_npz_size(archive, key: str, path: Path) -> None:
 
 
 def _check_dtype(array: np.ndarray, path: Path) -> None:
-    found = kind(array)
+    found = _kind(array)
     if found not in "iuf":
         names = {"b": "booleans", "c": "complex numbers", "O": "Python objects", "U": "strings", "S": "bytes"}
         what = names.get(found, f"dtype {array.dtype}")
@@ -237,7 +237,7 @@ def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> n
         array = array[0]
     if math.prod(array.shape) == 0:
         raise InputError(f"{path} has zero frames (shape {array.shape})")
-    if kind(array) == "f":
+    if _kind(array) == "f":
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:

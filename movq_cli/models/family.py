@@ -185,6 +185,12 @@ class Video(Family):
         distribution, not multiplied by scaling_factor. Those decode from the mean, unscaled, as a
         training step would before adding its noise."""
         channels, shape = self.config.latent_channels, clip.array.shape
+        if clip.is_latents and shape[:2] == (2 * channels, channels) and len(clip.stored_shape) == 4:
+            raise InputError(
+                f"{clip.path}: latents {tuple(shape)} read two ways: {shape[0]} frames of {channels} channels "
+                f"(F, C, h, w), or the mean and log-variance of {shape[1]} frames (2C, F, h, w) that vae._encode "
+                f"returns; save a pipeline's with its batch axis, (1, F, C, h, w), or the mean alone"
+            )
         if not clip.is_latents or shape[1] == channels or shape[0] not in (channels, 2 * channels):
             return clip, options
         latents = clip.array.swapaxes(0, 1)[:, :channels]  # numpy and torch alike
