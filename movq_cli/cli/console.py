@@ -168,7 +168,7 @@ def slow_dtype_note(dtype: str, devices: list) -> None:
     """A line on stderr when the CPU is to compute in fp16, which most CPUs do several times slower than bf16."""
     if dtype == "fp16" and any(device.type == "cpu" for device in devices):
         stderr.print(
-            "note: fp16 is slow on the CPU (8x slower than bf16 here); --dtype bf16 is as compact and faster",
+            "note: fp16 is slow on the CPU (several times slower than bf16 on most); --dtype bf16 is as compact",
             soft_wrap=True,
         )
 
