@@ -8,6 +8,8 @@ The public API, what the `movq` command itself calls::
     movq.decode("clip.npy", "clip.mp4", model)            # the whole clip, streamed to a file
     for frame in movq.decode_frames("clip.npy", model):   # or frame by frame: (H, W, 3) uint8
         ...
+    movq.decode(latents, "clip.mp4", model)               # a numpy array or a torch tensor, where it is
+    movq.contact_sheet("clip.npy", "sheet.png", model)    # 8 numbered frames on one picture (movq preview)
     encoder = movq.load(encoder=True)                     # the bundled model, with its encoder
     movq.encode("photo.png", "photo.npy", encoder)
 
@@ -26,9 +28,10 @@ if TYPE_CHECKING:
 
     from movq_cli.encoding import EncodeResult
     from movq_cli.pipeline import DecodeResult
+    from movq_cli.preview import PreviewResult
 
 __version__ = "0.1.0"
-__all__ = ["load", "decode", "decode_frames", "encode", "__version__"]
+__all__ = ["load", "decode", "decode_frames", "contact_sheet", "encode", "__version__"]
 
 
 def load(
@@ -53,7 +56,7 @@ def load(
 
 
 def decode(
-    codes: str | Path,
+    codes: str | Path | np.ndarray | torch.Tensor,
     out: str | Path,
     model: torch.nn.Module,
     *,
@@ -68,29 +71,37 @@ def decode(
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
+    source_numbers: bool = False,
     on_frames: Callable[[int], None] | None = None,
 ) -> DecodeResult:
-    """Decode the code file `codes` (.npy/.npz) into `out`: a video (.mp4, .webm, .gif, .webp),
-    one picture (.png, .jpg) or a folder of PNG frames ("name/"), written atomically.
+    """Decode `codes` into `out`: a video (.mp4, .webm, .gif, .webp), one picture (.png, .jpg) or a
+    folder of PNG frames ("name/"), written atomically.
 
-    `frames` selects output frames (a slice or frame numbers), `key` the array of an .npz, `grid`
+    `codes` is a code file (.npy, .npz, .pt, .pth, .safetensors), or a numpy array or torch tensor
+    shaped as a file's would be: codes (T, h, w), latents (T, e, h, w), CogVideoX latents
+    (F, C, h, w) or (1, F, C, h, w) as a pipeline's output_type="latent" hands them. A tensor is
+    decoded on the model's device; one already there (a CUDA tensor) is not copied to the host.
+
+    `frames` selects output frames (a slice or frame numbers), `key` the array of a file holding
+    several (nested dicts: "a.b"), `grid`
     the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
     "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes CogVideoX chunks in spatial tiles, to the same pixels, in less device
-    memory; `on_frames(n)` hears progress. Returns what was written (frames, frame size, seconds)."""
-    from movq_cli.io import codes as codes_io
+    memory; `source_numbers` names a folder's PNG frames by their number in the whole output
+    (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
+    Returns what was written (frames, frame size, seconds)."""
     from movq_cli.pipeline import decode_to_file
 
-    clip = codes_io.read(codes, key=key, grid=grid)
+    clip = _clip(codes, key, grid)
     return decode_to_file(
         model, clip, out, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap, unscaled=unscaled,
-        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames,
+        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames, source_numbers=source_numbers,
     )  # fmt: skip
 
 
 def decode_frames(
-    codes: str | Path,
+    codes: str | Path | np.ndarray | torch.Tensor,
     model: torch.nn.Module,
     *,
     frames: slice | Sequence[int] | None = None,
@@ -101,21 +112,44 @@ def decode_frames(
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
 ) -> Iterator[np.ndarray]:
-    """The frames of the code file `codes`, decoded a chunk at a time: (H, W, 3) uint8 arrays in order.
+    """The frames of `codes` (a code file, an array or a tensor, as `decode` takes them), decoded a
+    chunk at a time: (H, W, 3) uint8 arrays in order.
 
     Everything is checked before the first frame is decoded; memory stays flat however long the clip."""
-    from movq_cli.io import codes as codes_io
     from movq_cli.models.family import DecodeOptions, family_of
     from movq_cli.pipeline import decode_frames as decode_chunks
     from movq_cli.pipeline import plan
 
-    clip = codes_io.read(codes, key=key, grid=grid)
+    clip = _clip(codes, key, grid)
     family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled, tile=_tile(tile))
+    clip, options = family.conform(clip, options)
     family.check_memory(clip, options)  # before a selection of frames is read
     chosen = plan(family, clip, frames)
     family.check(chosen.clip, options)
     for block in decode_chunks(model, chosen, chunk=chunk, options=options):
         yield from block
+
+
+def contact_sheet(
+    codes: str | Path | np.ndarray | torch.Tensor,
+    out: str | Path,
+    model: torch.nn.Module,
+    *,
+    count: int = 8,
+    columns: int | None = None,
+    key: str | None = None,
+    grid: tuple[int, int] | None = None,
+    unscaled: bool = False,
+    tile: int | tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> PreviewResult:
+    """A contact sheet (.png or .jpg) of `count` evenly spaced frames of `codes` (as `decode` takes
+    them), each numbered, `columns` to a row; only those frames are decoded."""
+    from movq_cli.models.family import DecodeOptions
+    from movq_cli.preview import preview_to_file
+
+    options = DecodeOptions(unscaled=unscaled, tile=_tile(tile))
+    return preview_to_file(model, _clip(codes, key, grid), Path(out), count, columns, overwrite, options)
 
 
 def encode(
@@ -140,6 +174,17 @@ def encode(
         model, footage, Path(out), model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
         on_frames=on_frames,
     )  # fmt: skip
+
+
+def _clip(codes, key: str | None, grid: tuple[int, int] | None):
+    """A code file, array or tensor as the pipeline's Codes."""
+    from movq_cli.io import codes as codes_io
+
+    if isinstance(codes, (str, Path)):
+        return codes_io.read(codes, key=key, grid=grid)
+    if key is not None:
+        raise ValueError(f"key={key!r} picks an array of a file; codes is already an array")
+    return codes_io.from_array(codes, grid=grid)
 
 
 def _tile(tile: int | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -1,3 +1,3 @@
-from movq_cli.cli import app
+from movq_cli.entry import main
 
-app(prog_name="movq")
+main()

@@ -1,6 +1,6 @@
 """Decoding many code files in one run: one output per file, mirroring the input tree.
 
-Inputs are code files, folders (searched recursively for .npy/.npz) and glob patterns (`**`
+Inputs are code files, folders (searched recursively for code files) and glob patterns (`**`
 allowed). A bad file is reported and the batch goes on; only an interruption stops it, or the
 first failure with `fail_fast`. A job array's task takes its `Shard` of the plan; several
 devices (`movq_cli.workers`) or a Ray cluster (`movq_cli.cluster`) share one plan.
@@ -23,13 +23,13 @@ import torch
 from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
+from movq_cli.io.writers import WRITERS, ManyFrames, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import count_frames, decode_to_file
 
 # --format -> the suffix of each output (png and jpg hold one frame each)
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
-CODE_SUFFIXES = {".npy", ".npz"}
+CODE_SUFFIXES = {".npy", ".npz", ".pt", ".pth", ".safetensors"}
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -56,7 +56,9 @@ class FileReport:
             "input": str(self.input),
             "output": str(self.output),
             "frames": self.frames,
-            "frame_size": list(self.frame_size) if self.frame_size else None,
+            "frame_size": list(self.frame_size) if self.frame_size else None,  # [height, width], as named below
+            "height": self.frame_size[0] if self.frame_size else None,
+            "width": self.frame_size[1] if self.frame_size else None,
             "seconds": round(self.seconds, 3),
             "status": self.status,
             "error": self.error,
@@ -80,6 +82,7 @@ class BatchOptions:
     overwrite: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
+    source_numbers: bool = False  # folders of PNG frames: files named by frame number in the whole output
 
     @property
     def write(self) -> WriteOptions:
@@ -155,14 +158,19 @@ def _expand(path: Path) -> list[tuple[Path, Path]]:
         files = [file for match in matches for file in (_code_files(match) if match.is_dir() else [match])]
         found = sorted({file for file in files if file.suffix.lower() in CODE_SUFFIXES})
         if not found:
-            raise InputError(f"no .npy or .npz files match {path}")
+            raise InputError(f"no {_suffixes()} files match {path}")
         return [(file, file.relative_to(root)) for file in found]
     if path.is_dir():
         found = _code_files(path)
         if not found:
-            raise InputError(f"{path} is a folder with no .npy or .npz files in it")
+            raise InputError(f"{path} is a folder with no {_suffixes()} files in it")
         return [(file, file.relative_to(path)) for file in found]
     return [(path, Path(path.name))]  # a missing file fails on its own, in its turn
+
+
+def _suffixes() -> str:
+    *most, last = sorted(CODE_SUFFIXES)
+    return f"{', '.join(most)} or {last}"
 
 
 def _code_files(folder: Path) -> list[Path]:
@@ -222,13 +230,17 @@ def decode_one(
     if options.skip_existing and os.path.lexists(job.output):
         return FileReport(job.codes, Path(job.output), "skipped")
     clip = read_clip(job.codes, options)
-    result = decode_to_file(
-        model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-        snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
-        frames=options.frames,
-        encoder=_encoder(job, device, options),
-        on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
-    )  # fmt: skip
+    try:
+        result = decode_to_file(
+            model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
+            snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
+            frames=options.frames, source_numbers=options.source_numbers,
+            encoder=_encoder(job, device, options),
+            on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
+        )  # fmt: skip
+    except ManyFrames as error:  # in a batch, OUT names the folder and --format the kind of output
+        error.hint = "--format png-dir writes each clip's frames to a folder of PNGs"
+        raise
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
 
@@ -252,8 +264,14 @@ def reported(
     started = time.perf_counter()
     try:
         return decode_one(model, job, device, options, on_start)
-    except MovqError as error:
-        message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
+        return failed_report(job, error, time.perf_counter() - started)
+
+
+def failed_report(job: Job, error: Exception, seconds: float = 0.0) -> FileReport:
+    """The "failed" report of `job`, which raised `error`."""
+    if isinstance(error, MovqError):
+        message = f"{error}; {error.hint}" if error.hint else str(error)
+    else:
         message = f"unexpected {type(error).__name__}: {first_line(error)}"
-    return FileReport(job.codes, Path(job.output), "failed", seconds=time.perf_counter() - started, error=message)
+    return FileReport(job.codes, Path(job.output), "failed", seconds=seconds, error=message)

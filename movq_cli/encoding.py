@@ -26,6 +26,7 @@ class EncodeResult:
     shape: tuple[int, ...]
     dtype: str
     seconds: float
+    size: tuple[int, int] = (0, 0)  # pixels encoded (height, width): the frames' own, cropped to the factor
 
 
 def code_dtype(n_codes: int) -> np.dtype:
@@ -74,13 +75,13 @@ def encode_to_file(
     if model.encoder is None:
         raise InputError("this model has no encoder (its weights carry only the decoder); give weights with one")
     if not latents and not model.has_codebook:
-        raise InputError("this model has no codebook; use --latents")
+        raise InputError("this model has no codebook; use latents=True")
     if output.suffix.lower() != ".npy":
         raise InputError(f"{output}: encode writes .npy files")
     factor = config.factor
     size = (footage.size[0] // factor * factor, footage.size[1] // factor * factor)
     if min(size) == 0:
-        raise InputError(f"{footage.path}: {footage.size[1]}x{footage.size[0]} is smaller than one code ({factor}px)")
+        raise InputError(f"{footage.path}: {footage.size[0]}x{footage.size[1]} is smaller than one code ({factor}px)")
     grid = (size[0] // factor, size[1] // factor)
     per_frame = (config.embed_dim, *grid) if latents else grid
     shape = (footage.n_frames, *per_frame) if footage.kind != "image" else per_frame
@@ -107,4 +108,4 @@ def encode_to_file(
     except BaseException:
         target.remove()
         raise
-    return EncodeResult(output, shape, dtype.name, time.perf_counter() - started)
+    return EncodeResult(output, shape, dtype.name, time.perf_counter() - started, size)

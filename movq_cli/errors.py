@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,25 @@ class RunError(MovqError):
 
 
 class OutOfMemory(RunError):
-    hint = "try a smaller --chunk"
+    hint = "try a smaller chunk=..."
+
+
+# How the library names a keyword in a message, and how the command line spells it: the library
+# speaks to Python callers (overwrite=True), the CLI renders the same message with its flags.
+KEYWORD_FLAGS = [
+    (re.compile(r"\b(overwrite|snap|unscaled|latents)=True\b"), r"--\1"),
+    (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
+    (re.compile(r"\b(key|grid|tile|chunk|frames)=\.\.\."), r"--\1"),
+    (re.compile(r"\b(grid|tile)=\((\w+), (\w+)\)"), r"--\1 \2x\3"),
+    (re.compile(r"\b(key|grid|tile|chunk|frames|fps|crf|encoder)=(?=\S)"), r"--\1 "),
+]
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: `overwrite=True` -> `--overwrite`, `key=NAME` -> `--key NAME`."""
+    for pattern, flag in KEYWORD_FLAGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 RETRY_SECONDS = 0.02  # how soon an interruption put off by `interrupt` comes again

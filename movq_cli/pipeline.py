@@ -20,7 +20,7 @@ import torch
 
 from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import WriteOptions, Writer, get_writer
+from movq_cli.io.writers import PngFolderWriter, WriteOptions, Writer, get_writer, writer_class
 from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
 from movq_cli.models.movq import Movq
 
@@ -108,7 +108,8 @@ def plan(family: Family, clip: Codes, frames: slice | Sequence[int] | None = Non
 
 def count_frames(model: torch.nn.Module, clip: Codes, frames: slice | Sequence[int] | None = None) -> int:
     """How many frames decoding `frames` (None: all) of `clip` with `model` writes."""
-    return plan(family_of(model), clip, frames).n_frames
+    family = family_of(model)
+    return plan(family, family.conform(clip, DecodeOptions())[0], frames).n_frames
 
 
 def decode_frames(
@@ -243,8 +244,23 @@ def check_decodable(model: torch.nn.Module, clip: Codes, options: DecodeOptions 
 
 def _check_not_input(output: Path, codes: Path) -> None:
     output, codes = output.resolve(), codes.resolve()
-    if codes == output or codes.is_relative_to(output):
+    if codes == output:
         raise InputError(f"writing {output} would replace the input {codes}")
+    if codes.is_relative_to(output):
+        raise InputError(
+            f"writing {output} would replace the input {codes}, which is in it; "
+            f"to write one file there, name it: {output / codes.stem}.mp4"
+        )
+
+
+def _file_numbers(plan_: Plan, output: str | Path) -> tuple[int, ...]:
+    """The numbers of the frames a plan writes, in the order they are written, to name them by."""
+    if writer_class(output) is not PngFolderWriter:
+        raise InputError("source_numbers=True names the files of a folder of PNG frames; this output is one file")
+    numbers = tuple(plan_.keep if plan_.keep is not None else plan_.numbers)
+    if len(set(numbers)) != len(numbers):
+        raise InputError("source_numbers=True needs each frame once: the selection repeats a frame")
+    return numbers
 
 
 def decode_to_file(
@@ -262,13 +278,16 @@ def decode_to_file(
     frames: slice | Sequence[int] | None = None,
     unscaled: bool = False,
     tile: tuple[int, int] | None = None,
+    source_numbers: bool = False,
 ) -> DecodeResult:
     """Decode `clip` (its output `frames`, None: all) into `output`: a video or animation, one
     picture, or a folder of PNG frames, as its suffix says (a str keeps the trailing slash that
     names a folder). `fps`, `crf` and `encoder` (an MP4's, from writers.ENCODERS) are for the
     formats that use them (None: the format's default); given for another, InputError. `snap`,
-    `unscaled` and `tile` say how latents are taken and decoded (see DecodeOptions). The model decodes on the
-    device its weights are on (`device`, if given, must be that one).
+    `unscaled` and `tile` say how latents are taken and decoded (see DecodeOptions). With
+    `source_numbers` a folder's PNG frames are named by their number in the whole output
+    (00010.png, 00020.png, ...), not 00000.png on. The model decodes on the device its weights are
+    on (`device`, if given, must be that one).
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
@@ -276,14 +295,16 @@ def decode_to_file(
     family = family_of(model)
     if device is not None and torch.device(device) != family.device:
         raise ValueError(f"the model is on {family.device}, not {device}")
-    options = DecodeOptions(snap=snap, unscaled=unscaled, tile=tile)
+    clip, options = family.conform(clip, DecodeOptions(snap=snap, unscaled=unscaled, tile=tile))
     family.check_memory(clip, options)  # before a selection of frames is read
     plan_ = plan(family, clip, frames)
     family.check(plan_.clip, options)
-    _check_not_input(Path(output), clip.path)
+    if not clip.in_memory:
+        _check_not_input(Path(output), clip.path)
     frame_size = family.frame_size(clip.grid)
     started = time.perf_counter()
-    writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder), overwrite)
+    numbers = _file_numbers(plan_, output) if source_numbers else None
+    writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder, numbers), overwrite)
     try:
         with run_errors(f"decoding {clip.path.name}", family.device), BackgroundWriter(writer) as background:
             for pixels in decode_frames(model, plan_, chunk=chunk, options=options):

@@ -101,7 +101,8 @@ def preview_to_file(
     picture = WRITERS.get(output.suffix.lower())
     if picture is None or not picture.one_frame:
         raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
-    family, options = family_of(model), options or DecodeOptions()
+    family = family_of(model)
+    clip, options = family.conform(clip, options or DecodeOptions())
     family.check_memory(clip, options)  # before the chosen frames are read
     plan_ = plan(family, clip, frame_numbers(family.output_frames(clip.n_frames), count))
     family.check(plan_.clip, options)

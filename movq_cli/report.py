@@ -132,19 +132,24 @@ def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
         "dtype": str(codes.array.dtype),
         "kind": "latents" if codes.is_latents else "codes",
         "frames": codes.n_frames,
-        "grid": list(codes.grid),
+        "grid": list(codes.grid),  # [rows, columns], as named below
+        "rows": codes.grid[0],
+        "columns": codes.grid[1],
         "read_as": codes.describe(),
     }
     report.update(latent_stats(codes) if codes.is_latents else code_stats(codes))
     if model is not None:
         family = family_of(model)
+        codes, options = family.conform(codes, DecodeOptions())
+        report.update(read_as=codes.describe(), grid=list(codes.grid), rows=codes.grid[0], columns=codes.grid[1])
         try:
-            family.check(codes, DecodeOptions())
+            family.check(codes, options)
             report.update(fits=True, reason=None)
         except InputError as error:
             report.update(fits=False, reason=str(error))
         report["output_frames"] = family.output_frames(codes.n_frames)
-        report["frame_size"] = list(family.frame_size(codes.grid))
+        report["frame_size"] = list(family.frame_size(codes.grid))  # [height, width], as named below
+        report["height"], report["width"] = report["frame_size"]
     return report
 
 

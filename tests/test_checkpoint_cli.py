@@ -95,7 +95,7 @@ def test_inspect_counts_codes_in_chunks_and_checks_the_fit(small_folder, tmp_pat
     np.save(tmp_path / "codes.npy", codes)
     monkeypatch.setattr(codes_io, "SCAN_BYTES", 64 * 4)  # one frame per chunk
     result = movq("inspect", tmp_path / "codes.npy", "--weights", small_folder[0], "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the whole report, and the exit status of a failed check
     report = json.loads(result.stdout)
     assert report["kind"] == "codes" and report["shape"] == [6, 4, 4] and report["dtype"] == "int32"
     assert report["min"] == 0 and report["max"] == 70 and report["distinct"] == 4

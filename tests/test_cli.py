@@ -36,7 +36,7 @@ def test_png_frames_equal_the_reference_pixels(clip, small_folder, tmp_path):
     assert frames.shape == expected.shape == (7, 12, 10, 3)
     assert np.abs(frames.astype(int) - expected).max() <= 1  # float tolerance may flip a rounding
     assert (frames == expected).mean() > 0.999
-    assert "wrote 7 frame(s) of 10x12" in result.stderr
+    assert "wrote 7 frame(s) of 12x10" in result.stderr
     assert list(tmp_path.iterdir()) == [tmp_path / "frames"]  # no temporary left behind
 
 

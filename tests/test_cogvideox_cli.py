@@ -45,7 +45,7 @@ def test_a_pipeline_folder_decodes_to_the_pipeline_frames(frames, expected_count
     assert got.shape == expected.shape == (expected_count, 12, 20, 3)
     assert np.abs(got.astype(int) - expected).max() <= 1
     assert (got == expected).mean() > 0.999
-    assert f"wrote {expected_count} frame(s) of 20x12" in result.stderr
+    assert f"wrote {expected_count} frame(s) of 12x20" in result.stderr
 
 
 def test_unscaled_latents_and_frames_without_the_batch_axis(clips, video_folder, tmp_path):

@@ -72,6 +72,7 @@ def hub_answers(cache, monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "reachable", lambda: True)  # online: the Hub takes connections
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     return Answers
 
@@ -319,6 +320,7 @@ def test_once_the_hub_does_not_answer_only_the_cache_is_asked(cache, small_folde
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "reachable", lambda: True)  # it takes the connection, then does not answer
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     assert weights.locate("THUDM/CogVideoX-2b").path.parent.name == "vae"
     assert asked[:2] == [("movq/config.json", False), ("vae/config.json", True)]

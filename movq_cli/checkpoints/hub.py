@@ -23,10 +23,13 @@ import os
 import posixpath
 import re
 import shlex
+import socket
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.errors import InputError, RunError
@@ -41,6 +44,8 @@ HUB_ID = re.compile(
 WEIGHTS_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HF_CLI_SINCE = (0, 34)  # huggingface_hub's command is `hf` from 0.34 on, `huggingface-cli` before
 TRUE = ("1", "ON", "YES", "TRUE")  # the values huggingface_hub takes for true
+PROBE_SECONDS = 2.0  # how long the Hub may take to accept a connection before it counts as unreachable
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ class _Files:
     def __init__(self, hub_id: HubId) -> None:
         self.hub_id = hub_id
         self.uncached: list[str] = []  # asked for, but neither in the cache nor to be had from the Hub
-        self.cache_only = is_offline()
+        # without a network huggingface_hub retries for half a minute, printing each try: look first
+        self.cache_only = is_offline() or not reachable()
 
     def get(self, filename: str) -> Path | None:
         """The cached copy of `filename`; None when the repository has no such file or it cannot be had."""
@@ -231,6 +237,25 @@ def cache_dir() -> Path:
         home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
         cache = os.path.join(home, "hub")
     return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def reachable() -> bool:
+    """Whether the Hub's endpoint (HF_ENDPOINT) takes a connection within PROBE_SECONDS, name lookup
+    included. Behind a proxy (HTTPS_PROXY, ...) only the proxy can say, so the Hub counts as reachable."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    address = (endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80))
+    connected = threading.Event()
+
+    def connect() -> None:
+        with suppress(OSError), socket.create_connection(address, timeout=PROBE_SECONDS):
+            connected.set()
+
+    threading.Thread(target=connect, name="movq-hub-probe", daemon=True).start()
+    return connected.wait(PROBE_SECONDS)  # a name lookup that hangs is given up on too
 
 
 def is_offline() -> bool:

@@ -394,11 +394,18 @@ def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> Non
         if isinstance(model.config, CogVideoXConfig):
             metadata[FAMILY_KEY] = "cogvideox"
         save_file(state, str(temporary), metadata=metadata)
+        os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates it 0600: readable by others as umask allows
         os.replace(temporary, path)
     except OSError as error:
         raise RunError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def convert(
@@ -407,18 +414,24 @@ def convert(
     dtype: torch.dtype | None = None,
     config: MovqConfig | None = None,
     overwrite: bool = False,
+    encoder: bool = True,
 ) -> Checkpoint:
-    """Any supported checkpoint -> a native file at `target`; returns what was read.
+    """Any supported checkpoint -> a native file at `target`; returns what was read and written.
 
     `dtype` None keeps the stored dtype, so decoding the result gives exactly the source's pixels.
+    A 2D MoVQ's encoder is kept where the source has one, unless `encoder` is False; CogVideoX
+    files keep their decoder only.
     """
     target = Path(target)
     if target.suffix != ".safetensors":
         raise InputError(f"{target}: the native format is .safetensors; name the output NAME.safetensors")
     if target.exists() and not overwrite:
-        raise InputError(f"{target} exists; add --overwrite to replace it")
+        raise InputError(f"{target} exists; pass overwrite=True to replace it")
     if not target.parent.is_dir():
         raise InputError(f"cannot create {target}: {target.parent} is not a folder")
-    checkpoint = read_checkpoint(source, "cpu", dtype, config)
+    checkpoint = read_checkpoint(source, "cpu", dtype, config, encoder=encoder)
+    if isinstance(checkpoint.config, CogVideoXConfig):  # movq decodes CogVideoX, and has no 3D encoder
+        state = {name: tensor for name, tensor in checkpoint.state.items() if not name.startswith("encoder.")}
+        checkpoint = replace(checkpoint, state=state)
     save(build(checkpoint.config, checkpoint.state, source=checkpoint.path), target)
     return checkpoint

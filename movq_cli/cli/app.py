@@ -17,10 +17,17 @@ from movq_cli import __version__
 
 
 def _no_flag_types(params: list) -> None:
-    """Flags take no value, so their help shows no type (Typer would label each one `<bool>`)."""
+    """Flags take no value, so their help shows no type (Typer would label each one `<bool>`); nor do
+    arguments of several values, whose name says what they are (`CODES... OUT`, not `<list[str]>`)."""
     for param in params:
         if param.param_type_name == "option" and (param.is_flag or param.count):
             param.metavar = ""
+        if param.param_type_name == "argument" and param.nargs != 1:
+            param.display_type_rich = _no_type
+
+
+def _no_type(ctx: typer.Context) -> None:
+    return None
 
 
 class Command(TyperCommand):
@@ -73,7 +80,7 @@ class App(TyperGroup):
 app = typer.Typer(
     name="movq",
     cls=App,
-    help="Decode MoVQ codes and latents into pictures and video.",
+    help="Decode MoVQ codes and latents into pictures and video. Sizes are height x width (HxW) everywhere.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -19,6 +19,7 @@ from movq_cli.cli.options import (
     GridOption,
     JsonOption,
     KeyOption,
+    QuietOption,
     WeightsArgument,
     parse_grid,
     typer_parser,
@@ -53,6 +54,10 @@ def convert(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing TARGET.")] = False,
+    no_encoder: Annotated[
+        bool, typer.Option("--no-encoder", help="Leave the encoder out (kept by default, for movq encode).")
+    ] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert any supported checkpoint into one native .safetensors file (config in its metadata)."""
     with reported_errors():
@@ -65,9 +70,25 @@ def convert(
             dtype=resolve_dtype(dtype) if dtype else None,
             config=weights_io.read_config(config) if config else None,
             overwrite=overwrite,
+            encoder=not no_encoder,
         )
-        stderr.print(f"read {checkpoint.layout} layout (config {checkpoint.config_source})", soft_wrap=True)
+        if not quiet:
+            stderr.print(f"read {checkpoint.layout} layout (config {checkpoint.config_source})", soft_wrap=True)
+            stderr.print(f"wrote {_contents(checkpoint)} to {target}", soft_wrap=True, markup=False)
         print(target)
+
+
+def _contents(checkpoint) -> str:
+    """What a converted file holds: "the decoder and the encoder, 214 tensors, 6.5 MiB, float32"."""
+    tensors = checkpoint.state.values()
+    parts = (
+        "the decoder and the encoder"
+        if any(name.startswith("encoder.") for name in checkpoint.state)
+        else ("the decoder only")
+    )
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in tensors})
+    return f"{parts}, {len(checkpoint.state)} tensors, {size / (1 << 20):.1f} MiB, {'/'.join(dtypes)}"
 
 
 @command(epilog="Examples:\n\n  movq info movq_final.ckpt\n\n  movq info kandinsky-3/movq --grid 64x64 --json")
@@ -105,14 +126,14 @@ def info(
         scale = report["scaling_factor"]
         rows["scaling factor"] = "unknown (no config.json: decode --unscaled latents)" if scale is None else str(scale)
         rows["downsampling"] = f"x{report['factor']} in space, x{report['temporal_compression']} in time"
-        rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{width}x{height} pixels"
+        rows[f"frame for {grid[0]}x{grid[1]} latents"] = f"{height}x{width} pixels"
     else:
         attention = report["attention"]
         where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
         rows["codebook"] = "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"])
         rows["downsampling"] = f"x{report['factor']}"
         rows["attention"] = ", ".join(where) or "none"
-        rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{width}x{height} pixels"
+        rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{height}x{width} pixels"
     _print_table(rows)
 
 
@@ -127,7 +148,12 @@ def inspect(
     codes: CodesArgument,
     weights: Annotated[
         str | None,
-        typer.Option("--weights", "-w", metavar="WEIGHTS", help="Also check that the codes fit this model."),
+        typer.Option(
+            "--weights",
+            "-w",
+            metavar="WEIGHTS",
+            help="Also check that the codes fit this model (exit 1 when they do not).",
+        ),
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
@@ -142,6 +168,12 @@ def inspect(
         clip = codes_io.read(codes, key=key, grid=grid)
         model = load(weights, "cpu") if weights is not None else None
         report = codes_report(clip, model)
+    _print_codes_report(report, as_json)
+    if report.get("fits") is False:
+        raise typer.Exit(1)
+
+
+def _print_codes_report(report: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return
@@ -159,7 +191,7 @@ def inspect(
     if "fits" in report:
         rows["fits the model"] = "yes" if report["fits"] else f"no: {report['reason']}"
         height, width = report["frame_size"]
-        rows["decodes to"] = f"{report['output_frames']} frame(s) of {width}x{height}"
+        rows["decodes to"] = f"{report['output_frames']} frame(s) of {height}x{width}"
     _print_table(rows)
 
 

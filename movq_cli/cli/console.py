@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from movq_cli.errors import MovqError, first_line, interrupt
+from movq_cli.errors import InputError, MovqError, as_flags, first_line, interrupt
 
 if TYPE_CHECKING:
     from movq_cli.batch import FileReport
@@ -35,7 +36,8 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def error_line(message: str) -> None:
-    stderr.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    """One red line on stderr, with the library's keywords spelled as flags."""
+    stderr.print(f"[red]error:[/red] {escape(as_flags(message))}", soft_wrap=True)
 
 
 @contextmanager
@@ -150,10 +152,37 @@ def summary(report: FileReport, decoder: str) -> None:
     height, width = report.frame_size
     speed = f"{report.frames / max(report.seconds, 1e-9):.2f} frames/s"
     stderr.print(
-        f"wrote {report.frames} frame(s) of {width}x{height} in {report.seconds:.1f} s ({speed}, {decoder}) "
+        f"wrote {report.frames} frame(s) of {height}x{width} in {report.seconds:.1f} s ({speed}, {decoder}) "
         f"-> {escape(str(report.output))}",
         soft_wrap=True,
     )
+
+
+def refuse_stdout(out: str | Path) -> None:
+    """OUT "-" reads as standard output, which movq does not write to: say so rather than make a folder "-"."""
+    if str(out) == "-":
+        raise InputError("OUT - would be standard output; movq writes files: name one (clip.mp4) or a folder (frames/)")
+
+
+def slow_dtype_note(dtype: str, devices: list) -> None:
+    """A line on stderr when the CPU is to compute in fp16, which most CPUs do several times slower than bf16."""
+    if dtype == "fp16" and any(device.type == "cpu" for device in devices):
+        stderr.print(
+            "note: fp16 is slow on the CPU (several times slower than bf16 on most); --dtype bf16 is as compact",
+            soft_wrap=True,
+        )
+
+
+def _reason(report: FileReport) -> str:
+    return as_flags(report.error) if report.error else f"{report.output} exists"
+
+
+def report_json(report: FileReport) -> str:
+    """One file's report as a line of JSON, its error in the command line's words."""
+    fields = report.as_json()
+    if fields["error"]:
+        fields["error"] = as_flags(fields["error"])
+    return json.dumps(fields)
 
 
 def batch_summary(reports: list[FileReport], seconds: float, decoder: str) -> None:
@@ -163,15 +192,16 @@ def batch_summary(reports: list[FileReport], seconds: float, decoder: str) -> No
     missed = [report for report in reports if report.status != "done"]
     if missed and not stderr.is_terminal:
         for report in missed:
-            reason = report.error or f"{report.output} exists"
-            stderr.print(f"{report.status}: {escape(str(report.input))}: {escape(reason)}", soft_wrap=True)
+            reason = _reason(report)
+            line = reason if reason.startswith(str(report.input)) else f"{report.input}: {reason}"
+            stderr.print(f"{report.status}: {escape(line)}", soft_wrap=True)
     elif missed:
         table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False)
         for column in ("status", "input", "reason"):
             table.add_column(column, overflow="fold")
         for report in missed:
             colour = "red" if report.status == "failed" else "yellow"
-            reason = report.error or f"{report.output} exists"
+            reason = _reason(report).removeprefix(str(report.input)).removeprefix(":").strip()
             table.add_row(f"[{colour}]{report.status}[/{colour}]", escape(str(report.input)), escape(reason))
         stderr.print(table)
     counts = Counter(report.status for report in reports)

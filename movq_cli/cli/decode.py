@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,17 @@ from typing import Annotated
 import typer
 
 from movq_cli.cli.app import command
-from movq_cli.cli.console import batch_progress, batch_summary, error_line, frame_progress, reported_errors, summary
+from movq_cli.cli.console import (
+    batch_progress,
+    batch_summary,
+    error_line,
+    frame_progress,
+    refuse_stdout,
+    report_json,
+    reported_errors,
+    slow_dtype_note,
+    summary,
+)
 from movq_cli.cli.options import (
     DtypeOption,
     FramesOption,
@@ -24,7 +33,7 @@ from movq_cli.cli.options import (
     UnscaledOption,
     WeightsOption,
 )
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, MovqError
 
 BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
 
@@ -56,7 +65,8 @@ def decode(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Code files (.npy/.npz of integer codes or float latents), folders or glob patterns, then OUT.",
+            help="Code files (.npy, .npz, .pt, .safetensors: integer codes or float latents), folders or glob "
+            "patterns, then OUT.",
             metavar="CODES... OUT",
             show_default=False,
         ),
@@ -107,6 +117,14 @@ def decode(
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
     ] = None,
     overwrite: OverwriteOption = False,
+    source_numbers: Annotated[
+        bool,
+        typer.Option(
+            "--source-numbers",
+            help="Name PNG frames by their number in the clip (--frames ::10 writes 00000.png, 00010.png, ...), "
+            "not 00000.png on.",
+        ),
+    ] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs as they are.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop a batch at the first failure.")] = False,
     shard: Annotated[
@@ -136,7 +154,7 @@ def decode(
     """Decode clips of codes or latents to videos, pictures, or folders of PNG frames."""
     with reported_errors():
         from movq_cli import load
-        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, is_batch, plan
+        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, failed_report, is_batch, plan
         from movq_cli.device import describe, resolve_devices, set_threads
         from movq_cli.pipeline import model_device
 
@@ -144,6 +162,7 @@ def decode(
             raise InputError("give the code files, then OUT (see movq decode --help)")
         *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
         inputs = [Path(path) for path in inputs]
+        refuse_stdout(out)
         if overwrite and skip_existing:
             raise InputError("--overwrite and --skip-existing contradict each other; choose one")
         single = not is_batch(inputs)
@@ -158,6 +177,7 @@ def decode(
         options = BatchOptions(
             key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
             unscaled=unscaled, tile=tile, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
+            source_numbers=source_numbers,
         )  # fmt: skip
         jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
         if shard is not None:
@@ -166,18 +186,24 @@ def decode(
         devices = [] if ray else resolve_devices(device)
         model = load(weights, str(devices[0]), dtype) if single or len(devices) == 1 else None
         decoder = describe(model) if model else ""
+        if not quiet:
+            slow_dtype_note(dtype, devices)
         started = time.perf_counter()
 
         stdout = sys.stdout  # the reports' stream, whatever a library writes to sys.stdout meanwhile (Ray does)
 
         def print_json(report) -> None:
             if as_json:
-                print(json.dumps(report.as_json()), file=stdout, flush=True)
+                print(report_json(report), file=stdout, flush=True)
 
         if single:
             job = jobs[0]
             with frame_progress(f"decoding {job.codes.name}", quiet) as progress:
-                report = decode_one(model, job, model_device(model), options, lambda _, n: progress.start(n))
+                try:
+                    report = decode_one(model, job, model_device(model), options, lambda _, n: progress.start(n))
+                except MovqError as error:  # its row, then its line on stderr and its exit code
+                    print_json(failed_report(job, error, time.perf_counter() - started))
+                    raise
             print_json(report)
             if not quiet:
                 summary(report, decoder)

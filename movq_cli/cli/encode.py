@@ -61,6 +61,13 @@ def encode(
                 model, footage, out, model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
                 on_frames=progress.start(footage.n_frames),
             )  # fmt: skip
+        if not quiet and result.size != footage.size:
+            stderr.print(
+                f"cropped {footage.size[0]}x{footage.size[1]} to {result.size[0]}x{result.size[1]} at the bottom and "
+                f"right: sides are multiples of {model.config.factor} pixels, one code each",
+                soft_wrap=True,
+                markup=False,
+            )
         if not quiet:
             stderr.print(
                 f"wrote {result.dtype} {result.shape} from {footage.n_frames} frame(s) in {result.seconds:.1f} s "

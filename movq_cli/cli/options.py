@@ -43,14 +43,18 @@ def parse_tile(text: str) -> tuple[int, int]:
 
 
 def parse_frames(text: str) -> slice:
-    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice."""
+    """'a:b' or 'a:b:step' (Python slice rules, negative numbers count from the end) -> a slice;
+    'n' -> frame n alone (-1: the last)."""
+    if text.strip().lstrip("-").isdigit():
+        number = int(text)
+        return slice(number, number + 1 if number != -1 else None)
     parts = text.split(":")
     try:
         if len(parts) not in (2, 3):
             raise ValueError
         start, stop, *step = (int(part) if part.strip() else None for part in parts)
     except ValueError:
-        raise InputError(f"expected START:STOP or START:STOP:STEP with integers, not {text!r}") from None
+        raise InputError(f"expected N, START:STOP or START:STOP:STEP with integers, not {text!r}") from None
     if step and step[0] == 0:
         raise InputError(f"{text}: the step cannot be zero")
     return slice(start, stop, step[0] if step else None)
@@ -79,31 +83,43 @@ DtypeOption = Annotated[
 ]
 ThreadsOption = Annotated[
     int | None,
-    typer.Option(min=1, metavar="N", help="CPU threads for torch (default: torch's choice, one per core)."),
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="CPU threads for torch (default: one per core; idle threads sleep, OMP_WAIT_POLICY=PASSIVE, so "
+        "that other work on the cores does not slow decoding down).",
+    ),
 ]
 # Any: Typer would read a tuple annotation as two values, and it validates what the parser returns
 GridOption = Annotated[
     Any,
     typer.Option(
-        help="Frame shape for flat token rows (L,) or (T, L).", metavar="HxW", parser=typer_parser(parse_grid)
+        help="Frame shape for flat token rows (L,) or (T, L): height x width in codes.",
+        metavar="HxW",
+        parser=typer_parser(parse_grid),
     ),
 ]
 FramesOption = Annotated[
     Any,
     typer.Option(
-        help="Only START:STOP[:STEP] of each clip (Python slice rules; output frames).",
-        metavar="START:STOP[:STEP]",
+        help="Only frame N, or START:STOP[:STEP], of each clip (Python slice rules; output frames).",
+        metavar="N|START:STOP[:STEP]",
         parser=typer_parser(parse_frames),
     ),
 ]
-KeyOption = Annotated[str | None, typer.Option(help="Which array of an .npz file to read.", metavar="NAME")]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(help="Which array of an .npz, .pt or .safetensors file to read (nested dicts: a.b).", metavar="NAME"),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 CodesArgument = Annotated[
     Path,
     typer.Argument(
-        help="Code file: .npy or .npz of integer codes or float latents.", metavar="CODES", show_default=False
+        help="Code file: .npy, .npz, .pt or .safetensors of integer codes or float latents.",
+        metavar="CODES",
+        show_default=False,
     ),
 ]
 UnscaledOption = Annotated[

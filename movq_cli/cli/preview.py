@@ -69,5 +69,5 @@ def preview(
             numbers = ", ".join(map(str, result.frame_numbers))
             height, width = result.size
             stderr.print(
-                f"frames {numbers} of {result.total} -> {out} ({width}x{height})", soft_wrap=True, markup=False
+                f"frames {numbers} of {result.total} -> {out} ({height}x{width})", soft_wrap=True, markup=False
             )

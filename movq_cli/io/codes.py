@@ -1,7 +1,9 @@
 """Reading code files: integer codes or continuous latents, as frames, read lazily.
 
-`.npy` files are memory-mapped and never unpickled; `.npz` members are read whole.
-Integer arrays become frames of codes (T, H, W); floating arrays become latents (T, e, H, W).
+`.npy` files are memory-mapped and never unpickled; `.npz` members are read whole; torch.save
+and .safetensors files are read by `tensorfiles`. Integer arrays become frames of codes
+(T, H, W); floating arrays become latents (T, e, H, W). Arrays and tensors already in memory
+(`from_array`) are taken as they are: a tensor stays on its device.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from typing import BinaryIO
 import numpy as np
 
 from movq_cli.errors import InputError, first_line
+from movq_cli.io import tensorfiles
 from movq_cli.memory import gib, host_memory
 
 # how the files start: .npy, and zip archives (.npz, and torch.save's format since torch 1.6)
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
+# a 2D array of codes (A, B) is one frame unless it is more than this many times wider than high:
+# then it is A flat token rows of B codes each (a frame of 8x4096 codes is not a picture)
+ROWS_ASPECT = 8
 SCAN_BYTES = 64 << 20  # how much of a file one validation step looks at
 # what numpy raises for a damaged header or body
 DAMAGED = (ValueError, TypeError, OverflowError, OSError, EOFError, SyntaxError, tokenize.TokenError)
@@ -30,12 +36,14 @@ DAMAGED = (ValueError, TypeError, OverflowError, OSError, EOFError, SyntaxError,
 
 @dataclass(frozen=True)
 class Codes:
-    """A clip of codes (T, H, W) or latents (T, e, H, W), possibly memory-mapped."""
+    """A clip of codes (T, H, W) or latents (T, e, H, W): a numpy array, possibly memory-mapped, or a
+    torch tensor on any device."""
 
     array: np.ndarray
-    path: Path
+    path: Path  # the file; for an array given in memory, the name it is called by in messages
     stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
     numbers: Sequence[int] | None = None  # each frame's number in the file, once frames are selected
+    in_memory: bool = False  # given as an array or tensor, not read from `path`
 
     @property
     def is_latents(self) -> bool:
@@ -52,7 +60,7 @@ class Codes:
 
     def frames(self, start: int, stop: int) -> np.ndarray:
         """Frames [start, stop) as an in-memory array (read from disk now)."""
-        return np.array(self.array[start:stop], order="C")
+        return _materialise(self.array[start:stop])
 
     def chunks(self, frames: int):
         """(start, frames) pairs covering the clip, `frames` at a time."""
@@ -70,7 +78,7 @@ class Codes:
         rows = max(1, SCAN_BYTES // max(1, frame_bytes // self.grid[0]))
         for frame in range(self.n_frames):
             for row in range(0, self.grid[0], rows):
-                yield frame, row, np.array(self.array[frame : frame + 1, ..., row : row + rows, :], order="C")
+                yield frame, row, _materialise(self.array[frame : frame + 1, ..., row : row + rows, :])
 
     def frame_number(self, index: int) -> int:
         """The number in the file of this clip's frame `index`."""
@@ -84,7 +92,7 @@ class Codes:
         if isinstance(frames, slice):
             numbers, array = every[frames], self.array[frames]
         else:
-            numbers, array = [every[i] for i in frames], np.array(self.array[list(frames)])
+            numbers, array = [every[i] for i in frames], _materialise(self.array[list(frames)])
         if len(numbers) == 0:
             raise InputError(f"{self.path}: the frame selection picks none of its {self.n_frames} frame(s)")
         return replace(self, array=array, numbers=numbers)
@@ -102,10 +110,45 @@ def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None 
     return Codes(_as_frames(array, grid, path), path, tuple(array.shape))
 
 
+def from_array(array, grid: tuple[int, int] | None = None, name: str = "codes") -> Codes:
+    """A numpy array or a torch tensor (on any device, left there) shaped into frames as a file's
+    array would be, called `name` in messages. Raises InputError on anything unusable."""
+    if not isinstance(array, np.ndarray) and not _is_tensor(array):
+        raise TypeError(f"{name} must be a file path, a numpy array or a torch tensor, not {type(array).__name__}")
+    path = Path(name)
+    _check_dtype(array, path)
+    if _is_tensor(array):
+        array = array.detach()
+    return Codes(_as_frames(array, grid, path), path, tuple(array.shape), in_memory=True)
+
+
+def _is_tensor(array) -> bool:
+    return type(array).__module__.startswith("torch") and hasattr(array, "device")
+
+
+def _materialise(view):
+    """A slice of a clip in memory: numpy views of a file are read now; a tensor stays where it is."""
+    return view if _is_tensor(view) else np.array(view, order="C")
+
+
+def _kind(array) -> str:
+    """The numpy dtype kind of an array or a tensor: "i", "u", "f", "b", "c", ..."""
+    if not _is_tensor(array):
+        return array.dtype.kind
+    dtype = array.dtype
+    if dtype.is_floating_point:
+        return "f"
+    if dtype.is_complex:
+        return "c"
+    if str(dtype) == "torch.bool":
+        return "b"
+    return "u" if str(dtype).startswith("torch.uint") else "i"
+
+
 def _open_array(path: Path, key: str | None) -> np.ndarray:
     try:
         with open(path, "rb") as file:
-            magic = file.read(6)
+            magic = file.read(9)
     except FileNotFoundError:
         raise InputError(f"codes file not found: {path}") from None
     except IsADirectoryError:
@@ -114,13 +157,13 @@ def _open_array(path: Path, key: str | None) -> np.ndarray:
         raise InputError(f"cannot read {path}: {error.strerror or error}") from None
     if magic.startswith(NPY_MAGIC):
         if key is not None:
-            raise InputError(f"--key {key} is for .npz files; {path} is a .npy file")
+            raise InputError(f"key={key!r} names an array in an .npz, .pt or .safetensors file; {path} is a .npy file")
         return _open_npy(path)
-    if magic.startswith(ZIP_MAGIC):
+    if magic.startswith(ZIP_MAGIC) and not tensorfiles.is_torch_zip(path):
         return _open_npz(path, key)
-    if magic[:1] == b"\x80":
-        raise InputError(f"{path} is a Python pickle; movq reads only .npy/.npz arrays (pickles can run code)")
-    raise InputError(f"{path} is not a .npy or .npz file")
+    if magic.startswith(ZIP_MAGIC) or magic[:1] == b"\x80" or tensorfiles.is_safetensors(magic):
+        return tensorfiles.read_tensor_file(path, key, safetensors=tensorfiles.is_safetensors(magic))
+    raise InputError(f"{path} is not a .npy or .npz file, nor a torch.save (.pt) or .safetensors one")
 
 
 def _open_npy(path: Path) -> np.ndarray:
@@ -149,7 +192,7 @@ def _open_npz(path: Path, key: str | None) -> np.ndarray:
             names = list(archive.files)
             if key is None:
                 if len(names) != 1:
-                    raise InputError(f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with --key")
+                    raise InputError(f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with key=NAME")
                 key = names[0]
             if key not in names:
                 raise InputError(f"{path} has no array {key!r} (it has: {', '.join(names) or 'none'})")
@@ -182,19 +225,19 @@ def _check_npz_size(archive, key: str, path: Path) -> None:
 
 
 def _check_dtype(array: np.ndarray, path: Path) -> None:
-    kind = array.dtype.kind
-    if kind not in "iuf":
+    found = _kind(array)
+    if found not in "iuf":
         names = {"b": "booleans", "c": "complex numbers", "O": "Python objects", "U": "strings", "S": "bytes"}
-        what = names.get(kind, f"dtype {array.dtype}")
+        what = names.get(found, f"dtype {array.dtype}")
         raise InputError(f"{path} holds {what}; codes must be integers and latents floats")
 
 
 def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> np.ndarray:
     while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
-    if array.size == 0:
+    if math.prod(array.shape) == 0:
         raise InputError(f"{path} has zero frames (shape {array.shape})")
-    if array.dtype.kind == "f":
+    if _kind(array) == "f":
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
@@ -204,26 +247,34 @@ def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> n
         rows, cols = grid or _square(array.shape[0], path)
         return _rows_to_grid(array[None], rows, cols, path)
     if array.ndim == 2:
-        if grid is None:
-            return array[None]
-        return _rows_to_grid(array, *grid, path)
+        if grid is not None:
+            return _rows_to_grid(array, *grid, path)
+        if array.shape[1] <= ROWS_ASPECT * array.shape[0]:
+            return array[None]  # one frame (H, W)
+        return _rows_to_grid(array, *_square(array.shape[1], path), path)  # far wider than high: token rows
     if array.ndim == 3:
-        if grid is not None and array.shape[1:] != grid:
-            raise InputError(f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not --grid {grid[0]}x{grid[1]}")
+        if grid is not None and tuple(array.shape[1:]) != tuple(grid):
+            raise InputError(f"{path}: frames are {array.shape[1]}x{array.shape[2]}, not grid=({grid[0]}, {grid[1]})")
         return array
     raise InputError(f"{path}: codes must be (H, W), (T, H, W), (L,) or (T, L); got {array.ndim} axes {array.shape}")
 
 
 def _square(length: int, path: Path) -> tuple[int, int]:
+    """A row of `length` codes as a square frame; InputError naming the shapes it could have when it is not one."""
     side = math.isqrt(length)
     if side * side != length:
-        raise InputError(f"{path}: {length} codes in a row is not a square; give the frame shape with --grid HxW")
+        shapes = [(rows, length // rows) for rows in range(1, length + 1) if length % rows == 0]
+        likely = [f"grid=({rows}, {cols})" for rows, cols in shapes if max(rows, cols) <= 4 * min(rows, cols)]
+        maybe = f" ({' or '.join(likely)}?)" if 0 < len(likely) <= 4 else ""
+        raise InputError(
+            f"{path}: {length} codes in a row is not a square; give the frame shape with grid=(H, W){maybe}"
+        )
     return side, side
 
 
 def _rows_to_grid(rows: np.ndarray, height: int, width: int, path: Path) -> np.ndarray:
     if rows.shape[1] != height * width:
-        raise InputError(f"{path}: rows of {rows.shape[1]} codes do not fill --grid {height}x{width}")
+        raise InputError(f"{path}: rows of {rows.shape[1]} codes do not fill grid=({height}, {width})")
     return rows.reshape(rows.shape[0], height, width)
 
 
@@ -239,10 +290,10 @@ def check_fits(codes: Codes, channels: int, n_codes: int | None) -> None:
         if found != channels:
             raise InputError(f"{codes.path}: latents have {found} channels; this model takes {channels}")
         for start, first_row, block in codes.pieces():
-            bad = ~np.isfinite(block)
+            bad = ~_isfinite(block)
             if bad.any():
-                t, c, y, x = np.argwhere(bad)[0]
-                value = block[t, c, y, x]
+                t, c, y, x = _first(bad)
+                value = block[t, c, y, x].item()
                 frame = codes.frame_number(start + t)
                 raise InputError(
                     f"{codes.path}: latent {value} at frame {frame}, channel {c}, row {first_row + y}, column {x}"
@@ -254,8 +305,22 @@ def check_fits(codes: Codes, channels: int, n_codes: int | None) -> None:
     for start, first_row, block in codes.pieces():
         bad = (block < 0) | (block >= limit)
         if bad.any():
-            t, y, x = np.argwhere(bad)[0]
+            t, y, x = _first(bad)
             raise InputError(
-                f"{codes.path}: code {block[t, y, x]} at frame {codes.frame_number(start + t)}, "
+                f"{codes.path}: code {block[t, y, x].item()} at frame {codes.frame_number(start + t)}, "
                 f"row {first_row + y}, column {x} is outside [0, {limit}) for this model"
             )
+
+
+def _isfinite(block):
+    if _is_tensor(block):
+        import torch
+
+        return torch.isfinite(block)
+    return np.isfinite(block)
+
+
+def _first(mask) -> tuple[int, ...]:
+    """The index of the first true value of a boolean array or tensor."""
+    mask = mask.cpu().numpy() if _is_tensor(mask) else mask
+    return tuple(int(i) for i in np.argwhere(mask)[0])

@@ -36,8 +36,8 @@ class Footage:
             frame = _read_image(file)
             if frame.shape[:2] != self.size:
                 raise InputError(
-                    f"{file} is {frame.shape[1]}x{frame.shape[0]}; the folder's first image is "
-                    f"{self.size[1]}x{self.size[0]} (all frames must have one size)"
+                    f"{file} is {frame.shape[0]}x{frame.shape[1]}; the folder's first image is "
+                    f"{self.size[0]}x{self.size[1]} (all frames must have one size)"
                 )
             yield frame
 

@@ -55,7 +55,7 @@ class AtomicTarget:
             self._check_not_protected()
             self._check_only_frames()
         if not overwrite:
-            raise InputError(f"{self.target} exists; pass --overwrite to replace it")
+            raise InputError(f"{self.target} exists; pass overwrite=True to replace it")
 
     def _check_not_protected(self) -> None:
         resolved = self.path.resolve()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
@@ -38,6 +39,11 @@ class WriteOptions:
     fps: float | None = None
     crf: int | None = None
     encoder: str | None = None  # an MP4's H.264 encoder, from ENCODERS
+    numbers: tuple[int, ...] | None = None  # a folder of PNG frames: each frame's file number (None: 0, 1, ...)
+
+
+class ManyFrames(InputError):
+    """More frames than a one-picture format holds."""
 
 
 class Writer(ABC):
@@ -72,12 +78,12 @@ class Writer(ABC):
         """Raise InputError unless `n_frames` frames of `frame_size` (height, width) fit this format."""
         height, width = frame_size
         if cls.one_frame and n_frames != 1:
-            raise InputError(
+            raise ManyFrames(
                 f"{n_frames} frames cannot go into one {cls.suffix}; write them to a folder of PNG frames, "
                 f"pick one with --frames N:N+1, or see several on one sheet with movq preview"
             )
         if cls.max_side is not None and max(height, width) > cls.max_side:
-            raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {width}x{height}")
+            raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {height}x{width}")
 
     @abstractmethod
     def write(self, frames: np.ndarray) -> None:
@@ -225,7 +231,7 @@ class Mp4Writer(VideoWriter):
         super().check_frames(frame_size, n_frames)
         height, width = frame_size
         if height % 2 or width % 2:
-            raise InputError(f"H.264 yuv420p needs even frame sizes, not {width}x{height}; write .webm or PNGs instead")
+            raise InputError(f"H.264 yuv420p needs even frame sizes, not {height}x{width}; write .webm or PNGs instead")
 
     def encoding(self, options: WriteOptions) -> list[str]:
         codec, speed = ENCODERS[options.encoder or CPU_ENCODER]
@@ -249,7 +255,8 @@ def _check_nvenc() -> None:
         raise InputError(f"--encoder nvenc: cannot run ffmpeg: {error}") from None
     if trial.returncode != 0:
         lines = [line.strip() for line in trial.stderr.splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit status {trial.returncode}"
+        own = [line for line in lines if line.startswith("[h264_nvenc")]  # the encoder's, not ffmpeg's aftermath
+        why = re.sub(r"^\[[^]]*\]\s*", "", own[0]) if own else lines[0] if lines else f"exit status {trial.returncode}"
         raise InputError(f"--encoder nvenc needs an NVIDIA GPU with its driver, and ffmpeg says: {why}")
 
 
@@ -286,7 +293,7 @@ class GifWriter(FfmpegWriter):
         height, width = frame_size
         if n_frames * height * width * 3 > GIF_MEMORY:
             raise InputError(
-                f"a .gif of {n_frames} frames of {width}x{height} is made in memory, over "
+                f"a .gif of {n_frames} frames of {height}x{width} is made in memory, over "
                 f"{GIF_MEMORY // 2**30} GiB; pick fewer with --frames, or write .webm or .mp4"
             )
 
@@ -336,14 +343,17 @@ class PngFolderWriter(Writer):
     """Frames into a folder as 00000.png, 00001.png, ... in frame order."""
 
     suffix = ""
+    uses = frozenset({"numbers"})
 
     def __init__(self, target: AtomicTarget, frame_size: tuple[int, int], options: WriteOptions) -> None:
         super().__init__(target, frame_size, options)
         self.count = 0
+        self.numbers = options.numbers
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
-            _write_image(self.target.temp / f"{self.count:05d}.png", frame, ".png", PngWriter.saving)
+            number = self.count if self.numbers is None else self.numbers[self.count]
+            _write_image(self.target.temp / f"{number:05d}.png", frame, ".png", PngWriter.saving)
             self.count += 1
 
 

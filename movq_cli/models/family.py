@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,7 +33,7 @@ from movq_cli.models.movq import Movq
 UNKNOWN_SCALE = (
     "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
     "(2b: 1.15258426, 5b and 1.5: 0.7): put config.json beside them, give latents already divided by it "
-    "(--unscaled), or store it: movq convert WEIGHTS OUT.safetensors --config cogvideox-2b (or -5b)"
+    "(unscaled=True), or store it: movq convert WEIGHTS OUT.safetensors --config cogvideox-2b (or -5b)"
 )
 
 
@@ -76,8 +76,13 @@ class Family(ABC):
     def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
         """Raise InputError when the device has too little memory for a chunk of `clip` (from its shape alone)."""
 
+    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+        """The clip in the layout the family decodes, and how to take it, where a file holds it
+        another way its users know (the clip as it is, elsewhere)."""
+        return clip, options
+
     def memory_hint(self, options: DecodeOptions) -> str | None:
-        """What to try when decoding runs out of memory (None: errors.OutOfMemory's own, a smaller --chunk)."""
+        """What to try when decoding runs out of memory (None: errors.OutOfMemory's own, a smaller chunk)."""
         return None
 
     @abstractmethod
@@ -90,12 +95,14 @@ class Family(ABC):
         """Chunks of file frames on the device (as `chunk_sizes` cut them) -> their images, chunk by chunk."""
 
     def to_device(self, block) -> torch.Tensor:
-        """A chunk of file frames (numpy) -> the device: codes as int64, latents in the model's dtype.
+        """A chunk of file frames (numpy, or a tensor on any device) -> the device: codes as int64,
+        latents in the model's dtype.
 
-        On CUDA from pinned memory, so that the copy does not hold up the host."""
-        tensor = torch.from_numpy(block)
-        tensor = tensor.long() if block.dtype.kind in "iu" else tensor
-        if self.device.type == "cuda":
+        On CUDA from pinned memory, so that the copy does not hold up the host; a tensor already
+        there stays there."""
+        tensor = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
+        tensor = tensor.long() if not tensor.is_floating_point() else tensor
+        if self.device.type == "cuda" and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
         tensor = tensor.to(self.device, non_blocking=True)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
@@ -119,14 +126,15 @@ class Frames(Family):
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         if options.tile is not None:
             raise InputError(
-                "--tile is for CogVideoX latents; 2D MoVQ frames decode one at a time (a smaller --chunk saves memory)"
+                "tile=... is for CogVideoX latents; 2D MoVQ frames decode one at a time "
+                "(a smaller chunk=... saves memory)"
             )
         self.check_memory(clip)
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
-            raise InputError("--snap needs a codebook, and this model has none")
+            raise InputError("snap=True needs a codebook, and this model has none")
         if options.unscaled:
-            raise InputError("--unscaled is for CogVideoX latents; MoVQ latents are decoded as they are")
+            raise InputError("unscaled=True is for CogVideoX latents; MoVQ latents are decoded as they are")
 
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
         for block in blocks:
@@ -148,7 +156,7 @@ class Video(Family):
     def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
         if chunk is not None:
             raise InputError(
-                "--chunk has no use for CogVideoX latents: the model's chunks (2 latent frames, 3 first "
+                "chunk=... has no use for CogVideoX latents: the model's chunks (2 latent frames, 3 first "
                 "for an odd count) define its output"
             )
         return self.model.schedule(clip.n_frames)
@@ -169,11 +177,32 @@ class Video(Family):
         check_fits_in_memory(self.chunk_bytes((rows, cols), largest_chunk), tile, self.device)
         check_fits_in_memory(2 * whole // LIVE_ACTIVATIONS, f"a tiled chunk of {_grid(clip)}", torch.device("cpu"))
 
+    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+        """Latents in the VAE's own layout, channels first (C, F, h, w), become (F, C, h, w).
+
+        What `vae._encode` returns, and the CogVideoX fine-tuning scripts save as video_latents/*.pt,
+        is twice the channels (2C, F, h, w): the mean and the log-variance of the latent
+        distribution, not multiplied by scaling_factor. Those decode from the mean, unscaled, as a
+        training step would before adding its noise."""
+        channels, shape = self.config.latent_channels, clip.array.shape
+        if clip.is_latents and shape[:2] == (2 * channels, channels) and len(clip.stored_shape) == 4:
+            raise InputError(
+                f"{clip.path}: latents {tuple(shape)} read two ways: {shape[0]} frames of {channels} channels "
+                f"(F, C, h, w), or the mean and log-variance of {shape[1]} frames (2C, F, h, w) that vae._encode "
+                f"returns; save a pipeline's with its batch axis, (1, F, C, h, w), or the mean alone"
+            )
+        if not clip.is_latents or shape[1] == channels or shape[0] not in (channels, 2 * channels):
+            return clip, options
+        latents = clip.array.swapaxes(0, 1)[:, :channels]  # numpy and torch alike
+        if shape[0] == 2 * channels:
+            options = replace(options, unscaled=True)
+        return replace(clip, array=latents), options
+
     def memory_hint(self, options: DecodeOptions) -> str:
         # the chunks are the model's: only tiles make them smaller
         if options.tile is None:
-            return "--tile 256 decodes each chunk in tiles, to the same pixels"
-        return "try a smaller --tile"
+            return "tile=256 decodes each chunk in tiles, to the same pixels"
+        return "try a smaller tile=..."
 
     def tile_latents(self, options: DecodeOptions) -> tuple[int, int]:
         """--tile, in pixels, as whole latents (at least one) per tile."""
@@ -190,7 +219,7 @@ class Video(Family):
             raise InputError(UNKNOWN_SCALE)
         codes_io.check_fits(clip, self.config.latent_channels, None)
         if options.snap:
-            raise InputError("--snap needs a codebook, and CogVideoX has none")
+            raise InputError("snap=True needs a codebook, and CogVideoX has none")
 
     def chunk_bytes(self, grid: tuple[int, int], latent_frames: int) -> int:
         """A generous estimate of the activation memory one chunk of `latent_frames` needs."""

@@ -1,0 +1,161 @@
+"""Code files as PyTorch users write them: `torch.save` (.pt/.pth, zip and legacy formats) and
+.safetensors, holding one tensor or a dict of them (nested, as training scripts save them).
+
+Nothing here runs code from a file: pickles are read with `torch.load(weights_only=True)`, which
+rebuilds only tensors and plain containers. A .safetensors file is read from its header and
+memory-mapped, like a .npy file; a zip .pt file is memory-mapped by torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import struct
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from movq_cli.errors import InputError, first_line
+
+MAX_HEADER = 100 << 20  # a .safetensors header larger than this is not one
+# .safetensors dtype names -> numpy (BF16 is read as its 16 bits and widened, numpy has no bfloat16)
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def is_safetensors(start: bytes) -> bool:
+    """Whether a file's first bytes are a .safetensors header: its length (8 bytes), then '{'."""
+    return len(start) >= 9 and start[8:9] == b"{" and 2 <= struct.unpack("<Q", start[:8])[0] <= MAX_HEADER
+
+
+def is_torch_zip(path: Path) -> bool:
+    """Whether the zip archive at `path` was written by torch.save (it holds NAME/data.pkl)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def read_tensor_file(path: Path, key: str | None, safetensors: bool) -> np.ndarray:
+    """The array named `key` (None: the only one) in a .safetensors or torch.save file.
+
+    Nested dicts are named by their keys joined with dots ("latents.video"); lists by position."""
+    tensors = _safetensors_arrays(path) if safetensors else _pickled_tensors(path)
+    if not tensors:
+        kind = "a .safetensors file" if safetensors else "a pickle (torch.save)"
+        raise InputError(f"{path} is {kind} that holds no tensors")
+    if key is None:
+        if len(tensors) != 1:
+            raise InputError(f"{path} holds {len(tensors)} tensors ({_listing(tensors)}); choose one with key=NAME")
+        key = next(iter(tensors))
+    if key not in tensors:
+        raise InputError(f"{path} has no tensor {key!r} (it has: {_listing(tensors)})")
+    found = tensors[key]
+    return found() if callable(found) else _as_numpy(found, path)
+
+
+def _listing(tensors: dict) -> str:
+    names = [f"{name} {_shape(value)}" for name, value in tensors.items()]
+    return ", ".join(names[:12]) + (f", ... {len(names) - 12} more" if len(names) > 12 else "")
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape))
+
+
+def _pickled_tensors(path: Path) -> dict:
+    import torch  # only here: reading .npy files must not pay for importing torch
+
+    try:
+        with open(path, "rb") as file:
+            mmap = file.read(4) == b"PK\x03\x04"  # the zip format can be memory-mapped, read lazily
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings about old formats; failures are reported below
+            contents = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+    except pickle.UnpicklingError as error:
+        blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        detail = f" ({blocked[0][:160]})" if blocked else ""
+        raise InputError(
+            f"{path}: a pickle that torch.load(weights_only=True) cannot read without running code; refused{detail}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise InputError(f"{path}: damaged torch.save file ({first_line(error)})") from None
+    return dict(_flatten(contents, "", torch.Tensor))
+
+
+def _flatten(contents, prefix: str, tensor_type):
+    """(dotted name, tensor) pairs of the tensors in nested dicts, lists and tuples."""
+    if isinstance(contents, tensor_type):
+        yield prefix, contents
+    elif isinstance(contents, Mapping):
+        for name, value in contents.items():
+            yield from _flatten(value, f"{prefix}.{name}" if prefix else str(name), tensor_type)
+    elif isinstance(contents, (list, tuple)):
+        for index, value in enumerate(contents):
+            yield from _flatten(value, f"{prefix}.{index}" if prefix else str(index), tensor_type)
+
+
+def _as_numpy(tensor, path: Path) -> np.ndarray:
+    """A CPU tensor as numpy, sharing its memory where numpy has its dtype; bfloat16 widened to float32."""
+    import torch
+
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.float().numpy()
+    if tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        return tensor.numpy()  # refused by its dtype, by name, with the rest of the checks
+    try:
+        return tensor.numpy()
+    except TypeError:  # a dtype numpy lacks (float8, ...): refuse it by name
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raise InputError(f"{path} holds {dtype} numbers; codes must be integers and latents floats") from None
+
+
+class _Stored:
+    """One tensor of a .safetensors file: its shape now, its values (memory-mapped) when called."""
+
+    def __init__(self, path: Path, name: str, entry: dict, data_start: int) -> None:
+        self.path, self.name = path, name
+        self.dtype_name = entry["dtype"]
+        self.shape = tuple(int(size) for size in entry["shape"])
+        self.start, self.stop = (data_start + int(offset) for offset in entry["data_offsets"])
+
+    def __call__(self) -> np.ndarray:
+        dtype = SAFETENSORS_DTYPES.get(self.dtype_name)
+        if dtype is None:
+            raise InputError(f"{self.path}: tensor {self.name!r} is {self.dtype_name}, not a number movq reads")
+        dtype = np.dtype(dtype).newbyteorder("<")
+        if self.stop - self.start != math.prod(self.shape) * dtype.itemsize:
+            raise InputError(f"{self.path}: damaged .safetensors file (tensor {self.name!r} has the wrong size)")
+        if math.prod(self.shape) == 0:
+            values = np.empty(self.shape_, dtype)
+        else:
+            values = np.memmap(self.path, dtype, mode="r", offset=self.start, shape=self.shape)
+        if self.dtype_name == "BF16":  # the high half of a float32
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        return values
+
+
+def _safetensors_arrays(path: Path) -> dict[str, _Stored]:
+    try:
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+        size = path.stat().st_size
+        stored = {
+            name: _Stored(path, name, entry, 8 + length) for name, entry in header.items() if name != "__metadata__"
+        }
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+        raise InputError(f"{path}: damaged .safetensors file ({first_line(error)})") from None
+    for tensor in stored.values():
+        if not 8 + length <= tensor.start <= tensor.stop <= size:
+            raise InputError(f"{path} is truncated: {size} bytes, tensor {tensor.name!r} ends at byte {tensor.stop}")
+    return stored
