@@ -252,8 +252,13 @@ def reported(
     started = time.perf_counter()
     try:
         return decode_one(model, job, device, options, on_start)
-    except MovqError as error:
-        message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
-        message = f"unexpected {type(error).__name__}: {first_line(error)}"
+        message = failure_reason(error)
     return FileReport(job.codes, Path(job.output), "failed", seconds=time.perf_counter() - started, error=message)
+
+
+def failure_reason(error: Exception) -> str:
+    """What a failed file's report says: the error and its hint, or what went wrong unforeseen."""
+    if isinstance(error, MovqError):
+        return f"{error}; {error.hint}" if error.hint else str(error)
+    return f"unexpected {type(error).__name__}: {first_line(error)}"

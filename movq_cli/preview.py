@@ -34,6 +34,7 @@ class PreviewResult:
     frame_numbers: list[int]
     total: int  # frames the whole clip decodes to
     size: tuple[int, int]  # (height, width) of the sheet
+    frame_size: tuple[int, int]  # (height, width) of a frame
 
 
 def frame_numbers(n_frames: int, count: int) -> list[int]:
@@ -142,4 +143,4 @@ def preview_to_file(
     with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
         sheet, chosen = sheet_of(model, clip, count, columns, options)
         writer.write(sheet[None])
-    return PreviewResult(output, chosen.numbers, chosen.total, sheet.shape[:2])
+    return PreviewResult(output, chosen.numbers, chosen.total, sheet.shape[:2], chosen.frames.shape[1:3])

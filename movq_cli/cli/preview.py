@@ -1,19 +1,23 @@
-"""`movq preview`: a contact sheet of a few frames of a clip, for a quick look."""
+"""`movq preview`: a contact sheet of a few frames of a clip, for a quick look; for a batch,
+one sheet per code file and an index.html."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from movq_cli.cli.app import command
-from movq_cli.cli.console import reported_errors, stderr
+from movq_cli.cli.console import batch_progress, batch_summary, error_line, reported_errors, stderr
 from movq_cli.cli.options import (
     DeviceOption,
     DtypeOption,
     GridOption,
+    JsonOption,
     KeyOption,
     OverwriteOption,
     QuietOption,
@@ -29,19 +33,23 @@ from movq_cli.errors import InputError
     epilog=(
         "Without OUT the sheet is drawn in the terminal: Kitty graphics or Sixel where the terminal "
         "draws them (iTerm2, WezTerm, foot, tmux 3.4+ with Sixel), 24-bit half blocks elsewhere.\n\n"
+        "With several code files, a folder or a quoted glob pattern, OUT is a folder: one sheet per "
+        "code file (NAME.png, in the same tree) and index.html, a page that opens from the file "
+        "system and shows every sheet, with the decoded output beside it from --decoded.\n\n"
         "Examples:\n\n"
         "  movq preview clip.npy\n\n"
-        "  movq preview clip.npy sheet.png\n\n"
-        "  movq preview clip.npy sheet.png --count 16 --columns 8 --weights movq.safetensors"
+        "  movq preview clip.npy sheet.png --count 16 --columns 8 --weights movq.safetensors\n\n"
+        "  movq preview codes/ sheets/ --decoded videos/"
     ),
 )
 def preview(
     paths: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="A code file (.npy/.npz of integer codes or float latents), then OUT: the contact sheet "
-            "to write, NAME.png or NAME.jpg; without OUT, drawn in the terminal.",
-            metavar="CODES [OUT]",
+            help="Code files (.npy/.npz of integer codes or float latents), folders or glob patterns, then OUT: "
+            "the sheet to write (NAME.png or NAME.jpg) or, for several, its folder. Without OUT, one code "
+            "file's sheet is drawn in the terminal.",
+            metavar="CODES... [OUT]",
             show_default=False,
         ),
     ],
@@ -49,6 +57,14 @@ def preview(
         int, typer.Option(min=1, metavar="N", help="How many evenly spaced frames (at most the clip's).")
     ] = 8,
     columns: Annotated[int | None, typer.Option(min=1, metavar="N", help="Tiles per row (default: up to 4).")] = None,
+    decoded: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FOLDER",
+            help="In a batch: the OUT of a batch decode of the same inputs; index.html shows each output beside "
+            "its sheet (videos play inline).",
+        ),
+    ] = None,
     weights: WeightsOption = "default",
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
@@ -58,37 +74,86 @@ def preview(
     unscaled: UnscaledOption = False,
     tile: TileOption = None,
     overwrite: OverwriteOption = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop a batch at the first failure.")] = False,
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Write or draw a contact sheet of evenly spaced frames, each labelled with its frame number."""
     with reported_errors():
-        from movq_cli import load
-        from movq_cli.device import set_threads
-        from movq_cli.io import codes as codes_io
-        from movq_cli.models.family import DecodeOptions
-        from movq_cli.preview import BACKGROUND, preview_to_file, sheet_of
-        from movq_cli.terminal import NOT_A_TERMINAL, draw, is_terminal
+        from movq_cli.batch import BatchOptions, is_batch
 
-        if len(paths) > 2:
-            raise InputError("give one code file, then OUT or nothing (see movq preview --help)")
-        codes, out = paths[0], (paths[1] if len(paths) == 2 else None)
-        if out is None and not is_terminal(sys.stdout):
-            raise InputError(NOT_A_TERMINAL)
-        clip = codes_io.read(codes, key=key, grid=grid)
-        set_threads(threads)
-        model = load(weights, device, dtype)
-        options = DecodeOptions(unscaled=unscaled, tile=tile)
-        if out is None:
-            sheet, chosen = sheet_of(model, clip, count, columns, options)
-            how = draw(sheet, BACKGROUND)
-            if not quiet:
-                numbers = ", ".join(map(str, chosen.numbers))
-                stderr.print(f"frames {numbers} of {chosen.total} ({how})", soft_wrap=True, markup=False)
+        inputs = [Path(path) for path in paths]
+        if not is_batch(inputs[:-1] or inputs):
+            if decoded is not None:
+                raise InputError("--decoded is for batches: several code files, a folder or a pattern")
+            if len(paths) > 2:
+                raise InputError("give one code file, then OUT or nothing (see movq preview --help)")
+            _preview_one(inputs[0], inputs[1] if len(inputs) == 2 else None, count, columns, weights, device, dtype,
+                         threads, grid, key, unscaled, tile, overwrite, as_json, quiet)  # fmt: skip
             return
+        if len(paths) < 2:
+            raise InputError("a batch of sheets needs OUT, the folder they go to (see movq preview --help)")
+        *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
+        options = BatchOptions(key=key, grid=grid, unscaled=unscaled, tile=tile, overwrite=overwrite,
+                               fail_fast=fail_fast)  # fmt: skip
+        reports = _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype, threads, options,
+                                 as_json, quiet)  # fmt: skip
+    if any(report.status == "failed" for report in reports):
+        raise typer.Exit(1)
+
+
+def _preview_one(codes, out, count, columns, weights, device, dtype, threads, grid, key, unscaled, tile, overwrite,
+                 as_json, quiet) -> None:  # fmt: skip
+    from movq_cli import load
+    from movq_cli.device import set_threads
+    from movq_cli.io import codes as codes_io
+    from movq_cli.models.family import DecodeOptions
+    from movq_cli.preview import BACKGROUND, preview_to_file, sheet_of
+    from movq_cli.terminal import NOT_A_TERMINAL, draw, is_terminal
+
+    if out is None and not is_terminal(sys.stdout):
+        raise InputError(NOT_A_TERMINAL)
+    clip = codes_io.read(codes, key=key, grid=grid)
+    set_threads(threads)
+    model = load(weights, device, dtype)
+    options = DecodeOptions(unscaled=unscaled, tile=tile)
+    if out is None:
+        sheet, chosen = sheet_of(model, clip, count, columns, options)
+        how = draw(sheet, BACKGROUND)
+        numbers, total, where = chosen.numbers, chosen.total, f"({how})"
+    else:
         result = preview_to_file(model, clip, out, count, columns, overwrite, options)
-        if not quiet:
-            numbers = ", ".join(map(str, result.frame_numbers))
-            height, width = result.size
-            stderr.print(
-                f"frames {numbers} of {result.total} -> {out} ({width}x{height})", soft_wrap=True, markup=False
-            )
+        height, width = result.size
+        numbers, total, where = result.frame_numbers, result.total, f"-> {out} ({width}x{height})"
+    if as_json:
+        print(json.dumps({"input": str(codes), "output": str(out) if out else None, "frames": numbers, "total": total}))
+    if not quiet:
+        stderr.print(f"frames {', '.join(map(str, numbers))} of {total} {where}", soft_wrap=True, markup=False)
+
+
+def _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype, threads, options, as_json, quiet):
+    """Every code file's sheet into the folder `out`, and its index.html; returns the files' reports."""
+    from movq_cli import load
+    from movq_cli.batch import plan
+    from movq_cli.device import describe, set_threads
+    from movq_cli.sheets import preview_batch, write_index
+
+    jobs = plan([Path(path) for path in inputs], Path(out), "png")
+    set_threads(threads)
+    model = load(weights, device, dtype)
+    started = time.perf_counter()
+    with batch_progress(len(jobs), quiet) as progress:
+
+        def on_report(report) -> None:
+            progress.end_file(report.input)
+            if as_json:
+                print(json.dumps(report.as_json()), flush=True)
+            if quiet and report.error:
+                error_line(report.error)
+
+        reports = preview_batch(model, jobs, options, count, columns, on_report)
+    index = write_index(reports, Path(out), decoded)
+    if not quiet:
+        batch_summary(reports, time.perf_counter() - started, describe(model))
+        stderr.print(f"-> {index}", soft_wrap=True, markup=False)
+    return reports
