@@ -123,6 +123,13 @@ def check_picture(output: Path) -> None:
         raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
 
 
+def write_picture(picture: np.ndarray, output: Path, overwrite: bool = False) -> None:
+    """Write (H, W, 3) uint8 to `output` (.png or .jpg), whole or not at all."""
+    check_picture(output)
+    with get_writer(output, picture.shape[:2], 1, WriteOptions(), overwrite) as writer:
+        writer.write(picture[None])
+
+
 def preview_to_file(
     model: torch.nn.Module,
     clip: Codes,

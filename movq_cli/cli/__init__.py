@@ -4,7 +4,7 @@ Each command lives in a module of its own and imports torch only when it runs, s
 `movq --help` and `movq --version` answer at once.
 """
 
-from movq_cli.cli import checkpoints, decode, encode, preview  # noqa: F401  (they register their commands)
+from movq_cli.cli import checkpoints, compare, decode, encode, preview  # noqa: F401  (they register their commands)
 from movq_cli.cli.app import app
 
 __all__ = ["app"]
