@@ -197,13 +197,22 @@ def decode_batch(
     """Decode every job with one model. `on_start(job, frames)` returns the frame counter for that
     file; `on_report` hears how each file went. Interruptions propagate (after the partial output
     is removed); every other failure is one file's "failed" report."""
+    return report_each(jobs, lambda job: reported(model, job, device, options, on_start), options.fail_fast, on_report)
+
+
+def report_each(
+    jobs: list[Job],
+    report: Callable[[Job], FileReport],
+    fail_fast: bool = False,
+    on_report: Callable[[FileReport], None] | None = None,
+) -> list[FileReport]:
+    """`report(job)` for each job in turn, each heard by `on_report`; with `fail_fast`, none after the first failure."""
     reports = []
     for job in jobs:
-        report = reported(model, job, device, options, on_start)
-        reports.append(report)
+        reports.append(report(job))
         if on_report:
-            on_report(report)
-        if report.status == "failed" and options.fail_fast:
+            on_report(reports[-1])
+        if reports[-1].status == "failed" and fail_fast:
             break
     return reports
 
@@ -249,16 +258,17 @@ def reported(
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
     """`decode_one`, with any failure of the file as its "failed" report (interruptions still propagate)."""
+    return report_of(job, lambda: decode_one(model, job, device, options, on_start))
+
+
+def report_of(job: Job, work: Callable[[], FileReport]) -> FileReport:
+    """`work()`, the report of `job`, with any failure of the file as its "failed" report
+    (interruptions still propagate)."""
     started = time.perf_counter()
     try:
-        return decode_one(model, job, device, options, on_start)
+        return work()
+    except MovqError as error:
+        message = f"{error}; {error.hint}" if error.hint else str(error)
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
-        message = failure_reason(error)
+        message = f"unexpected {type(error).__name__}: {first_line(error)}"
     return FileReport(job.codes, Path(job.output), "failed", seconds=time.perf_counter() - started, error=message)
-
-
-def failure_reason(error: Exception) -> str:
-    """What a failed file's report says: the error and its hint, or what went wrong unforeseen."""
-    if isinstance(error, MovqError):
-        return f"{error}; {error.hint}" if error.hint else str(error)
-    return f"unexpected {type(error).__name__}: {first_line(error)}"

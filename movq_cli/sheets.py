@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import torch
 
-from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, failure_reason, read_clip
+from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, read_clip, report_each, report_of
 from movq_cli.io.targets import AtomicTarget
 from movq_cli.models.family import DecodeOptions
 from movq_cli.preview import preview_to_file
@@ -63,24 +63,15 @@ def preview_batch(
     frame size when done, why when failed. Only an interruption ends the batch early (or the
     first failure with `options.fail_fast`)."""
     decode_options = DecodeOptions(unscaled=options.unscaled, tile=options.tile)
-    reports = []
-    for job in jobs:
+
+    def sheet(job: Job) -> FileReport:
         started = time.perf_counter()
-        try:
-            clip = read_clip(job.codes, options)
-            result = preview_to_file(model, clip, Path(job.output), count, columns, options.overwrite, decode_options)
-            report = FileReport(
-                job.codes, result.output, "done", result.total, result.frame_size, time.perf_counter() - started
-            )
-        except Exception as error:  # one bad file is that file's report; the batch goes on
-            elapsed = time.perf_counter() - started
-            report = FileReport(job.codes, Path(job.output), "failed", seconds=elapsed, error=failure_reason(error))
-        reports.append(report)
-        if on_report:
-            on_report(report)
-        if report.status == "failed" and options.fail_fast:
-            break
-    return reports
+        clip = read_clip(job.codes, options)
+        result = preview_to_file(model, clip, Path(job.output), count, columns, options.overwrite, decode_options)
+        seconds = time.perf_counter() - started
+        return FileReport(job.codes, result.output, "done", result.total, result.frame_size, seconds)
+
+    return report_each(jobs, lambda job: report_of(job, lambda: sheet(job)), options.fail_fast, on_report)
 
 
 def decoded_output(decoded: Path, relative: PurePath) -> Path | None:
