@@ -72,10 +72,13 @@ def half_block_cells(written: bytes) -> np.ndarray:
     while position < len(text):
         sgr = SGR.match(text, position)
         if sgr:
-            fields = sgr.group(1).split(b";")
-            for i, field in enumerate(fields):
-                if field in (b"38", b"48") and fields[i + 1] == b"2":
-                    colours[field.decode()] = tuple(int(value) for value in fields[i + 2 : i + 5])
+            fields, i = sgr.group(1).split(b";"), 0
+            while i < len(fields):
+                if fields[i] in (b"38", b"48") and fields[i + 1] == b"2":
+                    colours[fields[i].decode()] = tuple(int(value) for value in fields[i + 2 : i + 5])
+                    i += 5
+                else:
+                    i += 1
             position = sgr.end()
         elif text.startswith("▀".encode(), position):
             line.append((colours["38"], colours["48"]))
@@ -168,3 +171,16 @@ def test_nothing_is_drawn_into_a_pipe_or_a_file(clip_and_sheet, tmp_path):
             [sys.executable, "-m", "movq_cli", "preview", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE
         ).returncode
     assert code == 2 and (tmp_path / "out.txt").read_bytes() == b""
+
+
+@pytest.mark.slow
+def test_a_comparison_without_out_is_drawn_in_the_terminal(clip_and_sheet, tmp_path):
+    args, _ = clip_and_sheet
+    compare = ["compare", *args, "--against-dtype", "bf16"]
+    result = movq(compare[0], compare[1], tmp_path / "sheet.png", *compare[2:])
+    assert result.exit_code == 0, result.output
+    sheet = iio.imread(tmp_path / "sheet.png")
+    code, written, stderr = run_in_terminal("blocks", compare, columns=100)
+    assert code == 0, stderr
+    assert "PSNR" in stderr and "SSIM" in stderr
+    assert np.array_equal(half_block_cells(written), half_block_pixels(sheet, 100, BACKGROUND))
