@@ -33,7 +33,8 @@ a { color: #8cf; }
 table { border-collapse: collapse; }
 td, th { padding: 4px 8px; border-bottom: 1px solid #333; text-align: left; vertical-align: top; }
 tbody tr { content-visibility: auto; contain-intrinsic-size: auto 200px; }
-img, video { max-width: 768px; height: auto; image-rendering: pixelated; }
+img { max-width: 512px; height: auto; }
+video { max-width: 256px; height: auto; }
 .failed { color: #f66; }
 """
 

@@ -2,8 +2,8 @@
 draws them, 24-bit half-block characters elsewhere; never into a pipe or a file.
 
 The protocols come from textual-image, imported only here, when a picture is drawn: importing
-it asks the terminal what it can draw (Sixel in its device attributes, which iTerm2, WezTerm,
-foot, xterm -ti vt340 and tmux 3.4 or later report; then the Kitty graphics protocol).
+it asks the terminal what it can draw: Sixel in its device attributes (WezTerm, foot, Konsole,
+mlterm, xterm -ti vt340, tmux 3.4 or later built with Sixel), then the Kitty graphics protocol.
 """
 
 from __future__ import annotations

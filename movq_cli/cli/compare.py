@@ -212,7 +212,7 @@ def _report(comparison, out: Path | None, overwrite: bool, as_json: bool, quiet:
     for score in comparison.scores:
         stderr.print(f"  frame {score.frame:>5}  PSNR {_db(score.psnr)}  SSIM {_number(score.ssim)}", markup=False)
     stderr.print(
-        f"  all {'':>5}  PSNR {_db(comparison.psnr)}  SSIM {_number(comparison.ssim)}" + (f" -> {out}" if out else ""),
+        f"  {'all':<11}  PSNR {_db(comparison.psnr)}  SSIM {_number(comparison.ssim)}" + (f" -> {out}" if out else ""),
         soft_wrap=True,
         markup=False,
     )

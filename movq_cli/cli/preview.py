@@ -31,8 +31,9 @@ from movq_cli.errors import InputError
 
 @command(
     epilog=(
-        "Without OUT the sheet is drawn in the terminal: Kitty graphics or Sixel where the terminal "
-        "draws them (iTerm2, WezTerm, foot, tmux 3.4+ with Sixel), 24-bit half blocks elsewhere.\n\n"
+        "Without OUT the sheet is drawn in the terminal: Sixel or Kitty graphics where the terminal "
+        "says it draws them (WezTerm, foot, Konsole, Kitty, tmux 3.4+ with Sixel), 24-bit half blocks "
+        "elsewhere.\n\n"
         "With several code files, a folder or a quoted glob pattern, OUT is a folder: one sheet per "
         "code file (NAME.png, in the same tree) and index.html, a page that opens from the file "
         "system and shows every sheet, with the decoded output beside it from --decoded.\n\n"
