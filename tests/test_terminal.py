@@ -184,3 +184,24 @@ def test_a_comparison_without_out_is_drawn_in_the_terminal(clip_and_sheet, tmp_p
     assert code == 0, stderr
     assert "PSNR" in stderr and "SSIM" in stderr
     assert np.array_equal(half_block_cells(written), half_block_pixels(sheet, 100, BACKGROUND))
+
+
+@pytest.mark.slow
+def test_decode_show_draws_the_first_frame_written(clip_and_sheet, tmp_path):
+    args, _ = clip_and_sheet
+    clip, weights = args[0], args[2]
+    command = ["decode", clip, tmp_path / "frames", "-w", weights, "--frames", "4:9", "--show"]
+    code, written, stderr = run_in_terminal("blocks", command, columns=100)
+    assert code == 0, stderr
+    assert np.array_equal(half_block_cells(written), iio.imread(tmp_path / "frames" / "00000.png"))  # frame 4
+
+
+def test_decode_show_is_refused_before_decoding_where_it_cannot_draw(clip_and_sheet, tmp_path):
+    args, _ = clip_and_sheet
+    clip, weights = args[0], args[2]
+    assert_one_line_error(movq("decode", clip, tmp_path / "a.mp4", "-w", weights, "--show"), 2, "not a terminal")
+    result = movq("decode", clip, tmp_path / "b.mp4", "-w", weights, "--show", "--json")
+    assert_one_line_error(result, 2, "--json")
+    result = movq("decode", clip, clip, tmp_path / "c", "-w", weights, "--show")
+    assert_one_line_error(result, 2, "movq preview")
+    assert list(tmp_path.iterdir()) == []

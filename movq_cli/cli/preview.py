@@ -158,3 +158,30 @@ def _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype,
         batch_summary(reports, time.perf_counter() - started, describe(model))
         stderr.print(f"-> {index}", soft_wrap=True, markup=False)
     return reports
+
+
+def check_can_show(single: bool, as_json: bool) -> None:
+    """Before decoding with --show: one code file, stdout a terminal and not taken by --json."""
+    from movq_cli.terminal import NOT_A_TERMINAL, is_terminal
+
+    if not single:
+        raise InputError("--show draws one code file's first frame; a batch has `movq preview CODES... SHEETS/`")
+    if as_json:
+        raise InputError("--show draws on stdout, where --json prints; choose one")
+    if not is_terminal(sys.stdout):
+        raise InputError(NOT_A_TERMINAL)
+
+
+def show_first_frame(model, codes: Path, options) -> None:
+    """Draw the first frame a decode of the code file `codes` with `options` (a BatchOptions) writes."""
+    from movq_cli import decode_frames
+    from movq_cli.batch import read_clip
+    from movq_cli.models.family import family_of
+    from movq_cli.pipeline import plan
+    from movq_cli.preview import BACKGROUND
+    from movq_cli.terminal import draw
+
+    first = plan(family_of(model), read_clip(codes, options), options.frames).numbers[0]
+    frames = decode_frames(codes, model, frames=[first], key=options.key, grid=options.grid, snap=options.snap,
+                           unscaled=options.unscaled, tile=options.tile)  # fmt: skip
+    draw(next(frames), BACKGROUND)
