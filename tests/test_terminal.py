@@ -205,3 +205,17 @@ def test_decode_show_is_refused_before_decoding_where_it_cannot_draw(clip_and_sh
     result = movq("decode", clip, clip, tmp_path / "c", "-w", weights, "--show")
     assert_one_line_error(result, 2, "movq preview")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_load_the_terminal_library_only_to_draw():
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from movq_cli.cli import app\n"
+        "for args in (['preview', '--help'], ['compare', '--help'], ['decode', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "print('textual_image' in sys.modules, 'PIL' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
