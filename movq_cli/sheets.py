@@ -2,8 +2,8 @@
 
 The page is static: it opens from the file system, with no server and no build step. Every
 link is relative, so the folder can be copied elsewhere with the outputs beside it. Sheets load
-lazily and videos load their first frame only when they scroll into view, so a page of
-thousands of files opens at once.
+lazily and videos are made only when they scroll into view, so a page of thousands of files
+opens at once.
 """
 
 from __future__ import annotations
@@ -35,20 +35,24 @@ td, th { padding: 4px 8px; border-bottom: 1px solid #333; text-align: left; vert
 tbody tr { content-visibility: auto; contain-intrinsic-size: auto 200px; }
 img { max-width: 512px; height: auto; }
 video { max-width: 256px; height: auto; }
+span.video { display: inline-block; width: 256px; height: 144px; }
 .failed { color: #f66; }
 """
 
-# videos fetch their metadata and first frame only once they come near the viewport
+# A <video> element costs the page even unloaded (2000 of them delay its load by seconds), so
+# each decoded video is a placeholder that becomes one as it comes near the viewport.
 SCRIPT = """
 const observer = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
     observer.unobserve(entry.target);
-    entry.target.preload = "metadata";
-    entry.target.load();
+    const video = document.createElement("video");
+    Object.assign(video, {src: entry.target.dataset.src, controls: true, muted: true, loop: true, playsInline: true,
+                          preload: "metadata"});
+    entry.target.replaceWith(video);
   }
 }, {rootMargin: "800px"});
-document.querySelectorAll("video").forEach((video) => observer.observe(video));
+document.querySelectorAll("span.video").forEach((slot) => observer.observe(slot));
 """
 
 
@@ -97,7 +101,7 @@ def _decoded_cell(output: Path | None, page_folder: Path) -> str:
     href, name = _link(output, page_folder), html.escape(output.name)
     suffix = output.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        media = f'<video src="{href}" controls muted loop playsinline preload="none"></video>'
+        media = f'<span class="video" data-src="{href}"></span>'
     elif suffix in PICTURE_SUFFIXES:
         media = f'<img src="{href}" loading="lazy" decoding="async" alt="decoded {name}">'
     else:
