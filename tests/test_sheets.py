@@ -171,3 +171,16 @@ def test_a_batch_of_sheets_needs_its_folder_and_decoded_needs_a_batch(small_fold
         "preview", tmp_path / "codes" / "a.npy", tmp_path / "a.png", "--decoded", tmp_path, "-w", small_folder[0]
     )
     assert_one_line_error(result, 2, "--decoded is for batches")
+
+
+def test_one_files_sheet_reports_its_frames_as_json_and_refuses_batch_options(small_folder, tmp_path):
+    np.save(tmp_path / "a.npy", np.random.default_rng(6).integers(0, 64, (9, 4, 4)))
+    result = movq("preview", tmp_path / "a.npy", tmp_path / "a.png", "-w", small_folder[0], "--count", "3", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"input": str(tmp_path / "a.npy"), "output": str(tmp_path / "a.png"),
+                                         "frames": [0, 4, 8], "total": 9}  # fmt: skip
+    for flag in ("--fail-fast", "--json"):
+        result = movq("preview", tmp_path / "a.npy", "-w", small_folder[0], flag)
+        assert_one_line_error(
+            result, 2, "--fail-fast is for batches" if flag == "--fail-fast" else "where --json prints"
+        )

@@ -81,67 +81,73 @@ def preview(
 ) -> None:
     """Write or draw a contact sheet of evenly spaced frames, each labelled with its frame number."""
     with reported_errors():
-        from movq_cli.batch import BatchOptions, is_batch
+        from movq_cli import load
+        from movq_cli.batch import BatchOptions, is_batch, plan, read_clip
+        from movq_cli.device import set_threads
 
         inputs = [Path(path) for path in paths]
-        if not is_batch(inputs[:-1] or inputs):
-            if decoded is not None:
-                raise InputError("--decoded is for batches: several code files, a folder or a pattern")
-            if len(paths) > 2:
-                raise InputError("give one code file, then OUT or nothing (see movq preview --help)")
-            _preview_one(inputs[0], inputs[1] if len(inputs) == 2 else None, count, columns, weights, device, dtype,
-                         threads, grid, key, unscaled, tile, overwrite, as_json, quiet)  # fmt: skip
-            return
-        if len(paths) < 2:
-            raise InputError("a batch of sheets needs OUT, the folder they go to (see movq preview --help)")
-        *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
+        batch = is_batch(inputs[:-1] or inputs)
+        _check_arguments(paths, batch, decoded, fail_fast, as_json)
         options = BatchOptions(key=key, grid=grid, unscaled=unscaled, tile=tile, overwrite=overwrite,
                                fail_fast=fail_fast)  # fmt: skip
-        reports = _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype, threads, options,
-                                 as_json, quiet)  # fmt: skip
+        set_threads(threads)
+        if not batch:
+            clip = read_clip(inputs[0], options)  # a bad file is reported before the model loads
+            model = load(weights, device, dtype)
+            _preview_one(model, clip, inputs[1] if len(inputs) == 2 else None, count, columns, options, as_json, quiet)
+            return
+        *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
+        jobs = plan([Path(path) for path in inputs], Path(out), "png")
+        model = load(weights, device, dtype)
+        reports = _preview_batch(model, jobs, Path(out), decoded, count, columns, options, as_json, quiet)
     if any(report.status == "failed" for report in reports):
         raise typer.Exit(1)
 
 
-def _preview_one(codes, out, count, columns, weights, device, dtype, threads, grid, key, unscaled, tile, overwrite,
-                 as_json, quiet) -> None:  # fmt: skip
-    from movq_cli import load
-    from movq_cli.device import set_threads
-    from movq_cli.io import codes as codes_io
+def _check_arguments(paths: list[str], batch: bool, decoded: Path | None, fail_fast: bool, as_json: bool) -> None:
+    from movq_cli.terminal import NOT_A_TERMINAL, is_terminal
+
+    if batch:
+        if len(paths) < 2:
+            raise InputError("a batch of sheets needs OUT, the folder they go to (see movq preview --help)")
+        return
+    for flag, given in (("--decoded", decoded is not None), ("--fail-fast", fail_fast)):
+        if given:
+            raise InputError(f"{flag} is for batches: several code files, a folder or a pattern")
+    if len(paths) > 2:
+        raise InputError("give one code file, then OUT or nothing (see movq preview --help)")
+    if len(paths) == 1 and as_json:
+        raise InputError("without OUT the sheet is drawn on stdout, where --json prints; give OUT")
+    if len(paths) == 1 and not is_terminal(sys.stdout):
+        raise InputError(NOT_A_TERMINAL)
+
+
+def _preview_one(model, clip, out: Path | None, count, columns, options, as_json: bool, quiet: bool) -> None:
+    """The sheet of one clip, to `out` or (None) drawn in the terminal."""
     from movq_cli.models.family import DecodeOptions
     from movq_cli.preview import BACKGROUND, preview_to_file, sheet_of
-    from movq_cli.terminal import NOT_A_TERMINAL, draw, is_terminal
+    from movq_cli.terminal import draw
 
-    if out is None and not is_terminal(sys.stdout):
-        raise InputError(NOT_A_TERMINAL)
-    clip = codes_io.read(codes, key=key, grid=grid)
-    set_threads(threads)
-    model = load(weights, device, dtype)
-    options = DecodeOptions(unscaled=unscaled, tile=tile)
+    decode_options = DecodeOptions(unscaled=options.unscaled, tile=options.tile)
     if out is None:
-        sheet, chosen = sheet_of(model, clip, count, columns, options)
+        sheet, chosen = sheet_of(model, clip, count, columns, decode_options)
         how = draw(sheet, BACKGROUND)
         numbers, total, where = chosen.numbers, chosen.total, f"({how})"
     else:
-        result = preview_to_file(model, clip, out, count, columns, overwrite, options)
+        result = preview_to_file(model, clip, out, count, columns, options.overwrite, decode_options)
         height, width = result.size
         numbers, total, where = result.frame_numbers, result.total, f"-> {out} ({width}x{height})"
     if as_json:
-        print(json.dumps({"input": str(codes), "output": str(out) if out else None, "frames": numbers, "total": total}))
+        print(json.dumps({"input": str(clip.path), "output": str(out), "frames": numbers, "total": total}))
     if not quiet:
         stderr.print(f"frames {', '.join(map(str, numbers))} of {total} {where}", soft_wrap=True, markup=False)
 
 
-def _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype, threads, options, as_json, quiet):
-    """Every code file's sheet into the folder `out`, and its index.html; returns the files' reports."""
-    from movq_cli import load
-    from movq_cli.batch import plan
-    from movq_cli.device import describe, set_threads
+def _preview_batch(model, jobs, out: Path, decoded: Path | None, count, columns, options, as_json: bool, quiet: bool):
+    """Every job's sheet into the folder `out`, and its index.html; returns the files' reports."""
+    from movq_cli.device import describe
     from movq_cli.sheets import preview_batch, write_index
 
-    jobs = plan([Path(path) for path in inputs], Path(out), "png")
-    set_threads(threads)
-    model = load(weights, device, dtype)
     started = time.perf_counter()
     with batch_progress(len(jobs), quiet) as progress:
 
@@ -153,7 +159,7 @@ def _preview_batch(inputs, out, decoded, count, columns, weights, device, dtype,
                 error_line(report.error)
 
         reports = preview_batch(model, jobs, options, count, columns, on_report)
-    index = write_index(reports, Path(out), decoded)
+    index = write_index(reports, out, decoded)
     if not quiet:
         batch_summary(reports, time.perf_counter() - started, describe(model))
         stderr.print(f"-> {index}", soft_wrap=True, markup=False)
