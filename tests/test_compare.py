@@ -159,6 +159,7 @@ def test_compare_needs_exactly_one_thing_to_compare_with(small_folder, tmp_path)
     assert_one_line_error(movq(*args), 2, "compare with one of")
     assert_one_line_error(movq(*args, "--against-dtype", "bf16", "--source", tmp_path), 2, "compare with one of")
     assert_one_line_error(movq(*args[:2], "--against-dtype", "bf16"), 2, "stdout is not a terminal")
+    assert_one_line_error(movq(*args[:2], "--against-dtype", "bf16", "--json"), 2, "where --json prints")
     assert_one_line_error(movq(*args[:2], tmp_path / "s.mp4", "--against-dtype", "bf16"), 2, "NAME.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy"]
 

@@ -108,7 +108,7 @@ def compare(
                 "compare with one of: --against-weights, --against-dtype, --against-tile (a second decode), "
                 "or --source (the pictures the codes should show)"
             )
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, as_json)
         footage = open_footage(source) if source is not None else None
         clip = codes_io.read(codes, key=key, grid=grid)
         set_threads(threads)
@@ -165,7 +165,7 @@ def roundtrip(
         from movq_cli.device import set_threads
         from movq_cli.io.images import open_footage
 
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, as_json)
         footage = open_footage(source)
         set_threads(threads)
         model = load(weights, device, dtype, encoder=True)
@@ -180,13 +180,15 @@ def _label(weights: str, dtype: str, tile: tuple[int, int] | None) -> str:
     return ", ".join([name, dtype] + ([f"tiles of {tile[0]}x{tile[1]}"] if tile else []))
 
 
-def _check_out(out: Path | None, overwrite: bool) -> None:
+def _check_out(out: Path | None, overwrite: bool, as_json: bool) -> None:
     """Before any work: OUT names a picture that may be written, or there is a terminal to draw in."""
     from movq_cli.io.targets import AtomicTarget
     from movq_cli.preview import check_picture
     from movq_cli.terminal import NOT_A_TERMINAL, is_terminal
 
     if out is None:
+        if as_json:
+            raise InputError("without OUT the sheet is drawn on stdout, where --json prints; give OUT")
         if not is_terminal(sys.stdout):
             raise InputError(NOT_A_TERMINAL)
         return
