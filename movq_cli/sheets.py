@@ -79,11 +79,14 @@ def preview_batch(
     return report_each(jobs, lambda job: report_of(job, lambda: sheet(job)), options.fail_fast, on_report)
 
 
-def decoded_output(decoded: Path, relative: PurePath) -> Path | None:
+def decoded_output(decoded: Path, relative: PurePath, sheet: Path | None = None) -> Path | None:
     """The output a batch decode into `decoded` made of the code file at `relative` (its path
-    below the batch's root, without suffix), in whichever format it was made; None if none."""
+    below the batch's root, without suffix), in whichever format it was made, other than the
+    file `sheet` (where sheets and outputs share a folder); None if none."""
     for suffix in FORMATS.values():
         candidate = decoded / relative.with_suffix(suffix) if suffix else decoded / relative
+        if candidate == sheet:
+            continue
         if candidate.is_file() or (not suffix and candidate.is_dir()):
             return candidate
     return None
@@ -123,7 +126,8 @@ def index_page(reports: list[FileReport], out: Path, decoded: Path | None = None
             continue
         height, width = report.frame_size
         sheet = _link(report.output, out)
-        output = decoded_output(decoded, PurePath(report.output).relative_to(out).with_suffix("")) if decoded else None
+        relative = PurePath(report.output).relative_to(out).with_suffix("")
+        output = decoded_output(decoded, relative, Path(report.output)) if decoded else None
         rows.append(
             f"<tr>{code_file}<td>{report.frames}</td><td>{width}x{height}</td>"
             f'<td><a href="{sheet}"><img src="{sheet}" loading="lazy" decoding="async" alt="sheet of {name}"></a></td>'

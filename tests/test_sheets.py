@@ -161,6 +161,9 @@ def test_the_decoded_output_is_found_in_whichever_format_it_was_made(tmp_path):
     assert decoded_output(tmp_path / "gifs", PurePath("sub/a")) == tmp_path / "gifs" / "sub" / "a.gif"
     assert decoded_output(tmp_path / "frames", PurePath("a")) == tmp_path / "frames" / "a"
     assert decoded_output(tmp_path / "gifs", PurePath("b")) is None
+    (tmp_path / "gifs" / "sub" / "c.png").write_bytes(b"a sheet")  # sheets written beside the outputs
+    assert decoded_output(tmp_path / "gifs", PurePath("sub/c")) == tmp_path / "gifs" / "sub" / "c.png"
+    assert decoded_output(tmp_path / "gifs", PurePath("sub/c"), tmp_path / "gifs" / "sub" / "c.png") is None
 
 
 def test_a_batch_of_sheets_needs_its_folder_and_decoded_needs_a_batch(small_folder, tmp_path):
