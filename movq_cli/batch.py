@@ -205,13 +205,22 @@ def decode_batch(
     """Decode every job with one model. `on_start(job, frames)` returns the frame counter for that
     file; `on_report` hears how each file went. Interruptions propagate (after the partial output
     is removed); every other failure is one file's "failed" report."""
+    return report_each(jobs, lambda job: reported(model, job, device, options, on_start), options.fail_fast, on_report)
+
+
+def report_each(
+    jobs: list[Job],
+    report: Callable[[Job], FileReport],
+    fail_fast: bool = False,
+    on_report: Callable[[FileReport], None] | None = None,
+) -> list[FileReport]:
+    """`report(job)` for each job in turn, each heard by `on_report`; with `fail_fast`, none after the first failure."""
     reports = []
     for job in jobs:
-        report = reported(model, job, device, options, on_start)
-        reports.append(report)
+        reports.append(report(job))
         if on_report:
-            on_report(report)
-        if report.status == "failed" and options.fail_fast:
+            on_report(reports[-1])
+        if reports[-1].status == "failed" and fail_fast:
             break
     return reports
 
@@ -261,9 +270,15 @@ def reported(
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
     """`decode_one`, with any failure of the file as its "failed" report (interruptions still propagate)."""
+    return report_of(job, lambda: decode_one(model, job, device, options, on_start))
+
+
+def report_of(job: Job, work: Callable[[], FileReport]) -> FileReport:
+    """`work()`, the report of `job`, with any failure of the file as its "failed" report
+    (interruptions still propagate)."""
     started = time.perf_counter()
     try:
-        return decode_one(model, job, device, options, on_start)
+        return work()
     except Exception as error:  # a bad file must not end the batch, even in a way nobody foresaw
         return failed_report(job, error, time.perf_counter() - started)
 

@@ -34,6 +34,14 @@ def code_dtype(n_codes: int) -> np.dtype:
     return np.dtype(np.int16 if n_codes <= np.iinfo(np.int16).max + 1 else np.int32)
 
 
+def check_encoder(model: Movq, latents: bool) -> None:
+    """Raise InputError unless `model` can encode: an encoder, and a codebook unless `latents` are wanted."""
+    if model.encoder is None:
+        raise InputError("this model has no encoder (its weights carry only the decoder); give weights with one")
+    if not latents and not model.has_codebook:
+        raise InputError("this model has no codebook; use latents=True")
+
+
 def encode_chunk(model: Movq, frames: np.ndarray, device: torch.device, latents: bool) -> torch.Tensor:
     """(n, H, W, 3) uint8 -> codes (n, h, w) or latents (n, e, h, w), on `device`."""
     dtype = next(model.parameters()).dtype
@@ -72,10 +80,7 @@ def encode_to_file(
     continuous output before quantization, (T, e, h, w) or (e, h, w), float32.
     """
     config = model.config
-    if model.encoder is None:
-        raise InputError("this model has no encoder (its weights carry only the decoder); give weights with one")
-    if not latents and not model.has_codebook:
-        raise InputError("this model has no codebook; use latents=True")
+    check_encoder(model, latents)
     if output.suffix.lower() != ".npy":
         raise InputError(f"{output}: encode writes .npy files")
     factor = config.factor

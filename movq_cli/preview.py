@@ -34,6 +34,7 @@ class PreviewResult:
     frame_numbers: list[int]
     total: int  # frames the whole clip decodes to
     size: tuple[int, int]  # (height, width) of the sheet
+    frame_size: tuple[int, int]  # (height, width) of a frame
 
 
 def frame_numbers(n_frames: int, count: int) -> list[int]:
@@ -87,6 +88,49 @@ def contact_sheet(frames: np.ndarray, numbers: list[int], columns: int) -> np.nd
     return sheet
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """Frames of a clip picked for a sheet, decoded: (N, H, W, 3) uint8, their numbers, and how
+    many frames the whole clip decodes to."""
+
+    frames: np.ndarray
+    numbers: list[int]
+    total: int
+
+
+def decode_chosen(model: torch.nn.Module, clip: Codes, count: int = 8, options: DecodeOptions | None = None) -> Chosen:
+    """Check `clip` and decode `count` evenly spaced frames of it (only those, where frames are independent)."""
+    family = family_of(model)
+    clip, options = family.conform(clip, options or DecodeOptions())
+    family.check_memory(clip, options)  # before the chosen frames are read
+    total = family.output_frames(clip.n_frames)
+    plan_ = plan(family, clip, frame_numbers(total, count))
+    family.check(plan_.clip, options)
+    frames = np.concatenate(list(decode_frames(model, plan_, options=options)))
+    return Chosen(frames, plan_.numbers, total)
+
+
+def sheet_of(model: torch.nn.Module, clip: Codes, count: int = 8, columns: int | None = None,
+             options: DecodeOptions | None = None) -> tuple[np.ndarray, Chosen]:  # fmt: skip
+    """The contact sheet (H, W, 3) of `count` evenly spaced frames of `clip`, and those frames."""
+    chosen = decode_chosen(model, clip, count, options)
+    return contact_sheet(chosen.frames, chosen.numbers, columns or min(DEFAULT_COLUMNS, len(chosen.numbers))), chosen
+
+
+def check_picture(output: Path) -> None:
+    """Raise InputError unless `output` names one picture (.png or .jpg)."""
+    picture = WRITERS.get(output.suffix.lower())
+    if picture is None or not picture.one_frame:
+        raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
+
+
+def write_picture(picture: np.ndarray, output: Path, overwrite: bool = False) -> None:
+    """Write (H, W, 3) uint8 to `output` (.png or .jpg), whole or not at all."""
+    check_picture(output)
+    with get_writer(output, picture.shape[:2], 1, WriteOptions(), overwrite) as writer:
+        writer.write(picture[None])
+
+
 def preview_to_file(
     model: torch.nn.Module,
     clip: Codes,
@@ -98,18 +142,14 @@ def preview_to_file(
 ) -> PreviewResult:
     """Decode `count` evenly spaced frames of `clip` (latents taken as `options` say) and write
     their contact sheet to `output` (.png or .jpg)."""
-    picture = WRITERS.get(output.suffix.lower())
-    if picture is None or not picture.one_frame:
-        raise InputError(f"a preview is one picture; name it NAME.png or NAME.jpg, not {output.name}")
+    check_picture(output)
     family = family_of(model)
-    clip, options = family.conform(clip, options or DecodeOptions())
-    family.check_memory(clip, options)  # before the chosen frames are read
-    plan_ = plan(family, clip, frame_numbers(family.output_frames(clip.n_frames), count))
-    family.check(plan_.clip, options)
-    columns = columns or min(DEFAULT_COLUMNS, plan_.n_frames)
-    size = sheet_size(plan_.n_frames, family.frame_size(clip.grid), columns)
+    conformed, conformed_options = family.conform(clip, options or DecodeOptions())
+    family.check_memory(conformed, conformed_options)  # before the output is made
+    tiles = len(frame_numbers(family.output_frames(conformed.n_frames), count))
+    columns = columns or min(DEFAULT_COLUMNS, tiles)
+    size = sheet_size(tiles, family.frame_size(clip.grid), columns)
     with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
-        frames = np.concatenate(list(decode_frames(model, plan_, options=options)))
-        sheet = contact_sheet(frames, plan_.numbers, columns)
+        sheet, chosen = sheet_of(model, clip, count, columns, options)
         writer.write(sheet[None])
-    return PreviewResult(output, plan_.numbers, family.output_frames(clip.n_frames), sheet.shape[:2])
+    return PreviewResult(output, chosen.numbers, chosen.total, sheet.shape[:2], chosen.frames.shape[1:3])

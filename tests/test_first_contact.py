@@ -61,7 +61,9 @@ def test_usage_errors_from_the_real_command_are_one_line(codes_file, tmp_path):
     [
         ("decode", "movq decode [OPTIONS] CODES... OUT"),
         ("encode", "movq encode [OPTIONS] SOURCE OUT"),
-        ("preview", "movq preview [OPTIONS] CODES OUT"),
+        ("preview", "movq preview [OPTIONS] CODES... [OUT]"),
+        ("compare", "movq compare [OPTIONS] CODES [OUT]"),
+        ("roundtrip", "movq roundtrip [OPTIONS] SOURCE [OUT]"),
         ("convert", "movq convert [OPTIONS] WEIGHTS TARGET"),
         ("info", "movq info [OPTIONS] WEIGHTS"),
         ("inspect", "movq inspect [OPTIONS] CODES"),
@@ -90,7 +92,7 @@ def test_version_and_help_do_not_import_torch():
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from movq_cli.cli import app\n"
-        "for args in (['--version'], ['--help'], ['decode', '--help'], ['info', '--help']):\n"
+        "for args in (['--version'], ['--help'], ['decode', '--help'], ['info', '--help'], ['compare', '--help']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
         "print('torch' in sys.modules, 'numpy' in sys.modules)\n"
     )

@@ -12,7 +12,7 @@ import os
 # (benchmarks/bench_threads.py). It must be set before torch is imported; a setting of the user's wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from movq_cli.cli import checkpoints, decode, encode, preview  # noqa: E402, F401  (they register their commands)
+from movq_cli.cli import checkpoints, compare, decode, encode, preview  # noqa: E402, F401  (they register their commands)
 from movq_cli.cli.app import app  # noqa: E402
 
 __all__ = ["app"]

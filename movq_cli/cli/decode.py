@@ -33,6 +33,7 @@ from movq_cli.cli.options import (
     UnscaledOption,
     WeightsOption,
 )
+from movq_cli.cli.preview import check_can_show, show_first_frame
 from movq_cli.errors import InputError, MovqError
 
 BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
@@ -149,6 +150,9 @@ def decode(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file on stdout.")] = False,
+    show: Annotated[
+        bool, typer.Option("--show", help="After decoding one code file, draw its first frame in the terminal.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Decode clips of codes or latents to videos, pictures, or folders of PNG frames."""
@@ -172,6 +176,8 @@ def decode(
             raise InputError(
                 f"{'--ray' if ray else '--shard'} is for batches: several code files, a folder or a pattern"
             )
+        if show:
+            check_can_show(single, as_json)
         if workers is not None and not ray:
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
@@ -207,6 +213,8 @@ def decode(
             print_json(report)
             if not quiet:
                 summary(report, decoder)
+            if show:
+                show_first_frame(model, job.codes, options)
             return
         with batch_progress(len(jobs), quiet) as progress:
 
