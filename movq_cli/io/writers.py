@@ -317,7 +317,7 @@ class PictureWriter(Writer):
     def write(self, frames: np.ndarray) -> None:
         if self.written or len(frames) != 1:
             raise InputError(f"a {self.suffix} output holds one frame; give a folder to write one PNG per frame")
-        _write_image(self.target.temp, frames[0], self.suffix, self.saving)
+        _write_image(self.target.temp, frames[0], self.suffix, self.saving, self.target.target)
         self.written = True
 
 
@@ -343,15 +343,22 @@ class PngFolderWriter(Writer):
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
-            _write_image(self.target.temp / f"{self.count:05d}.png", frame, ".png", PngWriter.saving)
+            name = f"{self.count:05d}.png"
+            _write_image(self.target.temp / name, frame, ".png", PngWriter.saving, name)
             self.count += 1
 
 
-def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict) -> None:
+def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict, shown: str | Path) -> None:
+    """Encode `frame` in memory, then write it to `path`: a failed write (a full disk) is one
+    error that names `shown`, what the user asked for, and leaves no encoder to fail again when
+    it is collected."""
+    picture = iio.imwrite("<bytes>", frame, extension=suffix, **saving)
     try:
-        iio.imwrite(path, frame, extension=suffix, **saving)
+        path.write_bytes(picture)
+    except FileNotFoundError:
+        raise RunError(f"cannot write {shown}: the directory does not exist (removed while writing?)") from None
     except OSError as error:
-        raise RunError(f"cannot write {path.name}: {reason(error)}") from None
+        raise RunError(f"cannot write {shown}: {reason(error)}") from None
 
 
 WRITERS: dict[str, type[Writer]] = {
