@@ -255,3 +255,7 @@ def _work(
             connection.send(("report", reported(model, job, where, options, on_start)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped, or the parent is gone; the writer has removed its partial output
+    finally:
+        # nothing is left to clean up: a SIGTERM from now on ends the worker quietly rather than
+        # raising KeyboardInterrupt in the middle of its exit, with a traceback
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -352,7 +352,7 @@ def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict, shown
     """Encode `frame` in memory, then write it to `path`: a failed write (a full disk) is one
     error that names `shown`, what the user asked for, and leaves no encoder to fail again when
     it is collected."""
-    picture = iio.imwrite("<bytes>", frame, extension=suffix, **saving)
+    picture = iio.imwrite("<bytes>", frame, extension=suffix, plugin="pillow", **saving)
     try:
         path.write_bytes(picture)
     except FileNotFoundError:
