@@ -23,6 +23,7 @@ import torch
 from movq_cli.errors import InputError, MovqError, first_line
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
+from movq_cli.io.targets import remove_dead_partials
 from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import count_frames, decode_to_file
@@ -219,6 +220,7 @@ def decode_one(
 
     Raises what went wrong (MovqError for what the user can act on); `decode_batch` turns that
     into a "failed" report, a single file lets it reach the user."""
+    remove_dead_partials(job.output)
     if options.skip_existing and os.path.lexists(job.output):
         return FileReport(job.codes, Path(job.output), "skipped")
     clip = read_clip(job.codes, options)

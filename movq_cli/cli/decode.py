@@ -138,6 +138,7 @@ def decode(
         from movq_cli import load
         from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, is_batch, plan
         from movq_cli.device import describe, resolve_devices, set_threads
+        from movq_cli.io.targets import missing_folders, removing_empty
         from movq_cli.pipeline import model_device
 
         if len(paths) < 2:
@@ -182,7 +183,8 @@ def decode(
             if not quiet:
                 summary(report, decoder)
             return
-        with batch_progress(len(jobs), quiet) as progress:
+        made = missing_folders([job.output for job in jobs])  # what the batch makes, and removes if left empty
+        with batch_progress(len(jobs), quiet) as progress, removing_empty(made):
 
             def on_report(report) -> None:
                 progress.end_file(report.input)

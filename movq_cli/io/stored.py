@@ -94,10 +94,13 @@ class ZipMemberSource(FileSource):
             raise InputError(f"{self.path}: damaged .npz file ({error})") from None
 
 
+READ_BYTES = 4 << 20  # at most this much in one read: a zip member's read makes copies of it
+
+
 def _fill(file: BinaryIO, buffer: memoryview, path: Path) -> None:
     done = 0
     while done < len(buffer):
-        count = file.readinto(buffer[done:])
+        count = file.readinto(buffer[done : done + READ_BYTES])
         if not count:
             raise InputError(f"{path} ended {len(buffer) - done} bytes early: it was cut short while being read")
         done += count

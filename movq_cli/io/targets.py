@@ -16,7 +16,8 @@ import os
 import re
 import shutil
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from movq_cli.errors import InputError, RunError, reason
@@ -51,13 +52,19 @@ class AtomicTarget:
             raise InputError(f"{self.target.name[:40]}... is a name of over {NAME_MAX} bytes, too long for a file")
         if os.path.lexists(self.path):
             self._check_replaceable(overwrite)
-        self.made = _make_folders(self.path.parent)
-        remove_dead_partials(self.path)
-        try:
-            self.temp, self._lock = _create_temporary(self.path, folder)
-        except OSError as error:
-            self._remove_made()
-            raise InputError(f"cannot write to {self.path.parent}: {reason(error)}") from None
+        self.made: list[Path] = []
+        for attempt in range(3):  # a folder another run found empty and removed is made again
+            self.made += _make_folders(self.path.parent)
+            remove_dead_partials(self.path)
+            try:
+                self.temp, self._lock = _create_temporary(self.path, folder)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise InputError(f"cannot write to {self.path.parent}: it keeps disappearing") from None
+            except OSError as error:
+                self._remove_made()
+                raise InputError(f"cannot write to {self.path.parent}: {reason(error)}") from None
 
     def _check_replaceable(self, overwrite: bool) -> None:
         if not self.folder:
@@ -187,6 +194,30 @@ def _make_folders(folder: Path) -> list[Path]:
                     os.rmdir(made_here)
             raise InputError(f"cannot create the folder {folder}: {reason(error)}") from None
     return made
+
+
+def missing_folders(outputs: list[str | Path]) -> list[Path]:
+    """The folders that outputs at `outputs` would need and that do not exist yet."""
+    missing = set()
+    for output in outputs:
+        folder = Path(os.path.abspath(output)).parent
+        while folder not in missing and not folder.is_dir() and folder.parent != folder:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing)
+
+
+@contextmanager
+def removing_empty(folders: list[Path]) -> Iterator[None]:
+    """On leaving, remove those of `folders` that are empty, the deepest first: what a batch made
+    and no output of it went into (those its outputs made are removed by them, unless another
+    output of the batch was being written there at the time)."""
+    try:
+        yield
+    finally:
+        for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+            with suppress(OSError):
+                os.rmdir(folder)
 
 
 def _shortened(name: str, room: int) -> str:
