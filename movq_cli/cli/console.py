@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -34,8 +35,13 @@ if TYPE_CHECKING:
 stderr = Console(stderr=True, highlight=False)
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a newline in a file name) written as escapes."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def error_line(message: str) -> None:
-    stderr.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    stderr.print(f"[red]error:[/red] {escape(printable(message))}", soft_wrap=True)
 
 
 @contextmanager
@@ -52,6 +58,10 @@ def reported_errors() -> Iterator[None]:
         stderr.print("[red]interrupted[/red]; partial output removed")
         raise typer.Exit(130) from None
     except Exception as error:  # the last line of defence: still one line, no traceback
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:  # from any look at a path
+            named = str(error.filename or "")
+            error_line(f"a path is longer than this system takes ({len(named)} characters): {named[:60]}...")
+            raise typer.Exit(2) from None
         if os.environ.get("MOVQ_DEBUG"):
             raise
         error_line(f"unexpected {type(error).__name__}: {first_line(error)} (MOVQ_DEBUG=1 shows more)")
@@ -164,7 +174,8 @@ def batch_summary(reports: list[FileReport], seconds: float, decoder: str) -> No
     if missed and not stderr.is_terminal:
         for report in missed:
             reason = report.error or f"{report.output} exists"
-            stderr.print(f"{report.status}: {escape(str(report.input))}: {escape(reason)}", soft_wrap=True)
+            line = printable(f"{report.status}: {report.input}: {reason}")
+            stderr.print(escape(line), soft_wrap=True)
     elif missed:
         table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False)
         for column in ("status", "input", "reason"):

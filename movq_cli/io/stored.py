@@ -27,6 +27,8 @@ def open_regular(path: Path) -> BinaryIO:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once rather than blocking
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(f"{path} is a link to {os.readlink(path)}, which does not exist") from None
         raise InputError(f"codes file not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a folder, not a code file") from None

@@ -29,7 +29,7 @@ MANIFEST = ".movq-frames"  # in a folder of frames: "NAME SIZE" for each frame m
 MANIFEST_HEADER = "movq frames\n"
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 TAG = 8  # hexadecimal digits that tell temporaries apart
-TEMP_EXTRA = len(f"..{'0' * TAG}{PARTIAL_SUFFIX}")  # what a temporary adds to the target's name
+TEMP_EXTRA = len(f"..{'0' * TAG}{CREATING}{PARTIAL_SUFFIX}")  # what a temporary adds to the target's name
 
 
 class AtomicTarget:

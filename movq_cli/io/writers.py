@@ -25,6 +25,7 @@ from movq_cli.errors import InputError, RunError, reason
 from movq_cli.io.targets import AtomicTarget
 
 DEFAULT_FPS = 24.0
+MAX_FPS = 1000.0  # ffmpeg's frame rates are fractions of 32-bit integers; 1e308 fails only after the decode
 PNG_COMPRESSION = 1  # zlib level: fast to write, and decoding dominates anyway
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
@@ -64,8 +65,8 @@ class Writer(ABC):
         for field in fields(options):
             if getattr(options, field.name) is not None and field.name not in cls.uses:
                 raise InputError(f"--{field.name} has no use for {cls.what()}")
-        if options.fps is not None and options.fps <= 0:
-            raise InputError(f"--fps must be more than 0, not {options.fps}")
+        if options.fps is not None and not 0 < options.fps <= MAX_FPS:  # also NaN and infinity
+            raise InputError(f"--fps must be more than 0 and at most {MAX_FPS:g}, not {options.fps}")
 
     @classmethod
     def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
