@@ -4,6 +4,7 @@ delete, full disks, files that change while they are read, and what killed runs 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, movq
@@ -210,12 +212,24 @@ def full_disk(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "case", ["one .png", "one .jpg", "a folder of frames", "preview", "batch --format png", "two workers", "mp4"]
+    "case",
+    [
+        "one .png",
+        "one .jpg",
+        "a folder of frames",
+        "preview",
+        "batch --format png",
+        "two workers",
+        "mp4",
+        "encode",
+        "convert",
+    ],
 )
 def test_a_full_disk_is_one_line_and_leaves_nothing(case, full_disk, small_folder, tmp_path):
     folder, preexec = full_disk
     np.save(tmp_path / "one.npy", np.random.default_rng(0).integers(0, 64, (1, 64, 64)))
     np.save(tmp_path / "two.npy", np.random.default_rng(1).integers(0, 64, (1, 64, 64)))
+    iio.imwrite(tmp_path / "photo.png", np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8))
     weights = ("-w", small_folder[0])
     args = {
         "one .png": ("decode", tmp_path / "one.npy", folder / "x.png", *weights),
@@ -243,6 +257,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(case, full_disk, small_folde
             *weights,
         ),
         "mp4": ("decode", tmp_path / "one.npy", folder / "x.mp4", *weights),
+        "encode": ("encode", tmp_path / "photo.png", folder / "x.npy", "-w", small_folder[0]),
+        "convert": ("convert", small_folder[0], folder / "x.safetensors"),
     }[case]
     done = subprocess.run(_command(*args), capture_output=True, text=True, preexec_fn=preexec, timeout=300)
     assert done.returncode == 1, done.stderr
@@ -253,6 +269,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(case, full_disk, small_folde
         assert done.stderr.count("failed: ") == 2, done.stderr
     else:
         assert_one_line_error(_Result(done), 1, "cannot write" if case != "mp4" else "ffmpeg failed")
+        assert "unexpected" not in done.stderr
     assert sorted(p.name for p in folder.iterdir()) in ([], ["filler"])  # nothing partial, no folder made
 
 
@@ -424,3 +441,182 @@ def test_a_failed_output_removes_the_folders_made_for_it_and_only_those(model, c
     with pytest.raises(RunError, match="cannot write 00000.png: No space left on device"):
         decode_to_file(model, codes_io.read(clip_path), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and list((tmp_path / "there").iterdir()) == []
+
+
+# ---- what is not a file, and folders that loop ----------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["weights", "config.json in a weights folder", "codes"])
+def test_a_fifo_is_refused_before_it_is_opened(what, small_folder, clip_path, tmp_path):
+    """Opening a FIFO blocks until someone writes to it, and then SIGINT and SIGTERM went unheard."""
+    fifo = tmp_path / ("codes.npy" if what == "codes" else "movq.safetensors")
+    if what == "config.json in a weights folder":
+        (tmp_path / "weights").mkdir()
+        fifo = tmp_path / "weights" / "config.json"
+        (tmp_path / "weights" / "diffusion_pytorch_model.safetensors").symlink_to(
+            small_folder[0] / "diffusion_pytorch_model.safetensors"
+        )
+    os.mkfifo(fifo)
+    codes, weights = (fifo, small_folder[0]) if what == "codes" else (clip_path, fifo)
+    if what == "config.json in a weights folder":
+        weights = fifo.parent
+    done = subprocess.run(
+        _command("decode", codes, tmp_path / "x.png", "-w", weights), capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert_one_line_error(_Result(done), 2, "is a pipe")
+
+
+def test_a_pipe_of_codes_is_refused_with_why(small_folder, tmp_path):
+    """`movq decode <(cat codes.npy) ...`: a pipe can be read once, and a .npy is read in pieces."""
+    read, write = os.pipe()
+    try:
+        done = subprocess.run(
+            _command("decode", f"/dev/fd/{read}", tmp_path / "x.png", "-w", small_folder[0]),
+            capture_output=True, text=True, pass_fds=(read,), timeout=DEADLINE,
+        )  # fmt: skip
+    finally:
+        os.close(read)
+        os.close(write)
+    assert_one_line_error(_Result(done), 2, "is a pipe, not a file; save the codes to a file first")
+
+
+def test_globs_and_folders_follow_each_real_folder_once(small_folder, tmp_path, monkeypatch):
+    codes = tmp_path / "codes"
+    (codes / "a" / "b").mkdir(parents=True)
+    np.save(codes / "a" / "b" / "x.npy", np.zeros((1, 4, 4), np.int64))
+    (codes / "a" / "b" / "up").symlink_to("../..")  # a loop: codes/a/b/up/a/b/up/...
+    (codes / "a" / "again").symlink_to("b")
+    (codes / "a" / "b" / "up2").symlink_to("..")  # two loops made planning exponential
+    monkeypatch.chdir(tmp_path)
+    for source, out in (("codes/**/*.npy", "out-glob"), ("codes", "out-folder")):
+        result = movq("decode", source, tmp_path / out, "--format", "png", "-w", small_folder[0], "--json")
+        assert result.exit_code == 0, result.output
+        inputs = [json.loads(line)["input"] for line in result.stdout.splitlines()]
+        assert len(inputs) == 1 and inputs[0].endswith("x.npy"), inputs  # once, whichever way it was reached
+
+
+def test_a_batch_reports_unreadable_folders_and_broken_links(small_folder, tmp_path, monkeypatch):
+    codes = tmp_path / "codes"
+    (codes / "locked").mkdir(parents=True)
+    np.save(codes / "good.npy", np.zeros((1, 4, 4), np.int64))
+    np.save(codes / "locked" / "hidden.npy", np.zeros((1, 4, 4), np.int64))
+    (codes / "dangling.npy").symlink_to("gone.npy")
+    (codes / "looping.npy").symlink_to("looping.npy")
+    scandir = os.scandir
+
+    def refused(path):  # as chmod 000 would, for a user who is not root
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    result = movq("decode", codes, tmp_path / "out", "--format", "png", "-w", small_folder[0], "--json")
+    assert result.exit_code == 1, result.output
+    rows = {Path(row["input"]).name: row for row in map(json.loads, result.stdout.splitlines())}
+    assert rows["good.npy"]["status"] == "done"
+    assert "cannot read the folder" in rows["locked"]["error"] and "permission denied" in rows["locked"]["error"]
+    assert "gone.npy, which does not exist" in rows["dangling.npy"]["error"]
+    assert "Too many levels of symbolic links" in rows["looping.npy"]["error"]
+    assert "1 done" in result.stderr and "3 failed" in result.stderr
+
+
+# ---- weights that decode to garbage, and other lines that said the wrong thing ----------------------
+
+
+def _weights(small_folder, tmp_path, config=None, change=None) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    original = small_folder[0] / "config.json"
+    (folder / "config.json").write_text(original.read_text() if config is None else config)
+    tensors = load_file(small_folder[0] / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {name: change(tensor) if change else tensor for name, tensor in tensors.items()},
+        folder / "diffusion_pytorch_model.safetensors",
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("config.json a list", "holds a JSON object, not [1, 2]"),
+        ("config.json null", "holds a JSON object, not null"),
+        ("channels that overflow", "is over 65536"),
+        ("integer weights", "holds int64; weights are floats"),
+        ("bool weights", "holds bool; weights are floats"),
+        ("NaN weights", "holds NaN or infinite values"),
+    ],
+)
+def test_weights_that_cannot_decode_are_input_errors(case, needle, small_folder, clip_path, tmp_path):
+    import torch
+
+    config = json.loads((small_folder[0] / "config.json").read_text())
+    folder = _weights(
+        small_folder, tmp_path,
+        config={"config.json a list": "[1, 2]", "config.json null": "null",
+                "channels that overflow": json.dumps({**config, "block_out_channels": [2**70, 2**71]})}.get(case),
+        change={"integer weights": lambda t: t.to(torch.int64), "bool weights": lambda t: t.bool(),
+                "NaN weights": lambda t: torch.full_like(t, float("nan"))}.get(case),
+    )  # fmt: skip
+    assert_one_line_error(movq("decode", clip_path, tmp_path / "x.png", "-w", folder), 2, needle)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("fps", ["inf", "1e308", "nan"])
+def test_an_absurd_frame_rate_is_refused_before_decoding(fps, small_folder, clip_path, tmp_path):
+    result = movq("decode", clip_path, tmp_path / "x.mp4", "-w", small_folder[0], "--fps", fps)
+    assert result.exit_code == 2 and "--fps" in result.stderr and not (tmp_path / "x.mp4").exists(), result.output
+
+
+def test_thousands_of_threads_are_refused(small_folder, clip_path, tmp_path):
+    assert_one_line_error(
+        movq("decode", clip_path, tmp_path / "x.png", "-w", small_folder[0], "--threads", "10000"), 2, "too many"
+    )
+
+
+@pytest.mark.parametrize("length", [238, 255])
+def test_an_output_name_of_up_to_255_bytes_is_written(length, model, clip_path, tmp_path):
+    out = tmp_path / ("n" * (length - 4) + ".mp4")
+    decode_to_file(model, codes_io.read(clip_path), out)
+    assert out.stat().st_size > 1000 and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_names_and_paths_too_long_for_the_system_are_one_line(small_folder, clip_path, tmp_path):
+    assert_one_line_error(
+        movq("decode", clip_path, tmp_path / ("n" * 256 + ".mp4"), "-w", small_folder[0]), 2, "over 255 bytes"
+    )
+    deep = "d/" * 2100 + "codes.npy"
+    assert_one_line_error(
+        movq("decode", tmp_path / deep, tmp_path / "x.png", "-w", small_folder[0]), 2, "longer than this system takes"
+    )
+    assert_one_line_error(
+        movq("decode", clip_path, tmp_path / deep, "-w", small_folder[0]), 2, "longer than this system takes"
+    )
+
+
+def test_a_newline_in_a_path_stays_on_the_error_line(small_folder, tmp_path):
+    result = movq("decode", tmp_path / "two\nlines.npy", tmp_path / "x.png", "-w", small_folder[0])
+    assert_one_line_error(result, 2, "two\\nlines.npy")
+
+
+def test_a_picture_that_cannot_be_written_is_named_as_asked_not_by_its_temporary(
+    model, clip_path, tmp_path, monkeypatch
+):
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    for name in ("x.png", "x.jpg"):
+        with pytest.raises(RunError, match=f"cannot write {tmp_path / name}: No space left on device"):
+            decode_to_file(model, codes_io.read(clip_path).select(slice(0, 1)), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_weights_file_says_so(small_folder, clip_path, tmp_path, monkeypatch):
+    weights = tmp_path / "movq.safetensors"
+    weights.write_bytes((small_folder[0] / "diffusion_pytorch_model.safetensors").read_bytes())
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == weights else access(path, mode))
+    assert_one_line_error(movq("decode", clip_path, tmp_path / "x.png", "-w", weights), 2, "permission denied")

@@ -436,6 +436,8 @@ def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> Non
         os.replace(temporary, path)
     except OSError as error:
         raise RunError(f"cannot write {path}: {error.strerror or error}") from None
+    except SafetensorError as error:  # its own I/O errors: "... No space left on device (os error 28)"
+        raise RunError(f"cannot write {path}: {first_line(error)}") from None
     finally:
         temporary.unlink(missing_ok=True)
 
