@@ -23,7 +23,7 @@ import torch
 from movq_cli.errors import InputError, MovqError, first_line, reason
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
-from movq_cli.io.targets import remove_dead_partials
+from movq_cli.io.targets import listing_once, remove_dead_partials
 from movq_cli.io.writers import WRITERS, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import count_frames, decode_to_file
@@ -262,13 +262,14 @@ def decode_batch(
     file; `on_report` hears how each file went. Interruptions propagate (after the partial output
     is removed); every other failure is one file's "failed" report."""
     reports = []
-    for job in jobs:
-        report = reported(model, job, device, options, on_start)
-        reports.append(report)
-        if on_report:
-            on_report(report)
-        if report.status == "failed" and options.fail_fast:
-            break
+    with listing_once():
+        for job in jobs:
+            report = reported(model, job, device, options, on_start)
+            reports.append(report)
+            if on_report:
+                on_report(report)
+            if report.status == "failed" and options.fail_fast:
+                break
     return reports
 
 

@@ -67,7 +67,7 @@ def decode_on_ray(
                 ray.shutdown()  # its actors first, then what they left
             for number, job in enumerate(jobs):
                 if number not in reports:
-                    remove_dead_partials(job.output)
+                    remove_dead_partials(job.output, look_again=True)
     for number, job in enumerate(jobs):
         if number not in reports and not stopped:
             error = (

@@ -408,14 +408,31 @@ def test_a_rerun_removes_what_a_killed_run_left_and_nothing_of_a_live_one(small_
         process.communicate()
     dead = _partials(out)
     assert len(dead) == 2
-    live = [AtomicTarget(out / "clip.mp4", overwrite=False), AtomicTarget(out / "frames", overwrite=False, folder=True)]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_TEMPORARIES, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )  # a live run with temporaries for both outputs
+    live = sorted(Path(holder.stdout.readline().strip()) for _ in range(2))
     assert movq("decode", clip_path, out / "clip.mp4", "-w", small_folder[0]).exit_code == 0
     assert movq("decode", clip_path, out / "frames", "-w", small_folder[0], "--skip-existing").exit_code == 0
     assert movq("decode", clip_path, out / "frames", "-w", small_folder[0], "--skip-existing").exit_code == 0
-    assert _partials(out) == sorted(target.temp for target in live)
-    for target in live:
-        target.remove()
+    assert _partials(out) == live
+    holder.communicate("")
+    assert holder.returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "frames"]
+
+
+HOLD_TEMPORARIES = """
+import sys
+from pathlib import Path
+from movq_cli.io.targets import AtomicTarget
+out = Path(sys.argv[1])
+targets = [AtomicTarget(out / "clip.mp4", overwrite=False), AtomicTarget(out / "frames", overwrite=False, folder=True)]
+for target in targets:
+    print(target.temp, flush=True)
+sys.stdin.read()
+for target in targets:
+    target.remove()
+"""
 
 
 def test_skip_existing_removes_what_killed_runs_left(small_folder, clip_path, tmp_path):

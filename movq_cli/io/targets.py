@@ -337,12 +337,12 @@ def move_without_replacing(source: Path, destination: Path) -> None:
     os.unlink(source)
 
 
-def _alive(partial: os.DirEntry) -> bool:
+def _alive(partial: Path) -> bool:
     """Whether the run that made this temporary still holds its lock (or whether that is unknown)."""
-    lock = Path(partial.path) / MANIFEST if partial.is_dir(follow_symlinks=False) else Path(partial.path)
+    lock = partial / MANIFEST if partial.is_dir() and not partial.is_symlink() else partial
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:  # a folder made before manifests were locked, by a run long gone
+    except FileNotFoundError:  # gone meanwhile, or a folder made before manifests were locked
         return False
     except OSError:
         return True  # not ours to judge: another user's, or a link
@@ -355,17 +355,40 @@ def _alive(partial: os.DirEntry) -> bool:
         os.close(descriptor)
 
 
-def remove_dead_partials(output: str | Path) -> None:
+_LISTINGS: dict[Path, set[str]] | None = None  # in a batch: folder -> the temporaries seen there
+
+
+@contextmanager
+def listing_once() -> Iterator[None]:
+    """Within this block (a batch writing many outputs into a folder), each folder is listed for
+    temporaries once, not once for each output."""
+    global _LISTINGS
+    previous, _LISTINGS = _LISTINGS, {}
+    try:
+        yield
+    finally:
+        _LISTINGS = previous
+
+
+def remove_dead_partials(output: str | Path, look_again: bool = False) -> None:
     """Remove the temporaries of `output` left by runs that are no longer alive (killed, even by
-    SIGKILL); those of live runs stay."""
+    SIGKILL); those of live runs stay. The folder is listed afresh, or once in `listing_once`,
+    unless `look_again`: a worker that died just now left one."""
     target = Path(os.path.abspath(output))
-    tail = re.compile(rf"[0-9a-f]{{{TAG}}}{re.escape(PARTIAL_SUFFIX)}")
-    prefix = _temp_prefix(target.name)
-    with suppress(OSError):
-        for entry in os.scandir(target.parent):
-            if entry.name.startswith(prefix) and tail.fullmatch(entry.name[len(prefix) :]) and not _alive(entry):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+    folder = target.parent
+    listings = {} if _LISTINGS is None or look_again else _LISTINGS
+    if folder not in listings:
+        with suppress(OSError):
+            listings[folder] = {entry.name for entry in os.scandir(folder) if entry.name.endswith(PARTIAL_SUFFIX)}
+    prefix, tail = _temp_prefix(target.name), re.compile(rf"[0-9a-f]{{{TAG}}}{re.escape(PARTIAL_SUFFIX)}")
+    seen = listings.get(folder, set())
+    for name in [name for name in seen if name.startswith(prefix) and tail.fullmatch(name[len(prefix) :])]:
+        seen.discard(name)
+        partial = folder / name
+        if _alive(partial):
+            continue
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(partial)
