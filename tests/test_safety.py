@@ -231,31 +231,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(case, full_disk, small_folde
     np.save(tmp_path / "two.npy", np.random.default_rng(1).integers(0, 64, (1, 64, 64)))
     iio.imwrite(tmp_path / "photo.png", np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8))
     weights = ("-w", small_folder[0])
+    batch = ("decode", tmp_path / "one.npy", tmp_path / "two.npy", folder / "out", "--format", "png", *weights)
     args = {
         "one .png": ("decode", tmp_path / "one.npy", folder / "x.png", *weights),
         "one .jpg": ("decode", tmp_path / "one.npy", folder / "x.jpg", *weights),
         "a folder of frames": ("decode", tmp_path / "one.npy", folder / "frames", *weights),
         "preview": ("preview", tmp_path / "one.npy", folder / "sheet.png", *weights),
-        "batch --format png": (
-            "decode",
-            tmp_path / "one.npy",
-            tmp_path / "two.npy",
-            folder / "out",
-            "--format",
-            "png",
-            *weights,
-        ),
-        "two workers": (
-            "decode",
-            tmp_path / "one.npy",
-            tmp_path / "two.npy",
-            folder / "out",
-            "--format",
-            "png",
-            "--device",
-            "cpu,cpu",
-            *weights,
-        ),
+        "batch --format png": batch,
+        "two workers": (*batch, "--device", "cpu,cpu"),
         "mp4": ("decode", tmp_path / "one.npy", folder / "x.mp4", *weights),
         "encode": ("encode", tmp_path / "photo.png", folder / "x.npy", "-w", small_folder[0]),
         "convert": ("convert", small_folder[0], folder / "x.safetensors"),
