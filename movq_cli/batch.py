@@ -8,7 +8,7 @@ devices (`movq_cli.workers`) or a Ray cluster (`movq_cli.cluster`) share one pla
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import os
 import re
@@ -20,9 +20,10 @@ from pathlib import Path, PurePath
 
 import torch
 
-from movq_cli.errors import InputError, MovqError, first_line
+from movq_cli.errors import InputError, MovqError, first_line, reason
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
+from movq_cli.io.targets import listing_once, remove_dead_partials
 from movq_cli.io.writers import WRITERS, ManyFrames, WriteOptions, default_encoder, names_a_folder, writer_class
 from movq_cli.models.movq import Movq
 from movq_cli.pipeline import count_frames, decode_to_file
@@ -37,6 +38,7 @@ GLOB_CHARACTERS = set("*?[")
 class Job:
     codes: Path
     output: str | Path  # as given: "out/" names a folder, which a Path would forget
+    problem: str | None = None  # why this input cannot be decoded, found while planning (a folder it cannot read)
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,12 @@ def plan(inputs: list[Path], out: Path, format: str, write: WriteOptions | None 
         raise InputError(f"unknown --format {format!r}; use {', '.join(FORMATS)}")
     WRITERS[FORMATS[format]].check_options(write or WriteOptions())
     jobs, sources = [], {}
-    for codes, relative in (found for path in inputs for found in _expand(path)):
-        output = out / relative.with_suffix(FORMATS[format])
+    for codes, relative, problem in (found for path in inputs for found in _expand(path)):
+        output = out / (relative if problem else relative.with_suffix(FORMATS[format]))
         if output in sources:
             raise InputError(f"{sources[output]} and {codes} would both write {output}")
         sources[output] = codes
-        jobs.append(Job(codes, output))
+        jobs.append(Job(codes, output, problem))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; with several inputs OUT is the folder the outputs go to")
     if not out.exists() and not names_a_folder(out):
@@ -148,24 +150,23 @@ def plan(inputs: list[Path], out: Path, format: str, write: WriteOptions | None 
     return jobs
 
 
-def _expand(path: Path) -> list[tuple[Path, Path]]:
-    """(code file, its path relative to the folder or the pattern's fixed prefix) for one input."""
+def _expand(path: Path) -> list[tuple[Path, Path, str | None]]:
+    """(code file, its path relative to the folder or the pattern's fixed prefix, None) for one
+    input, and (folder, its relative path, why) for each folder below that cannot be read."""
     if is_pattern(path):
         parts = path.parts
         fixed = next(i for i, part in enumerate(parts) if is_pattern(Path(part)))
         root = Path(*parts[:fixed]) if fixed else Path()
-        matches = [Path(match) for match in glob.glob(str(path), recursive=True)]
-        files = [file for match in matches for file in (_code_files(match) if match.is_dir() else [match])]
-        found = sorted({file for file in files if file.suffix.lower() in CODE_SUFFIXES})
+        found = _walk(root, parts[fixed:])
         if not found:
             raise InputError(f"no {_suffixes()} files match {path}")
-        return [(file, file.relative_to(root)) for file in found]
+        return [(root / relative, relative, problem) for relative, problem in found]
     if path.is_dir():
-        found = _code_files(path)
+        found = _walk(path)
         if not found:
             raise InputError(f"{path} is a folder with no {_suffixes()} files in it")
-        return [(file, file.relative_to(path)) for file in found]
-    return [(path, Path(path.name))]  # a missing file fails on its own, in its turn
+        return [(path / relative, relative, problem) for relative, problem in found]
+    return [(path, Path(path.name), None)]  # a missing file fails on its own, in its turn
 
 
 def _suffixes() -> str:
@@ -173,8 +174,71 @@ def _suffixes() -> str:
     return f"{', '.join(most)} or {last}"
 
 
-def _code_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in CODE_SUFFIXES and p.is_file())
+def _walk(root: Path, pattern: tuple[str, ...] | None = None) -> list[tuple[Path, str | None]]:
+    """The code files below `root` (relative to it) that match the glob `pattern` (its parts; `**`
+    for any folders), or are in a folder that does (None: every code file), with None; and the
+    folders that cannot be read, with why. Links to folders are followed, each real folder once,
+    so that a link to a folder above cannot make a loop. A code file's link to nothing is kept:
+    it fails on its own, with its reason."""
+    found, seen, folders = [], set(), [(Path(), pattern is None)]
+    while folders:
+        relative, everything = folders.pop()
+        folder = root / relative
+        try:
+            status = folder.stat()
+            if (status.st_dev, status.st_ino) in seen:
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            found.append((relative, f"cannot read the folder {folder}: {reason(error)}"))
+            continue
+        for entry in entries:
+            child = relative / entry.name
+            inside = everything or _matches(child.parts, pattern)
+            if _is_folder(entry):
+                if inside or _begins_match(child.parts, pattern):
+                    folders.append((child, inside))
+            elif inside and Path(entry.name).suffix.lower() in CODE_SUFFIXES:
+                found.append((child, None))
+    return sorted(found)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link that loops
+        return False
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a path (its parts) matches a glob pattern (its parts), as glob does: `**` stands
+    for any number of folders; wildcards take no hidden name."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_matches(parts[skip:], rest) for skip in range(len(parts) + 1) if not _hidden(parts[:skip], "*"))
+    return bool(parts) and _part_matches(parts[0], head) and _matches(parts[1:], rest)
+
+
+def _begins_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether paths below this folder (its parts) could match the pattern."""
+    if not parts:
+        return True
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return not _hidden(parts[:1], "*")
+    return _part_matches(parts[0], pattern[0]) and _begins_match(parts[1:], pattern[1:])
+
+
+def _part_matches(name: str, pattern: str) -> bool:
+    return not _hidden((name,), pattern) and fnmatch.fnmatchcase(name, pattern)
+
+
+def _hidden(names: tuple[str, ...], pattern: str) -> bool:
+    return any(name.startswith(".") for name in names) and not pattern.startswith(".")
 
 
 def largest_first(jobs: list[Job]) -> list[Job]:
@@ -216,12 +280,13 @@ def report_each(
 ) -> list[FileReport]:
     """`report(job)` for each job in turn, each heard by `on_report`; with `fail_fast`, none after the first failure."""
     reports = []
-    for job in jobs:
-        reports.append(report(job))
-        if on_report:
-            on_report(reports[-1])
-        if reports[-1].status == "failed" and fail_fast:
-            break
+    with listing_once():
+        for job in jobs:
+            reports.append(report(job))
+            if on_report:
+                on_report(reports[-1])
+            if reports[-1].status == "failed" and fail_fast:
+                break
     return reports
 
 
@@ -236,6 +301,9 @@ def decode_one(
 
     Raises what went wrong (MovqError for what the user can act on); `decode_batch` turns that
     into a "failed" report, a single file lets it reach the user."""
+    if job.problem is not None:
+        raise InputError(job.problem)
+    remove_dead_partials(job.output)
     if options.skip_existing and os.path.lexists(job.output):
         return FileReport(job.codes, Path(job.output), "skipped")
     clip = read_clip(job.codes, options)

@@ -22,7 +22,7 @@ import numpy as np
 
 from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
 from movq_cli.errors import InputError, MovqError, RunError, first_line
-from movq_cli.io.targets import remove_partial_output
+from movq_cli.io.targets import remove_dead_partials
 
 DEVICES = ("auto", "cpu", "cuda")
 # Times a file is tried again on a new actor after its actor died decoding it (Ray's default,
@@ -67,7 +67,7 @@ def decode_on_ray(
                 ray.shutdown()  # its actors first, then what they left
             for number, job in enumerate(jobs):
                 if number not in reports:
-                    remove_partial_output(job.output)
+                    remove_dead_partials(job.output, look_again=True)
     for number, job in enumerate(jobs):
         if number not in reports and not stopped:
             error = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -72,9 +73,16 @@ def resolve_devices(names: str) -> list[torch.device]:
     return devices
 
 
+THREADS_PER_CPU = 4  # more threads than this for each CPU only make them wait for one another
+
+
 def set_threads(threads: int | None) -> None:
-    """Use `threads` CPU threads for torch's operators (None: leave torch's choice)."""
+    """Use `threads` CPU threads for torch's operators (None: leave torch's choice).
+    InputError for more than THREADS_PER_CPU a CPU: thousands of threads would only stall."""
     if threads is not None:
+        cpus = os.cpu_count() or 1
+        if threads > THREADS_PER_CPU * cpus:
+            raise InputError(f"threads {threads} is too many for {cpus} CPU(s); give at most {THREADS_PER_CPU * cpus}")
         torch.set_num_threads(threads)
 
 

@@ -6,6 +6,7 @@ bottom and right to the largest multiple (at most factor-1 pixels go).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movq_cli.errors import InputError, RunError
+from movq_cli.errors import InputError, RunError, reason
 from movq_cli.io.images import Footage
 from movq_cli.io.targets import AtomicTarget
 from movq_cli.models.movq import Movq
@@ -95,7 +96,7 @@ def encode_to_file(
     started = time.perf_counter()
     target = AtomicTarget(output, overwrite)
     try:
-        array = np.lib.format.open_memmap(target.temp, mode="w+", dtype=dtype, shape=shape)
+        array = _reserved_memmap(target.temp, dtype, shape)
         flat = array.reshape(footage.n_frames, *per_frame)
         done = 0
         for batch in _batches(footage, chunk, size):
@@ -110,7 +111,19 @@ def encode_to_file(
         array.flush()
         del array, flat
         target.commit()
+    except OSError as error:
+        target.remove()
+        raise RunError(f"cannot write {output}: {reason(error)}") from None
     except BaseException:
         target.remove()
         raise
     return EncodeResult(output, shape, dtype.name, time.perf_counter() - started, size)
+
+
+def _reserved_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy at `path`, mapped for writing, its blocks reserved on the disk first: on a full
+    disk that is an OSError now, where writing into a sparse map would kill the process (SIGBUS)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as file:
+        os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+    return array

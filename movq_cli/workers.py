@@ -27,7 +27,7 @@ import torch
 
 from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
 from movq_cli.errors import MovqError, RunError, first_line, interrupt
-from movq_cli.io.targets import remove_partial_output
+from movq_cli.io.targets import listing_once, remove_dead_partials
 
 STOP_SECONDS = 10.0  # how long a stopped worker may take to remove its partial output before it is killed
 
@@ -156,7 +156,7 @@ class _Pool:
         """A worker's process has ended: after its last job, or dead while it held one or loaded the model."""
         self.workers.remove(worker)
         if worker.job is not None:
-            remove_partial_output(worker.job.output)
+            remove_dead_partials(worker.job.output, look_again=True)
             error = f"worker on {worker.device} died ({worker.how()}) while decoding {worker.job.codes}"
             self.report(worker, FileReport(worker.job.codes, Path(worker.job.output), "failed", error=error))
             if self.pending:
@@ -177,7 +177,7 @@ class _Pool:
                 worker.process.kill()
                 worker.process.join()
             if worker.job is not None:
-                remove_partial_output(worker.job.output)
+                remove_dead_partials(worker.job.output, look_again=True)
             worker.connection.close()
         self.workers.clear()
 
@@ -251,7 +251,12 @@ def _work(
             connection.send(("start", frames))
             return lambda written: connection.send(("frames", written))
 
-        while (job := connection.recv()) is not None:
-            connection.send(("report", reported(model, job, where, options, on_start)))
+        with listing_once():
+            while (job := connection.recv()) is not None:
+                connection.send(("report", reported(model, job, where, options, on_start)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped, or the parent is gone; the writer has removed its partial output
+    finally:
+        # nothing is left to clean up: a SIGTERM from now on ends the worker quietly rather than
+        # raising KeyboardInterrupt in the middle of its exit, with a traceback
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

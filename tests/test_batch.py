@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import pickle
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from movq_cli.batch import plan
 from movq_cli.errors import InputError
 from movq_cli.io import writers
+from movq_cli.io.targets import MANIFEST
 from movq_cli.io.writers import WriteOptions
 
 
@@ -154,7 +156,7 @@ def test_frames_slice_decodes_exactly_those_frames(small_folder, tmp_path):
     assert movq("decode", tmp_path / "picked.npy", tmp_path / "picked", "-w", small_folder[0], "-q").exit_code == 0
     for name in ("00000.png", "00001.png"):
         assert np.array_equal(iio.imread(tmp_path / "sliced" / name), iio.imread(tmp_path / "picked" / name))
-    assert sorted(p.name for p in (tmp_path / "sliced").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in (tmp_path / "sliced").iterdir()) == [MANIFEST, "00000.png", "00001.png"]
 
 
 def test_frames_slice_checks_only_the_selected_frames(small_folder, tmp_path):
@@ -171,32 +173,32 @@ def test_frames_slice_checks_only_the_selected_frames(small_folder, tmp_path):
 
 def test_a_full_disk_is_reported_and_leaves_nothing(small_folder, tmp_path, monkeypatch):
     np.save(tmp_path / "clip.npy", _codes(9, frames=5))
-    calls, imwrite = [], iio.imwrite
+    calls, write_bytes = [], Path.write_bytes
 
-    def full_disk(path, frame, **kwargs):
+    def full_disk(path, data):
         calls.append(path)
         if len(calls) > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        imwrite(path, frame, **kwargs)
+        return write_bytes(path, data)
 
-    monkeypatch.setattr(writers.iio, "imwrite", full_disk)
+    monkeypatch.setattr(writers.Path, "write_bytes", full_disk)
     out = tmp_path / "out"
     result = movq("decode", tmp_path / "clip.npy", out / "frames", "-w", small_folder[0], "--chunk", "1")
     assert_one_line_error(result, 1, "cannot write 00002.png: No space left on device")
-    assert len(calls) == 3 and list(out.iterdir()) == []
+    assert len(calls) == 3 and not out.exists()  # nor the folder made for the output
 
 
 def test_a_vanished_output_folder_is_reported(small_folder, tmp_path, monkeypatch):
     import shutil
 
     np.save(tmp_path / "clip.npy", _codes(10, frames=3))
-    out, imwrite = tmp_path / "out", iio.imwrite
+    out, write_bytes = tmp_path / "out", Path.write_bytes
 
-    def vanish(path, frame, **kwargs):
+    def vanish(path, data):
         shutil.rmtree(out, ignore_errors=True)
-        imwrite(path, frame, **kwargs)
+        return write_bytes(path, data)
 
-    monkeypatch.setattr(writers.iio, "imwrite", vanish)
+    monkeypatch.setattr(writers.Path, "write_bytes", vanish)
     result = movq("decode", tmp_path / "clip.npy", out / "frames", "-w", small_folder[0])
     assert_one_line_error(result, 1, "cannot write 00000.png: the directory does not exist")
     assert not out.exists()

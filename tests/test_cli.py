@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, codes_to_zq, diffusers_decode, movq, to_pixels
 
+from movq_cli.io.targets import MANIFEST
+
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, small_folder):
@@ -30,8 +32,9 @@ def test_png_frames_equal_the_reference_pixels(clip, small_folder, tmp_path):
     path, expected = clip
     result = movq("decode", path, tmp_path / "frames", "--weights", small_folder[0], "--chunk", "3")
     assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    names = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert names == [f"{i:05d}.png" for i in range(7)]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [MANIFEST, *names]
     frames = np.stack([iio.imread(tmp_path / "frames" / name) for name in names])
     assert frames.shape == expected.shape == (7, 12, 10, 3)
     assert np.abs(frames.astype(int) - expected).max() <= 1  # float tolerance may flip a rounding
@@ -118,9 +121,13 @@ def test_existing_output_is_kept_unless_overwrite(clip, small_folder, tmp_path):
     assert_one_line_error(result, 2, "holds mine.txt")
     assert (out / "mine.txt").read_text() == "keep"
     (out / "mine.txt").unlink()
-    (out / "00009.png").write_bytes(b"a frame from an earlier, longer run")
+    # a file named like a frame is not movq's either unless movq's manifest there lists it
+    (out / "00009.png").write_bytes(b"the user's own file, named like a frame")
+    assert_one_line_error(movq("decode", path, out, "-w", small_folder[0], "--overwrite"), 2, "holds 00009.png")
+    assert (out / "00009.png").read_bytes() == b"the user's own file, named like a frame"
+    (out / "00009.png").unlink()
     assert movq("decode", path, out, "-w", small_folder[0], "--overwrite").exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(7)]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [f"{i:05d}.png" for i in range(7)]
     assert [p.name for p in tmp_path.iterdir()] == ["frames"]
 
 
@@ -260,7 +267,7 @@ def test_ffmpeg_failure_shows_ffmpeg_message(codes_file, small_folder, tmp_path,
     monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(fake))
     result = movq("decode", codes_file, tmp_path / "out" / "x.mp4", "-w", small_folder[0])
     assert_one_line_error(result, 1, "ffmpeg failed: Unknown encoder libx264")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nothing partial, nor the folder made for the output
 
 
 def test_errors_from_the_real_command_have_no_traceback(tmp_path):

@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, movq
 
+from movq_cli.io.targets import MANIFEST
+
 
 @pytest.fixture
 def codes_file(tmp_path):
@@ -156,7 +158,7 @@ def test_a_narrow_terminal_and_a_long_path_keep_file_names_whole(small_folder, t
 def test_a_trailing_slash_names_a_folder_whatever_its_suffix(codes_file, small_folder, tmp_path):
     result = movq("decode", codes_file, f"{tmp_path / 'out.v2'}/", "-w", small_folder[0])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out.v2").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(p.name for p in (tmp_path / "out.v2").iterdir()) == [MANIFEST, "00000.png", "00001.png", "00002.png"]
     assert_one_line_error(movq("decode", codes_file, tmp_path / "out.v3", "-w", small_folder[0]), 2, "cannot write .v3")
 
 

@@ -20,6 +20,7 @@ from movq_cli.checkpoints import weights
 from movq_cli.errors import InputError, RunError
 from movq_cli.io import codes as codes_io
 from movq_cli.io import writers
+from movq_cli.io.targets import MANIFEST
 from movq_cli.io.writers import (
     GifWriter,
     JpegWriter,
@@ -123,7 +124,7 @@ def test_the_suffix_picks_the_writer_and_folders_are_named_three_ways(tmp_path):
 
 def test_a_trailing_slash_makes_a_folder_of_any_name(model, clip_path, tmp_path):
     decode_to_file(model, codes_io.read(clip_path), f"{tmp_path / 'take.v2'}{os.sep}", model_device(model))
-    assert sorted(p.name for p in (tmp_path / "take.v2").iterdir()) == [f"{i:05d}.png" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "take.v2").iterdir()) == [MANIFEST] + [f"{i:05d}.png" for i in range(3)]
 
 
 @pytest.mark.parametrize("name", ["out.npy", "out.txt", "out.json"])
@@ -242,7 +243,7 @@ def test_a_shorter_overwrite_leaves_no_stale_frames(model, clip_path, tmp_path):
     decode_to_file(model, clip, out, model_device(model))
     last = iio.imread(out / "00002.png")
     decode_to_file(model, clip.select(slice(2, None)), out, model_device(model), overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["00000.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "00000.png"]
     assert np.array_equal(iio.imread(out / "00000.png"), last)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
 

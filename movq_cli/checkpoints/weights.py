@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from movq_cli.checkpoints.layouts import (
 )
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
-from movq_cli.errors import InputError, RunError, first_line
+from movq_cli.errors import InputError, RunError, first_line, reason
 from movq_cli.models.config import COGVIDEOX_PRESETS, PRESETS, CogVideoXConfig, MovqConfig, cogvideox_preset, preset
 from movq_cli.models.movq import Movq
 
@@ -86,6 +87,7 @@ def locate(path: str | Path) -> Located:
         path = _named(name)
     if path.is_dir():
         return _locate_folder(path)
+    _check_regular(path)
     if path.suffix in PICKLE_SUFFIXES:
         return Located(path, None, "inferred")
     if path.name.endswith(INDEX_SUFFIX):
@@ -136,10 +138,24 @@ def _locate_folder(folder: Path) -> Located:
         )
     for name in DIFFUSERS_WEIGHTS:
         if (folder / name).exists():
+            _check_regular(folder / name)
             if name.endswith(".safetensors"):
                 _metadata(folder / name)
             return Located(folder / name, _diffusers_config(config_file), "config.json")
     raise InputError(f"{folder}: no {' or '.join(DIFFUSERS_WEIGHTS)}")
+
+
+def _check_regular(path: Path) -> None:
+    """InputError unless `path` is a file that can be read: a pipe or a device would block, or be read only once."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {reason(error)}") from None
+    if not stat.S_ISREG(mode):
+        what = "a pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InputError(f"{path} is {what}; weights must be a file or a diffusers folder")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied")
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -151,9 +167,16 @@ def _metadata(path: Path) -> dict[str, str]:
 
 
 def _diffusers_config(path: Path) -> Config:
+    _check_regular(path)
     try:
-        return _from_diffusers(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as error:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: {error}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: a config.json holds a JSON object, not {json.dumps(values)[:20]}")
+    try:
+        return _from_diffusers(values)
+    except (ValueError, TypeError, OverflowError) as error:
         raise InputError(f"{path}: {error}") from None
 
 
@@ -345,6 +368,7 @@ def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "
     The model is made without initialising it, then takes each tensor in its layout (convolution
     weights channels_last) in one copy on the CPU, or as it is on another device.
     """
+    _check_values(state, source)
     if isinstance(config, CogVideoXConfig):
         return video_layouts.build(config, state, source)
     with torch.device("meta"), _Uninitialised():
@@ -366,6 +390,21 @@ def build(config: Config, state: dict[str, torch.Tensor], source: Path | str = "
         raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
     model.load_state_dict({name: _own(tensor) for name, tensor in state.items()}, assign=True)
     return model.eval().requires_grad_(False)
+
+
+INTEGER_TENSORS = ("quantize.used",)  # the remap table: code -> codebook row
+
+
+def _check_values(state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """InputError for a weight that is not a floating-point number (but the remap table), or that
+    is NaN or infinite: such weights would decode to a black or garbled picture without a word."""
+    for name, tensor in state.items():
+        if name in INTEGER_TENSORS:
+            continue
+        if not tensor.is_floating_point():
+            raise InputError(f"{source}: {name} holds {str(tensor.dtype).removeprefix('torch.')}; weights are floats")
+        if not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{source}: {name} holds NaN or infinite values; these weights are damaged")
 
 
 def _own(tensor: torch.Tensor) -> torch.Tensor:
@@ -398,6 +437,8 @@ def save(model: Movq, path: str | Path, dtype: torch.dtype | None = None) -> Non
         os.replace(temporary, path)
     except OSError as error:
         raise RunError(f"cannot write {path}: {error.strerror or error}") from None
+    except SafetensorError as error:  # its own I/O errors: "... No space left on device (os error 28)"
+        raise RunError(f"cannot write {path}: {first_line(error)}") from None
     finally:
         temporary.unlink(missing_ok=True)
 

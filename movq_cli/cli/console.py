@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -35,9 +36,14 @@ if TYPE_CHECKING:
 stderr = Console(stderr=True, highlight=False)
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a newline in a file name) written as escapes."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def error_line(message: str) -> None:
     """One red line on stderr, with the library's keywords spelled as flags."""
-    stderr.print(f"[red]error:[/red] {escape(as_flags(message))}", soft_wrap=True)
+    stderr.print(f"[red]error:[/red] {escape(printable(as_flags(message)))}", soft_wrap=True)
 
 
 @contextmanager
@@ -54,6 +60,10 @@ def reported_errors() -> Iterator[None]:
         stderr.print("[red]interrupted[/red]; partial output removed")
         raise typer.Exit(130) from None
     except Exception as error:  # the last line of defence: still one line, no traceback
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:  # from any look at a path
+            named = str(error.filename or "")
+            error_line(f"a path is longer than this system takes ({len(named)} characters): {named[:60]}...")
+            raise typer.Exit(2) from None
         if os.environ.get("MOVQ_DEBUG"):
             raise
         error_line(f"unexpected {type(error).__name__}: {first_line(error)} (MOVQ_DEBUG=1 shows more)")
@@ -194,7 +204,7 @@ def batch_summary(reports: list[FileReport], seconds: float, decoder: str) -> No
         for report in missed:
             reason = _reason(report)
             line = reason if reason.startswith(str(report.input)) else f"{report.input}: {reason}"
-            stderr.print(f"{report.status}: {escape(line)}", soft_wrap=True)
+            stderr.print(escape(printable(f"{report.status}: {line}")), soft_wrap=True)
     elif missed:
         table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False)
         for column in ("status", "input", "reason"):

@@ -160,6 +160,7 @@ def decode(
         from movq_cli import load
         from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, failed_report, is_batch, plan
         from movq_cli.device import describe, resolve_devices, set_threads
+        from movq_cli.io.targets import missing_folders, removing_empty
         from movq_cli.pipeline import model_device
 
         if len(paths) < 2:
@@ -216,7 +217,8 @@ def decode(
             if show:
                 show_first_frame(model, job.codes, options)
             return
-        with batch_progress(len(jobs), quiet) as progress:
+        made = missing_folders([job.output for job in jobs])  # what the batch makes, and removes if left empty
+        with batch_progress(len(jobs), quiet) as progress, removing_empty(made):
 
             def on_report(report) -> None:
                 progress.end_file(report.input)

@@ -1,9 +1,9 @@
 """Reading code files: integer codes or continuous latents, as frames, read lazily.
 
-`.npy` files are memory-mapped and never unpickled; `.npz` members are read whole; torch.save
-and .safetensors files are read by `tensorfiles`. Integer arrays become frames of codes
-(T, H, W); floating arrays become latents (T, e, H, W). Arrays and tensors already in memory
-(`from_array`) are taken as they are: a tensor stays on its device.
+`.npy` files and `.npz` members are read a few frames at a time (`stored.StoredArray`), never
+memory-mapped and never unpickled; torch.save and .safetensors files are read by `tensorfiles`.
+Integer arrays become frames of codes (T, H, W); floating arrays become latents (T, e, H, W).
+Arrays and tensors already in memory (`from_array`) are taken as they are: a tensor stays on its device.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from movq_cli.errors import InputError, first_line
 from movq_cli.io import tensorfiles
-from movq_cli.memory import gib, host_memory
+from movq_cli.io.stored import FileSource, StoredArray, ZipMemberSource, open_regular
 
 # how the files start: .npy, and zip archives (.npz, and torch.save's format since torch 1.6)
 NPY_MAGIC = b"\x93NUMPY"
@@ -36,10 +36,10 @@ DAMAGED = (ValueError, TypeError, OverflowError, OSError, EOFError, SyntaxError,
 
 @dataclass(frozen=True)
 class Codes:
-    """A clip of codes (T, H, W) or latents (T, e, H, W): a numpy array, possibly memory-mapped, or a
-    torch tensor on any device."""
+    """A clip of codes (T, H, W) or latents (T, e, H, W): in memory (a numpy array, or a torch
+    tensor on any device) or still in its file."""
 
-    array: np.ndarray
+    array: np.ndarray | StoredArray
     path: Path  # the file; for an array given in memory, the name it is called by in messages
     stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
     numbers: Sequence[int] | None = None  # each frame's number in the file, once frames are selected
@@ -70,7 +70,7 @@ class Codes:
     def pieces(self):
         """(first frame, first row, block) triples covering the clip, each about SCAN_BYTES or less:
         whole frames while a frame fits in that, bands of rows of one frame when it does not."""
-        frame_bytes = max(1, self.array[0].nbytes)
+        frame_bytes = max(1, math.prod(self.array.shape[1:]) * self.array.dtype.itemsize)
         if frame_bytes <= SCAN_BYTES:
             for start, block in self.chunks(SCAN_BYTES // frame_bytes):
                 yield start, 0, block
@@ -102,6 +102,11 @@ class Codes:
         return f"{self.n_frames} frame(s) of {self.grid[0]}x{self.grid[1]} {kind}"
 
 
+def _native(block: np.ndarray) -> np.ndarray:
+    """`block` in this machine's byte order (a .npy may hold big-endian numbers)."""
+    return block.astype(block.dtype.newbyteorder("="), copy=False)
+
+
 def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
     """Open a code file and shape it into frames. Raises InputError on anything unusable."""
     path = Path(path)
@@ -128,7 +133,7 @@ def _is_tensor(array) -> bool:
 
 def _materialise(view):
     """A slice of a clip in memory: numpy views of a file are read now; a tensor stays where it is."""
-    return view if _is_tensor(view) else np.array(view, order="C")
+    return view if _is_tensor(view) else _native(np.array(view, order="C"))
 
 
 def _kind(array) -> str:
@@ -145,16 +150,9 @@ def _kind(array) -> str:
     return "u" if str(dtype).startswith("torch.uint") else "i"
 
 
-def _open_array(path: Path, key: str | None) -> np.ndarray:
-    try:
-        with open(path, "rb") as file:
-            magic = file.read(9)
-    except FileNotFoundError:
-        raise InputError(f"codes file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder, not a code file") from None
-    except OSError as error:
-        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+def _open_array(path: Path, key: str | None) -> np.ndarray | StoredArray:
+    with open_regular(path) as file:
+        magic = file.read(9)
     if magic.startswith(NPY_MAGIC):
         if key is not None:
             raise InputError(f"key={key!r} names an array in an .npz, .pt or .safetensors file; {path} is a .npy file")
@@ -166,66 +164,92 @@ def _open_array(path: Path, key: str | None) -> np.ndarray:
     raise InputError(f"{path} is not a .npy or .npz file, nor a torch.save (.pt) or .safetensors one")
 
 
-def _open_npy(path: Path) -> np.ndarray:
+def _open_npy(path: Path) -> np.ndarray | StoredArray:
+    source = FileSource(path)
     try:
-        with open(path, "rb") as file:
-            shape, dtype = _npy_header(file)
-            offset = file.tell()
-        if dtype.hasobject:
-            raise InputError(f"{path} holds Python objects (a pickled array); movq reads only numeric arrays")
+        shape, fortran_order, dtype = _npy_header(source.file)
+        offset = source.file.tell()
+        _check_stored(dtype, path)
         needed = offset + math.prod(shape) * dtype.itemsize
-        size = path.stat().st_size
-        if size < needed:
-            raise InputError(f"{path} is truncated: {size} bytes, the header promises {needed}")
+        if source.size < needed:
+            raise InputError(f"{path} is truncated: {source.size} bytes, the header promises {needed}")
         if math.prod(shape) == 0:
             return np.empty(shape, dtype)
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        if fortran_order or not shape:  # rare enough, or small enough, to be read whole
+            source.file.seek(0)
+            return np.lib.format.read_array(source.file, allow_pickle=False)
+        return StoredArray(source, offset, dtype, shape)
     except InputError:
         raise
     except DAMAGED as error:
         raise InputError(f"{path}: damaged .npy file ({first_line(error)})") from None
 
 
-def _open_npz(path: Path, key: str | None) -> np.ndarray:
+def _open_npz(path: Path, key: str | None) -> np.ndarray | StoredArray:
+    """An .npz member: a stored one read in place like a .npy, a compressed one inflated as it is read."""
+    source = FileSource(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            if key is None:
-                if len(names) != 1:
-                    raise InputError(f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with key=NAME")
-                key = names[0]
-            if key not in names:
-                raise InputError(f"{path} has no array {key!r} (it has: {', '.join(names) or 'none'})")
-            _check_npz_size(archive, key, path)
-            return archive[key]
+        archive = zipfile.ZipFile(source.file)
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        if key is None:
+            if len(members) != 1:
+                raise InputError(f"{path} holds {len(members)} arrays ({', '.join(members)}); choose one with key=NAME")
+            key = next(iter(members))
+        if key not in members:
+            raise InputError(f"{path} has no array {key!r} (it has: {', '.join(members) or 'none'})")
+        info = archive.getinfo(members[key])
+        with archive.open(info) as member:
+            shape, fortran_order, dtype = _npy_header(member)
+            offset = member.tell()
+            _check_stored(dtype, path)
+            needed = offset + math.prod(shape) * dtype.itemsize
+            if info.file_size < needed:
+                raise InputError(
+                    f"{path}: array {key!r} is truncated: {info.file_size} bytes, its header promises {needed}"
+                )
+            if math.prod(shape) == 0:
+                return np.empty(shape, dtype)
+            if fortran_order or not shape:  # rare enough, or small enough, to be read whole
+                member.seek(0)
+                return np.lib.format.read_array(member, allow_pickle=False)
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # bit 0: encrypted
+            start = _member_start(source, info) + offset
+            if source.size < start + needed - offset:
+                raise InputError(f"{path} is truncated: array {key!r} runs past its end")
+            return StoredArray(source, start, dtype, shape)
+        return StoredArray(ZipMemberSource(path, info.filename), offset, dtype, shape)
     except InputError:
         raise
     except (*DAMAGED, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError, RuntimeError) as error:
         raise InputError(f"{path}: damaged .npz file ({first_line(error)})") from None
 
 
-def _npy_header(file: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype in the header of the .npy stream `file`, left at the first byte of data."""
+def _member_start(source: FileSource, info: zipfile.ZipInfo) -> int:
+    """Where the data of an uncompressed zip member begins: after its local header, whose name
+    and extra field (lengths at bytes 26-29) may differ from the central directory's."""
+    source.file.seek(info.header_offset)
+    header = source.file.read(30)
+    if len(header) < 30 or not header.startswith(ZIP_MAGIC):
+        raise zipfile.BadZipFile(f"no local header for {info.filename}")
+    return info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
+def _npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The shape, order and dtype in the header of the .npy stream `file`, left at the first byte of data."""
     version = np.lib.format.read_magic(file)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(file)
-    return shape, dtype
+    return read_header(file)
 
 
-def _check_npz_size(archive, key: str, path: Path) -> None:
-    """An .npz member is read whole, so refuse one that would not fit in memory before inflating it."""
-    with archive.zip.open(f"{key}.npy") as member:
-        shape, dtype = _npy_header(member)
-    needed, memory = math.prod(shape) * dtype.itemsize, host_memory()
-    if memory is not None and needed > memory:
-        raise InputError(
-            f"{path}: array {key!r} needs {gib(needed)} in memory and this machine has {gib(memory)}; "
-            "save it as .npy, which is read lazily"
-        )
+def _check_stored(dtype: np.dtype, path: Path) -> None:
+    if dtype.hasobject:
+        raise InputError(f"{path} holds Python objects (a pickled array); movq reads only numeric arrays")
 
 
 def _check_dtype(array: np.ndarray, path: Path) -> None:
     found = _kind(array)
+    if found == "f" and not _is_tensor(array) and array.dtype.itemsize > 8:
+        raise InputError(f"{path} holds {array.dtype.itemsize * 8}-bit floats; latents must be 16, 32 or 64-bit floats")
     if found not in "iuf":
         names = {"b": "booleans", "c": "complex numbers", "O": "Python objects", "U": "strings", "S": "bytes"}
         what = names.get(found, f"dtype {array.dtype}")
@@ -234,23 +258,23 @@ def _check_dtype(array: np.ndarray, path: Path) -> None:
 
 def _as_frames(array: np.ndarray, grid: tuple[int, int] | None, path: Path) -> np.ndarray:
     while array.ndim > 1 and array.shape[0] == 1:
-        array = array[0]
+        array = array.reshape(array.shape[1:])
     if math.prod(array.shape) == 0:
         raise InputError(f"{path} has zero frames (shape {array.shape})")
     if _kind(array) == "f":
         if array.ndim == 3:
-            array = array[None]
+            array = array.reshape((1, *array.shape))
         if array.ndim != 4:
             raise InputError(f"{path}: latents must be (e, H, W) or (T, e, H, W); got shape {array.shape}")
         return array
     if array.ndim == 1:
         rows, cols = grid or _square(array.shape[0], path)
-        return _rows_to_grid(array[None], rows, cols, path)
+        return _rows_to_grid(array.reshape((1, array.shape[0])), rows, cols, path)
     if array.ndim == 2:
         if grid is not None:
             return _rows_to_grid(array, *grid, path)
         if array.shape[1] <= ROWS_ASPECT * array.shape[0]:
-            return array[None]  # one frame (H, W)
+            return array.reshape((1, *array.shape))  # one frame (H, W)
         return _rows_to_grid(array, *_square(array.shape[1], path), path)  # far wider than high: token rows
     if array.ndim == 3:
         if grid is not None and tuple(array.shape[1:]) != tuple(grid):

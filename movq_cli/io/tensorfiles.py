@@ -2,8 +2,9 @@
 .safetensors, holding one tensor or a dict of them (nested, as training scripts save them).
 
 Nothing here runs code from a file: pickles are read with `torch.load(weights_only=True)`, which
-rebuilds only tensors and plain containers. A .safetensors file is read from its header and
-memory-mapped, like a .npy file; a zip .pt file is memory-mapped by torch.
+rebuilds only tensors and plain containers. A .safetensors tensor stays in its file and is read a
+few frames at a time, like a .npy file (`stored.StoredArray`: never memory-mapped, so a file that
+shrinks while it is read is an error, not SIGBUS); a .pt file is read whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from movq_cli.errors import InputError, first_line
+from movq_cli.io.stored import FileSource, StoredArray
 
 MAX_HEADER = 100 << 20  # a .safetensors header larger than this is not one
 # .safetensors dtype names -> numpy (BF16 is read as its 16 bits and widened, numpy has no bfloat16)
@@ -44,7 +46,7 @@ def is_torch_zip(path: Path) -> bool:
         return False
 
 
-def read_tensor_file(path: Path, key: str | None, safetensors: bool) -> np.ndarray:
+def read_tensor_file(path: Path, key: str | None, safetensors: bool) -> np.ndarray | StoredArray:
     """The array named `key` (None: the only one) in a .safetensors or torch.save file.
 
     Nested dicts are named by their keys joined with dots ("latents.video"); lists by position."""
@@ -75,11 +77,9 @@ def _pickled_tensors(path: Path) -> dict:
     import torch  # only here: reading .npy files must not pay for importing torch
 
     try:
-        with open(path, "rb") as file:
-            mmap = file.read(4) == b"PK\x03\x04"  # the zip format can be memory-mapped, read lazily
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's warnings about old formats; failures are reported below
-            contents = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+            contents = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
         detail = f" ({blocked[0][:160]})" if blocked else ""
@@ -120,7 +120,8 @@ def _as_numpy(tensor, path: Path) -> np.ndarray:
 
 
 class _Stored:
-    """One tensor of a .safetensors file: its shape now, its values (memory-mapped) when called."""
+    """One tensor of a .safetensors file: its shape now, its values when called (bfloat16 read and
+    widened at once; other dtypes left in the file, read as they are used)."""
 
     def __init__(self, path: Path, name: str, entry: dict, data_start: int) -> None:
         self.path, self.name = path, name
@@ -128,7 +129,7 @@ class _Stored:
         self.shape = tuple(int(size) for size in entry["shape"])
         self.start, self.stop = (data_start + int(offset) for offset in entry["data_offsets"])
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self) -> np.ndarray | StoredArray:
         dtype = SAFETENSORS_DTYPES.get(self.dtype_name)
         if dtype is None:
             raise InputError(f"{self.path}: tensor {self.name!r} is {self.dtype_name}, not a number movq reads")
@@ -136,11 +137,10 @@ class _Stored:
         if self.stop - self.start != math.prod(self.shape) * dtype.itemsize:
             raise InputError(f"{self.path}: damaged .safetensors file (tensor {self.name!r} has the wrong size)")
         if math.prod(self.shape) == 0:
-            values = np.empty(self.shape_, dtype)
-        else:
-            values = np.memmap(self.path, dtype, mode="r", offset=self.start, shape=self.shape)
+            return np.empty(self.shape, dtype)
+        values = StoredArray(FileSource(self.path), self.start, dtype, self.shape)
         if self.dtype_name == "BF16":  # the high half of a float32
-            values = (values.astype(np.uint32) << 16).view(np.float32)
+            return (np.array(values).astype(np.uint32) << 16).view(np.float32)
         return values
 
 

@@ -26,6 +26,7 @@ from movq_cli.errors import InputError, RunError, reason
 from movq_cli.io.targets import AtomicTarget
 
 DEFAULT_FPS = 24.0
+MAX_FPS = 1000.0  # ffmpeg's frame rates are fractions of 32-bit integers; 1e308 fails only after the decode
 PNG_COMPRESSION = 1  # zlib level: fast to write, and decoding dominates anyway
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
@@ -70,8 +71,8 @@ class Writer(ABC):
         for field in fields(options):
             if getattr(options, field.name) is not None and field.name not in cls.uses:
                 raise InputError(f"--{field.name} has no use for {cls.what()}")
-        if options.fps is not None and options.fps <= 0:
-            raise InputError(f"--fps must be more than 0, not {options.fps}")
+        if options.fps is not None and not 0 < options.fps <= MAX_FPS:  # also NaN and infinity
+            raise InputError(f"--fps must be more than 0 and at most {MAX_FPS:g}, not {options.fps}")
 
     @classmethod
     def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
@@ -324,7 +325,7 @@ class PictureWriter(Writer):
     def write(self, frames: np.ndarray) -> None:
         if self.written or len(frames) != 1:
             raise InputError(f"a {self.suffix} output holds one frame; give a folder to write one PNG per frame")
-        _write_image(self.target.temp, frames[0], self.suffix, self.saving)
+        _write_image(self.target.temp, frames[0], self.suffix, self.saving, self.target.target)
         self.written = True
 
 
@@ -353,15 +354,22 @@ class PngFolderWriter(Writer):
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
             number = self.count if self.numbers is None else self.numbers[self.count]
-            _write_image(self.target.temp / f"{number:05d}.png", frame, ".png", PngWriter.saving)
+            name = f"{number:05d}.png"
+            _write_image(self.target.temp / name, frame, ".png", PngWriter.saving, name)
             self.count += 1
 
 
-def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict) -> None:
+def _write_image(path: Path, frame: np.ndarray, suffix: str, saving: dict, shown: str | Path) -> None:
+    """Encode `frame` in memory, then write it to `path`: a failed write (a full disk) is one
+    error that names `shown`, what the user asked for, and leaves no encoder to fail again when
+    it is collected."""
+    picture = iio.imwrite("<bytes>", frame, extension=suffix, plugin="pillow", **saving)
     try:
-        iio.imwrite(path, frame, extension=suffix, **saving)
+        path.write_bytes(picture)
+    except FileNotFoundError:
+        raise RunError(f"cannot write {shown}: the directory does not exist (removed while writing?)") from None
     except OSError as error:
-        raise RunError(f"cannot write {path.name}: {reason(error)}") from None
+        raise RunError(f"cannot write {shown}: {reason(error)}") from None
 
 
 WRITERS: dict[str, type[Writer]] = {

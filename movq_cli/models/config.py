@@ -26,6 +26,21 @@ class JsonConfig:
         return cls.from_dict(json.loads(text))
 
 
+# Far beyond any published model, and small enough that sizes made from them cannot overflow
+LIMITS = {"channels": 1 << 16, "levels": 16, "blocks": 1 << 10}
+
+
+def _too_large(**counts: int) -> list[str]:
+    """A problem for each count over its limit: channels, levels or blocks."""
+    kinds = {"levels": "levels", "num_res_blocks": "blocks", "layers_per_block": "blocks"}
+    problems = []
+    for name, count in counts.items():
+        limit = LIMITS[kinds.get(name, "channels")]
+        if count > limit:
+            problems.append(f"{name} {count} is over {limit}")
+    return problems
+
+
 @dataclass(frozen=True)
 class MovqConfig(JsonConfig):
     """A MoVQ decoder. Levels count from 0 (full resolution) to len(ch_mult)-1 (lowest)."""
@@ -66,6 +81,10 @@ class MovqConfig(JsonConfig):
                 problems.append(f"widths {self.widths} must be multiples of {whose} {count} norm groups")
         if self.n_embed is not None and self.n_embed < 1:
             problems.append("n_embed must be positive")
+        problems += _too_large(
+            widths=self.ch * max(self.ch_mult, default=1), z_channels=self.z_channels, embed_dim=self.embed_dim,
+            out_ch=self.out_ch, in_ch=self.in_ch, levels=len(self.ch_mult), num_res_blocks=self.num_res_blocks,
+        )  # fmt: skip
         if problems:
             raise ValueError("invalid MoVQ config: " + "; ".join(problems))
 
@@ -136,6 +155,11 @@ class CogVideoXConfig(JsonConfig):
             problems.append(f"temporal_compression_ratio {ratio} must be a power of 2")
         if self.scaling_factor is not None and self.scaling_factor <= 0:
             problems.append("scaling_factor must be positive")
+        problems += _too_large(
+            block_out_channels=max(self.block_out_channels, default=1),
+            levels=len(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+        )
         if problems:
             raise ValueError("invalid CogVideoX config: " + "; ".join(problems))
 

@@ -20,12 +20,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from movq_cli.device import LIVE_ACTIVATIONS, auto_chunk, frame_bytes
 from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
+from movq_cli.io.stored import StoredArray
 from movq_cli.memory import check_fits_in_memory
 from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.movq import Movq
@@ -193,7 +195,8 @@ class Video(Family):
             )
         if not clip.is_latents or shape[1] == channels or shape[0] not in (channels, 2 * channels):
             return clip, options
-        latents = clip.array.swapaxes(0, 1)[:, :channels]  # numpy and torch alike
+        array = np.array(clip.array) if isinstance(clip.array, StoredArray) else clip.array  # a few MB of latents
+        latents = array.swapaxes(0, 1)[:, :channels]  # numpy and torch alike
         if shape[0] == 2 * channels:
             options = replace(options, unscaled=True)
         return replace(clip, array=latents), options
