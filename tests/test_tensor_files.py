@@ -5,6 +5,7 @@ CogVideoX fine-tuning scripts save, decoded as they are."""
 from __future__ import annotations
 
 import json
+import os
 
 import imageio.v3 as iio
 import numpy as np
@@ -14,6 +15,8 @@ from conftest import RunsCode, assert_one_line_error, cogvideox_pipeline_frames,
 from safetensors.torch import save_file
 
 import movq_cli
+from movq_cli.errors import InputError
+from movq_cli.io import codes as codes_io
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,9 @@ def _decoded(path, model, **read) -> np.ndarray:
 
 SAVES = {
     "zip .pt": lambda tensor, path: torch.save(tensor, path.with_suffix(".pt")),
-    "legacy .pth": lambda tensor, path: torch.save(tensor, path.with_suffix(".pth"), _use_new_zipfile_serialization=False),
+    "legacy .pth": lambda tensor, path: torch.save(
+        tensor, path.with_suffix(".pth"), _use_new_zipfile_serialization=False
+    ),
     ".safetensors": lambda tensor, path: save_file({"codes": tensor.contiguous()}, path.with_suffix(".safetensors")),
 }
 
@@ -48,7 +53,9 @@ def test_a_saved_tensor_of_codes_decodes_as_its_npy_does(save, codes, model, tmp
 def test_nested_dicts_are_read_by_their_dotted_key(codes, model, tmp_path):
     np.save(tmp_path / "codes.npy", codes.numpy())
     torch.save({"batch": {"codes": codes, "mask": torch.ones(3)}, "step": 7, "names": ["a"]}, tmp_path / "saved.pt")
-    assert np.array_equal(_decoded(tmp_path / "saved.pt", model, key="batch.codes"), _decoded(tmp_path / "codes.npy", model))
+    assert np.array_equal(
+        _decoded(tmp_path / "saved.pt", model, key="batch.codes"), _decoded(tmp_path / "codes.npy", model)
+    )
 
 
 def test_without_key_a_file_of_several_tensors_lists_them(codes, small_folder, tmp_path):
@@ -137,3 +144,23 @@ def test_latents_that_read_two_ways_are_refused_rather_than_guessed(video_folder
     torch.save(torch.randn(1, 32, 16, 6, 10), tmp_path / "pipeline.pt")  # with its batch axis: a pipeline's
     result = movq("decode", tmp_path / "pipeline.pt", tmp_path / "out/", "-w", root, "--frames", "0")
     assert result.exit_code == 0, result.output
+
+
+def test_a_safetensors_file_cut_short_after_it_was_opened_is_an_input_error(tmp_path):
+    """Its tensors stay in the file and are read as they are used, never memory-mapped (SIGBUS)."""
+    path = tmp_path / "codes.safetensors"
+    save_file({"codes": torch.zeros(8, 4, 4, dtype=torch.int64)}, path)
+    clip = codes_io.read(path)
+    os.truncate(path, path.stat().st_size - 100)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        clip.frames(0, 8)
+
+
+def test_cogvideox_latents_in_the_vae_layout_in_an_npy_decode_as_the_pipelines(video_folder, tmp_path):
+    root, _ = video_folder
+    model = movq_cli.load(root, device="cpu")
+    pipeline = np.random.default_rng(0).standard_normal((1, 3, 16, 6, 10), dtype=np.float32)  # (1, F, C, h, w)
+    np.save(tmp_path / "pipeline.npy", pipeline)
+    np.save(tmp_path / "vae.npy", np.ascontiguousarray(pipeline[0].transpose(1, 0, 2, 3)))  # (C, F, h, w)
+    expected = np.stack(list(movq_cli.decode_frames(tmp_path / "pipeline.npy", model)))
+    assert np.array_equal(np.stack(list(movq_cli.decode_frames(tmp_path / "vae.npy", model))), expected)
