@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models.attention import attention
 from movq_cli.models.config import MovqConfig
 from movq_cli.models.fastconv import Conv3x3, UpsampleConv3x3
 
@@ -142,7 +143,7 @@ class Attention(nn.Module):
         def tokens(proj: nn.Conv2d) -> torch.Tensor:  # (B, 1 head, h*w, C)
             return proj(normed).flatten(2).transpose(1, 2).unsqueeze(1)
 
-        attended = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
+        attended = attention(tokens(self.q), tokens(self.k), tokens(self.v))
         attended = attended.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
         return x + self.proj_out(attended)
 
