@@ -309,6 +309,14 @@ class Movq(nn.Module):
         zq = zq.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(zq), zq)
 
+    def decode_tiled(self, zq: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+        """forward(zq), with the device seeing one tile of (rows, columns) latents at a time and
+        each layer's activation kept in host memory (models/tiled.py). Equal to forward to float
+        rounding."""
+        from movq_cli.models.tiled import TiledFrame
+
+        return TiledFrame(zq, tile, torch.device("cpu")).decode(self.post_quant_conv, self.decoder)
+
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes (B, h, w) -> images."""
         return self(self.quantize.lookup(codes))
