@@ -8,7 +8,7 @@ import torch
 
 from movq_cli.errors import InputError
 from movq_cli.models.config import MovqConfig
-from movq_cli.models.footprint import frame_bytes
+from movq_cli.models.footprint import frame_bytes, largest_activation
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BUDGET_BYTES = 512 << 20  # activations one chunk may use on the CPU: larger chunks are no faster there
@@ -104,6 +104,6 @@ def auto_chunk(config: MovqConfig, grid: tuple[int, int], device: torch.device, 
         return max(1, min(MAX_CHUNK, free // 2 // per_frame))
     fitting = CPU_BUDGET_BYTES // per_frame
     if device.type == "cpu":
-        busy = -(-CPU_BUSY_VALUES * dtype.itemsize // per_frame)  # rounded up
+        busy = -(-CPU_BUSY_VALUES // (LIVE_ACTIVATIONS * largest_activation(config, grid)))  # rounded up
         fitting = min(fitting, busy)
     return max(1, min(MAX_CHUNK, fitting))

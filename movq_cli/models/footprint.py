@@ -22,6 +22,9 @@ model).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
 
 from movq_cli.models.attention import builds_matrix
@@ -48,32 +51,108 @@ def attention(channels: int, positions: int, device: torch.device, dtype: torch.
     return 6 * channels * positions + matrix
 
 
-def layer_peaks(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> list[int]:
-    """Values held at the peak of each layer of the 2D decoder, for one frame of `grid` codes."""
+def layers(config: MovqConfig) -> Iterator[tuple[str, int, int, int]]:
+    """The 2D decoder's layers in order: (kind, input channels, output channels, positions per
+    latent at the layer's input)."""
     widths = config.widths
-    positions = grid[0] * grid[1]
-    top = widths[-1]
-    peaks = [positions * (config.z_channels + top), positions * resblock(top, top)]
+    top, scale = widths[-1], 4 ** (len(widths) - 1)
+    yield "conv", config.z_channels, top, 1
+    yield "resblock", top, top, 1
     if config.mid_attn:
-        peaks.append(attention(top, positions, device, dtype))
+        yield "attention", top, top, 1
+    yield "resblock", top, top, 1
     for level in reversed(range(len(widths))):
         width = widths[level]
-        c_in = widths[min(level + 1, len(widths) - 1)]
+        positions = 4 ** (len(widths) - 1 - level)
         for j in range(config.num_res_blocks + 1):
-            peaks.append(positions * resblock(c_in if j == 0 else width, width))
+            yield "resblock", widths[min(level + 1, len(widths) - 1)] if j == 0 else width, width, positions
             if level in config.attn_levels:
-                peaks.append(attention(width, positions, device, dtype))
+                yield "attention", width, width, positions
         if level != 0:
-            peaks.append(positions * upsample(width))
-            positions *= 4
-    peaks.append(positions * (2 * widths[0] + config.out_ch))
+            yield "upsample", width, width, positions
+    yield "conv_out", widths[0], config.out_ch, scale
+
+
+def held(kind: str, c_in: int, c_out: int) -> int:
+    """Values per input position a layer holds at its peak, run whole (attention: but its matrix)."""
+    if kind == "resblock":
+        return resblock(c_in, c_out)
+    if kind == "upsample":
+        return upsample(c_in)
+    if kind == "attention":
+        return 6 * c_in
+    return 2 * c_in + c_out
+
+
+def stored(kind: str, c_in: int, c_out: int) -> int:
+    """Values per input position a tiled decode keeps whole in its store during a layer: the
+    input and the output, and in a ResBlock its input, its first convolution's and its output."""
+    if kind == "resblock":
+        return c_in + 2 * c_out
+    if kind == "upsample":
+        return 5 * c_in
+    return c_in + c_out
+
+
+def layer_peaks(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> list[int]:
+    """Values held at the peak of each layer of the 2D decoder, for one frame of `grid` codes."""
+    latents = grid[0] * grid[1]
+    peaks = []
+    for kind, c_in, c_out, scale in layers(config):
+        if kind == "attention":
+            peaks.append(attention(c_in, latents * scale, device, dtype))
+        else:
+            peaks.append(latents * scale * held(kind, c_in, c_out))
     return peaks
 
 
-def frame_bytes(
-    config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype, device: torch.device = CPU, weight_bytes: int = 0
-) -> int:
-    """The peak memory one frame of `grid` codes needs while it decodes, beyond the model's
-    `weight_bytes` of weights themselves."""
-    walked = max(layer_peaks(config, grid, device, dtype)) * dtype.itemsize
-    return int(MARGIN * walked) + weight_bytes // 2 + OVERHEAD
+def tiled_peaks(
+    config: MovqConfig, grid: tuple[int, int], tile: tuple[int, int], device: torch.device, dtype: torch.dtype
+) -> list[tuple[int, int]]:
+    """(values in the store, values on the device) at the peak of each layer of a tiled decode of
+    a frame of `grid` codes in tiles of `tile` latents: a tile and its border at a time on the
+    device, but an attention over the whole frame."""
+    latents = grid[0] * grid[1]
+    bordered = math.prod(min(size, count + 2) for size, count in zip(tile, grid, strict=True))
+    peaks = []
+    for kind, c_in, c_out, scale in layers(config):
+        store = latents * scale * stored(kind, c_in, c_out)
+        if kind == "attention":
+            peaks.append((store, attention(c_in, latents * scale, device, dtype)))
+        else:
+            peaks.append((store, bordered * scale * held(kind, c_in, c_out)))
+    return peaks
+
+
+def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype, device: torch.device = CPU) -> int:
+    """The activation memory one frame of `grid` codes needs at its peak (a chunk of n frames: n times it)."""
+    return int(MARGIN * max(layer_peaks(config, grid, device, dtype)) * dtype.itemsize)
+
+
+def call_bytes(activations: int, weight_bytes: int) -> int:
+    """The peak memory of one decoder call whose activations need `activations` bytes, beyond
+    the model's `weight_bytes` of weights themselves: what torch keeps aside besides."""
+    return activations + weight_bytes // 2 + OVERHEAD
+
+
+def largest_activation(config: MovqConfig, grid: tuple[int, int]) -> int:
+    """Values of the largest activation of the 2D decoder (the upsampled input of level 0's first ResBlock)."""
+    widths = config.widths
+    return max(width * grid[0] * grid[1] * 4 ** (len(widths) - 1 - level) for level, width in enumerate(widths))
+
+
+def tiled_bytes(
+    config: MovqConfig,
+    grid: tuple[int, int],
+    tile: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device = CPU,
+    weight_bytes: int = 0,
+) -> tuple[int, int]:
+    """(host bytes, device bytes) that decoding a frame of `grid` codes in tiles of `tile` latents
+    needs at its peak; on the CPU, where both are one memory, the host bytes are the whole need."""
+    peaks = tiled_peaks(config, grid, tile, device, dtype)
+    if device.type == "cpu":
+        return call_bytes(int(MARGIN * max(map(sum, peaks)) * dtype.itemsize), weight_bytes), 0
+    host = int(MARGIN * max(store for store, _ in peaks) * dtype.itemsize)
+    return host, call_bytes(int(MARGIN * max(tile for _, tile in peaks) * dtype.itemsize), weight_bytes)
