@@ -12,8 +12,9 @@ Sections (`--only` picks some):
   decode (peak resident memory on the CPU, VmHWM after resetting it; peak CUDA memory allocated on
   a GPU) against movq's estimate (models/footprint.py). The estimate must never be below the
   measured peak and at most 1.5x above it.
-- tile: one Kandinsky 2.2 frame of the largest size decoded whole and with --tile (tiles of a
-  quarter of the frame each way), seconds and peak memory, and the largest difference between them.
+- tile: one Kandinsky 2.2 frame of `--tile-frame` pixels (1024; quick 512) decoded whole and with
+  --tile (tiles of a quarter of the frame each way): seconds and peak memory, and whether the
+  pixels are the same.
 - cogvideox: CogVideoX-2b's structure with random weights at its real size, 60x90 latents
   (480x720 frames), F = 3 latent frames (9 frames), fp32: movq untiled and movq --tile (tiles of
   half the frame), each in its own process, with peak memory (VmHWM) and seconds; diffusers
@@ -38,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from movq_cli.models.config import preset  # noqa: E402
-from movq_cli.models.footprint import frame_bytes  # noqa: E402
+from movq_cli.models.footprint import call_bytes, frame_bytes  # noqa: E402
 from movq_cli.models.movq import Movq  # noqa: E402
 
 SECTIONS = ("estimate", "tile", "cogvideox")
@@ -113,7 +114,8 @@ def frame_job(name: str, pixels: int, device: torch.device, tile: int | None) ->
     else:
         peak = peak_resident() - before
     seconds = time.perf_counter() - start
-    estimate = frame_bytes(model.config, (grid, grid), torch.float32, device)
+    weights = sum(parameter.nbytes for parameter in model.parameters())
+    estimate = call_bytes(frame_bytes(model.config, (grid, grid), torch.float32, device), weights)
     return {"seconds": seconds, "peak": peak, "estimate": estimate, "sum": int(images.long().sum())}
 
 
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="256 and 512 pixels, one round, no CogVideoX")
     parser.add_argument("--sizes", help="frame sizes in pixels (default 256,512,1024,2048; quick 256,512)")
+    parser.add_argument("--tile-frame", type=int, help="frame size of the tile section (1024; quick 512)")
     parser.add_argument("--rounds", type=int, default=1, help="fresh processes per figure (medians)")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run this section (may be repeated)")
     parser.add_argument("--diffusers", action="store_true", help="cogvideox: decode with diffusers too (~23 GiB)")
@@ -179,7 +182,7 @@ def main() -> None:
     if "estimate" in sections:
         estimate_section(sizes, args.device, args.rounds)
     if "tile" in sections:
-        tile_section(max(sizes), args.device)
+        tile_section(args.tile_frame or (512 if args.quick else 1024), args.device)
 
 
 if __name__ == "__main__":

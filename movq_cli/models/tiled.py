@@ -148,14 +148,23 @@ class TiledFrame(Tiles):
     def attention(self, attention: Attention, x: torch.Tensor) -> torch.Tensor:
         return attention(x.to(self.device), self.zq).to(self.store)
 
-    def normalize(self, norm: SpatialNorm, x: torch.Tensor, affine, rows: slice, cols: slice) -> torch.Tensor:
-        """silu(norm(x)) of the part x at (rows, cols) of an activation, with the whole activation's statistics."""
-        height, width = self.size
-        if norm.conv is not None:  # a 3x3 convolution of the upsampled zq: made whole (e channels), then cut
-            zq = norm.conv(F.interpolate(self.zq, size=(height, width), mode="nearest"))[..., rows, cols]
+    def conditioning(self, norm: SpatialNorm, height: int, width: int) -> torch.Tensor | None:
+        """The norm's 3x3 convolution of zq upsampled to (height, width), made whole (e channels),
+        or None for a norm without one."""
+        if norm.conv is None:
+            return None
+        return norm.conv(F.interpolate(self.zq, size=(height, width), mode="nearest"))
+
+    def normalize(
+        self, norm: SpatialNorm, x: torch.Tensor, affine, conditioning, rows: slice, cols: slice, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """silu(norm(x)) of the part x at (rows, cols) of an activation of `size`, with the whole
+        activation's statistics."""
+        if conditioning is not None:
+            zq = conditioning[..., rows, cols]
         else:  # the latents at each pixel of the part, as nearest interpolation gives them
-            row_index = torch.arange(rows.start, rows.stop, device=self.device) * self.zq.shape[-2] // height
-            col_index = torch.arange(cols.start, cols.stop, device=self.device) * self.zq.shape[-1] // width
+            row_index = torch.arange(rows.start, rows.stop, device=self.device) * self.zq.shape[-2] // size[0]
+            col_index = torch.arange(cols.start, cols.stop, device=self.device) * self.zq.shape[-1] // size[1]
             zq = self.zq.index_select(2, row_index).index_select(3, col_index)
         out = (apply_affine(x, affine).to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
         return F.silu(out, inplace=True)
@@ -168,15 +177,15 @@ class TiledFrame(Tiles):
         residual: tuple[torch.Tensor, nn.Module | None] | None = None,
     ) -> torch.Tensor:
         """conv(silu(norm(x))) (+ shortcut(residual)), tile by tile."""
-        affine = self.affine(norm.norm_layer, x) if norm is not None else None
         batch, _, height, width = x.shape
-        self.size = (height, width)
+        if norm is not None:
+            affine, conditioning = self.affine(norm.norm_layer, x), self.conditioning(norm, height, width)
         out = torch.empty((batch, conv.out_channels, height, width), dtype=x.dtype, device=self.store)
         for region in self.regions(x):
             rows, cols, grown_rows, grown_cols = region
             part = self.part(x, grown_rows, grown_cols)
             if norm is not None:
-                part = self.normalize(norm, part, affine, grown_rows, grown_cols)
+                part = self.normalize(norm, part, affine, conditioning, grown_rows, grown_cols, (height, width))
             inner_rows, inner_cols = region.inner
             result = conv(part)[..., inner_rows, inner_cols]
             if residual is not None:
