@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -86,9 +87,9 @@ def peak_resident() -> int:
     return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
 
 
-def frame_job(name: str, pixels: int, device: torch.device, tile: int | None) -> dict:
+def frame_job(name: str, pixels: int, device: torch.device, tile: int | None, keep: Path | None) -> dict:
     """One frame of `pixels` x `pixels` in this fresh process: seconds, the peak memory above the
-    memory held before (bytes), the estimate, and a checksum of the pixels."""
+    memory held before (bytes) and the estimate; with `keep`, its uint8 pixels are saved there."""
     from movq_cli.models.family import DecodeOptions, family_of
     from movq_cli.pipeline import to_pixels
 
@@ -116,7 +117,9 @@ def frame_job(name: str, pixels: int, device: torch.device, tile: int | None) ->
     seconds = time.perf_counter() - start
     weights = sum(parameter.nbytes for parameter in model.parameters())
     estimate = call_bytes(frame_bytes(model.config, (grid, grid), torch.float32, device), weights)
-    return {"seconds": seconds, "peak": peak, "estimate": estimate, "sum": int(images.long().sum())}
+    if keep is not None:
+        np.save(keep, images.numpy())
+    return {"seconds": seconds, "peak": peak, "estimate": estimate}
 
 
 def run(*arguments: str) -> dict:
@@ -131,9 +134,9 @@ def mib(size: float) -> str:
     return f"{size / 2**20:8.0f} MiB"
 
 
-def estimate_section(sizes: list[int], device: str, rounds: int) -> None:
+def estimate_section(models: list[str], sizes: list[int], device: str, rounds: int) -> None:
     print("model          frame      estimate   measured peak   estimate/peak   seconds", flush=True)
-    for name in MODELS:
+    for name in models:
         for pixels in sizes:
             jobs = [run("--job", "frame", "--model", name, "--pixels", str(pixels), "--device", device) for _ in range(rounds)]
             peak = statistics.median(job["peak"] for job in jobs)
@@ -147,14 +150,58 @@ def estimate_section(sizes: list[int], device: str, rounds: int) -> None:
 
 
 def tile_section(pixels: int, device: str) -> None:
-    whole = run("--job", "frame", "--model", MODELS[0], "--pixels", str(pixels), "--device", device)
-    tiled = run("--job", "frame", "--model", MODELS[0], "--pixels", str(pixels), "--device", device, "--tile", str(pixels // 4))
+    tile = str(pixels // 4)
+    with tempfile.TemporaryDirectory() as folder:
+        kept = [Path(folder) / "whole.npy", Path(folder) / "tiled.npy"]
+        frame = ("--job", "frame", "--model", MODELS[0], "--pixels", str(pixels), "--device", device)
+        whole = run(*frame, "--keep", str(kept[0]))
+        tiled = run(*frame, "--tile", tile, "--keep", str(kept[1]))
+        difference = np.abs(np.load(kept[0]).astype(int) - np.load(kept[1]).astype(int))
     print(
         f"kandinsky-2.2 {pixels}x{pixels}: whole {whole['seconds']:.1f} s, peak {mib(whole['peak'])}; "
-        f"--tile {pixels // 4}: {tiled['seconds']:.1f} s ({tiled['seconds'] / whole['seconds']:.2f}x), "
-        f"peak {mib(tiled['peak'])} ({tiled['peak'] / whole['peak']:.2f}x); same pixels: {whole['sum'] == tiled['sum']}",
+        f"--tile {tile}: {tiled['seconds']:.1f} s ({tiled['seconds'] / whole['seconds']:.2f}x), "
+        f"peak {mib(tiled['peak'])} ({tiled['peak'] / whole['peak']:.2f}x); pixels: max|diff| {difference.max()}, "
+        f"{(difference > 0).mean():.4%} of values differ",
         flush=True,
     )
+
+
+def cogvideox_section(
+    device: str, latents: tuple[int, int], frames: int, tile: int, with_diffusers: bool, compare: bool
+) -> None:
+    """CogVideoX-2b's structure (at 480x720: 60x90 latents): movq whole, movq in tiles (and
+    diffusers), each in a fresh process."""
+    import bench_cogvideox as video
+    from safetensors.torch import save_file
+
+    from movq_cli.checkpoints import cogvideox as checkpoint
+
+    height, width = latents
+    sides = ["movq-fp32", "movq-fp32-tiled"] + (["diffusers"] if with_diffusers else [])
+    with tempfile.TemporaryDirectory() as folder:
+        setup = video.Setup(Path(folder), video.RELEASED, torch.device(device))
+        vae = video.make_vae(video.RELEASED)
+        native = checkpoint.diffusers_to_native(vae.state_dict())
+        save_file({name: tensor.contiguous() for name, tensor in native.items()}, str(setup.files / "movq.safetensors"))
+        vae.save_pretrained(setup.files / "diffusers")
+        del vae, native
+        kept = {}
+        for side in sides:
+            keep = setup.files / f"{side}.f32" if compare else None
+            job = video.run_job(side, setup, frames, height, width, keep, tile=tile)
+            kept[side] = keep
+            cuda = f", CUDA peak {job['cuda_peak_mib']} MiB" if job["cuda_peak_mib"] is not None else ""
+            print(
+                f"CogVideoX-2b structure, {8 * height}x{8 * width}, F={frames} -> {job['frames']} frames, fp32, {side}: "
+                f"{job['seconds']:.0f} s, peak {job['peak_mib']} MiB ({job['peak_mib'] / 1024:.1f} GiB){cuda}",
+                flush=True,
+            )
+        if compare:
+            whole = video.read_frames(kept[sides[0]], video.RELEASED, frames, 8 * height, 8 * width)
+            for side in sides[1:]:
+                other = video.read_frames(kept[side], video.RELEASED, frames, 8 * height, 8 * width)
+                pixels = (video.to_pixels(other).int() - video.to_pixels(whole).int()).abs().max().item()
+                print(f"{side} against movq-fp32: max|diff| {(other - whole).abs().max().item():.1e}, pixels within {pixels}")
 
 
 def main() -> None:
@@ -166,23 +213,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="fresh processes per figure (medians)")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run this section (may be repeated)")
     parser.add_argument("--diffusers", action="store_true", help="cogvideox: decode with diffusers too (~23 GiB)")
+    parser.add_argument("--latents", default="60x90", help="cogvideox: latent rows x columns (60x90: 480x720)")
+    parser.add_argument("--frames", type=int, default=3, help="cogvideox: latent frames (3: 9 frames)")
+    parser.add_argument("--video-tile", type=int, default=128, help="cogvideox: movq's --tile in pixels")
+    parser.add_argument("--compare", action="store_true", help="cogvideox: keep the frames and compare the pixels")
+    parser.add_argument("--models", help=f"estimate: models, of {','.join(MODELS)} (default: both)")
     parser.add_argument("--job", choices=("frame",), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.job:
-        print(json.dumps(frame_job(args.model, args.pixels, device, args.tile)))
+        print(json.dumps(frame_job(args.model, args.pixels, device, args.tile, args.keep)))
         return
     sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else ([256, 512] if args.quick else [256, 512, 1024, 2048])
     sections = args.only or (("estimate", "tile") if args.quick else SECTIONS)
     print(f"# python benchmarks/bench_large_frames.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# torch {torch.__version__}, {describe(device)}", flush=True)
     if "estimate" in sections:
-        estimate_section(sizes, args.device, args.rounds)
+        estimate_section(args.models.split(",") if args.models else list(MODELS), sizes, args.device, args.rounds)
     if "tile" in sections:
         tile_section(args.tile_frame or (512 if args.quick else 1024), args.device)
+    if "cogvideox" in sections:
+        latents = tuple(int(size) for size in args.latents.split("x"))
+        cogvideox_section(args.device, latents, args.frames, args.video_tile, args.diffusers, args.compare)
 
 
 if __name__ == "__main__":
