@@ -138,7 +138,10 @@ def estimate_section(models: list[str], sizes: list[int], device: str, rounds: i
     print("model          frame      estimate   measured peak   estimate/peak   seconds", flush=True)
     for name in models:
         for pixels in sizes:
-            jobs = [run("--job", "frame", "--model", name, "--pixels", str(pixels), "--device", device) for _ in range(rounds)]
+            jobs = [
+                run("--job", "frame", "--model", name, "--pixels", str(pixels), "--device", device)
+                for _ in range(rounds)
+            ]
             peak = statistics.median(job["peak"] for job in jobs)
             estimate = jobs[0]["estimate"]
             seconds = statistics.median(job["seconds"] for job in jobs)
@@ -201,7 +204,9 @@ def cogvideox_section(
             for side in sides[1:]:
                 other = video.read_frames(kept[side], video.RELEASED, frames, 8 * height, 8 * width)
                 pixels = (video.to_pixels(other).int() - video.to_pixels(whole).int()).abs().max().item()
-                print(f"{side} against movq-fp32: max|diff| {(other - whole).abs().max().item():.1e}, pixels within {pixels}")
+                print(
+                    f"{side} against movq-fp32: max|diff| {(other - whole).abs().max().item():.1e}, pixels within {pixels}"
+                )
 
 
 def main() -> None:
@@ -228,7 +233,11 @@ def main() -> None:
     if args.job:
         print(json.dumps(frame_job(args.model, args.pixels, device, args.tile, args.keep)))
         return
-    sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else ([256, 512] if args.quick else [256, 512, 1024, 2048])
+    sizes = (
+        [int(size) for size in args.sizes.split(",")]
+        if args.sizes
+        else ([256, 512] if args.quick else [256, 512, 1024, 2048])
+    )
     sections = args.only or (("estimate", "tile") if args.quick else SECTIONS)
     print(f"# python benchmarks/bench_large_frames.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# torch {torch.__version__}, {describe(device)}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from movq_cli.models import attention as attention_module
 from movq_cli.models import footprint
 from movq_cli.models.attention import attention, blocked_attention, builds_matrix
 from movq_cli.models.config import MovqConfig, preset
-from movq_cli.models.family import DecodeOptions, family_of
+from movq_cli.models.family import family_of
 from movq_cli.models.movq import Movq
 
 # The Kandinsky layout (four levels, widths 1, 2, 2, 4, attention in the middle and at the
@@ -104,7 +105,9 @@ def test_tiled_frames_equal_untiled_ones(grid, tile):
 
 
 def test_tiling_takes_the_optional_zq_convolution():
-    config = MovqConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), norm_groups=8, n_embed=64, add_conv=True)
+    config = MovqConfig(
+        ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), norm_groups=8, n_embed=64, add_conv=True
+    )
     model = random_model(config, seed=5)
     zq = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
@@ -118,9 +121,8 @@ def test_the_cli_decodes_2d_frames_in_tiles_to_the_same_pixels(small_folder, tmp
     tiled = movq("decode", tmp_path / "codes.npy", tmp_path / "tiled/", "-w", small_folder[0], "-q", "--tile", "12x20")
     assert whole.exit_code == 0 and tiled.exit_code == 0, tiled.output
     for name in ("00000.png", "00001.png"):
-        a = np.asarray(__import__("imageio.v3").v3.imread(tmp_path / "whole" / name)).astype(int)
-        b = np.asarray(__import__("imageio.v3").v3.imread(tmp_path / "tiled" / name)).astype(int)
-        assert np.abs(a - b).max() <= 1
+        whole_pixels, tiled_pixels = (iio.imread(tmp_path / side / name).astype(int) for side in ("whole", "tiled"))
+        assert np.abs(whole_pixels - tiled_pixels).max() <= 1
 
 
 def test_a_frame_too_large_whole_decodes_in_tiles_under_the_limit(tmp_path, monkeypatch):
@@ -141,10 +143,9 @@ def test_a_frame_too_large_whole_decodes_in_tiles_under_the_limit(tmp_path, monk
         family.check_memory(clip)
     assert "--tile" in refused.value.hint and "in host memory" in refused.value.hint
     movq_cli.decode(tmp_path / "codes.npy", tmp_path / "tiled.png", model, tile=64)
-    import imageio.v3 as iio
-
     assert whole.frame_size == (192, 192)
-    assert np.abs(iio.imread(tmp_path / "whole.png").astype(int) - iio.imread(tmp_path / "tiled.png").astype(int)).max() <= 1
+    whole_pixels, tiled_pixels = (iio.imread(tmp_path / f"{side}.png").astype(int) for side in ("whole", "tiled"))
+    assert np.abs(whole_pixels - tiled_pixels).max() <= 1
 
 
 def test_the_refusal_names_the_host_memory_tiles_would_need(small_folder, tmp_path):

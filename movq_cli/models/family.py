@@ -27,8 +27,8 @@ from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
 from movq_cli.memory import check_fits_in_memory, device_memory, gib
-from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
 from movq_cli.models.cogvideox import CogVideoX
+from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
 from movq_cli.models.movq import Movq
 
 UNKNOWN_SCALE = (
@@ -163,7 +163,9 @@ class Frames(Family):
             host, _ = self.tiled_bytes(grid, (1, 1))
             return f"decoded in tiles it still needs about {gib(host)} of host memory"
         host, _ = self.tiled_bytes(grid, (side, side))
-        return f"--tile {side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
+        return (
+            f"--tile {side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
+        )
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         self.check_memory(clip, options)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from movq_cli.models.cogvideox import (
@@ -218,7 +217,9 @@ class TiledChunk(Tiles):
         h = self.conv(block.conv1, x, norm=block.norm1)
         return self.conv(block.conv2, h, norm=block.norm2, residual=(x, block.conv_shortcut))
 
-    def normalize(self, norm: SpatialNorm3D, x: torch.Tensor, affine, rows: slice, cols: slice, scale: int) -> torch.Tensor:
+    def normalize(
+        self, norm: SpatialNorm3D, x: torch.Tensor, affine, rows: slice, cols: slice, scale: int
+    ) -> torch.Tensor:
         """silu(norm(x)) of the part x at (rows, cols) of an activation `scale` times the latents'
         size, with the whole activation's statistics."""
         # the latents at each pixel of the part, as fit_latents gives them to the untiled norm
