@@ -11,13 +11,14 @@ Each layer's peak is the activations alive while it runs, counted as the code ma
   `scaled_dot_product_attention` picks builds the matrix, one block of it (attention.py);
 - the last convolution holds its input, the norm's output and the three output channels.
 
-The largest layer, times MARGIN, plus half the weights (oneDNN reorders a convolution's weights
-for the shape it is given) and OVERHEAD, is the estimate. The margin covers what the walk does not
-see: freed activations of 32 MiB or less stay in the allocator's heap, where the next ones do not
-always fit. benchmarks/bench_large_frames.py measures the estimate against the peak resident
-memory of real decodes (benchmarks/results-large-frames-cpu-epyc-2026-12-06.txt: 1.02x to 1.47x
-of the measured peak, over frames of 256 to 1024 pixels, the Kandinsky 2.2 layout and the bundled
-model).
+The largest layer, times MARGIN, plus a quarter of the weights and OVERHEAD, is the estimate.
+The walk does not see what the allocator and oneDNN keep aside: freed activations of 32 MiB or
+less stay in the allocator's heap, where the next ones do not always fit, and oneDNN reorders
+weights and keeps workspaces; at small frames this varies from run to run (46 and 85 MiB for a
+256x256 frame of the bundled model). benchmarks/bench_large_frames.py measures the estimate
+against the peak resident memory of real decodes (benchmarks/results-large-frames-cpu-epyc-
+2026-12-06.txt: 1.23x to 1.42x of the measured peak over frames of 256 to 2048 pixels, the
+Kandinsky 2.2 layout and the bundled model).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from movq_cli.models.attention import builds_matrix
 from movq_cli.models.config import MovqConfig
 
 MARGIN = 1.4
-OVERHEAD = 8 << 20
+OVERHEAD = 32 << 20
 CPU = torch.device("cpu")
 
 
@@ -132,7 +133,7 @@ def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype, d
 def call_bytes(activations: int, weight_bytes: int) -> int:
     """The peak memory of one decoder call whose activations need `activations` bytes, beyond
     the model's `weight_bytes` of weights themselves: what torch keeps aside besides."""
-    return activations + weight_bytes // 2 + OVERHEAD
+    return activations + weight_bytes // 4 + OVERHEAD
 
 
 def largest_activation(config: MovqConfig, grid: tuple[int, int]) -> int:
