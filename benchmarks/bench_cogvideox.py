@@ -103,19 +103,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def decode_job(side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None) -> dict:
+def decode_job(
+    side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None, tile: int | None = None
+) -> dict:
     """One decode in this fresh process: seconds, output frame count and peak memory in MiB (and
     on CUDA the peak of device memory allocated).
 
     With `keep`, the float frames are appended to that file chunk by chunk as they come.
     """
     if keep is None:
-        return decode(side, setup, make_latents(frames, height, width), sink=None)
+        return decode(side, setup, make_latents(frames, height, width), sink=None, tile=tile)
     with open(keep, "wb") as sink:
-        return decode(side, setup, make_latents(frames, height, width), sink)
+        return decode(side, setup, make_latents(frames, height, width), sink, tile=tile)
 
 
-def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None) -> dict:
+def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None, tile: int | None = None) -> dict:
+    """`tile`: movq's tiles in pixels (None: half the frame each way)."""
     frames, height, width = latents.shape[2:]
     tiled, device = side.endswith("-tiled"), setup.device
     latents = latents.to(device)
@@ -147,7 +150,9 @@ def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None
         count, seconds = 0, 0.0
         sync(device)
         start = time.perf_counter()
-        for video in model.decode_stream(chunks, tile=((height + 1) // 2, (width + 1) // 2) if tiled else None):
+        factor = 2 ** (len(setup.structure["block_out_channels"]) - 1)
+        tiles = ((height + 1) // 2, (width + 1) // 2) if tile is None else (max(1, tile // factor),) * 2
+        for video in model.decode_stream(chunks, tile=tiles if tiled else None):
             to_pixels(video).cpu()  # as a writer takes them
             sync(device)
             seconds += time.perf_counter() - start
@@ -161,9 +166,13 @@ def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None
     return {"seconds": seconds, "frames": count, "peak_mib": peak, "cuda_peak_mib": cuda}
 
 
-def run_job(side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None) -> dict:
+def run_job(
+    side: str, setup: Setup, frames: int, height: int, width: int, keep: Path | None, tile: int | None = None
+) -> dict:
     command = [sys.executable, __file__, "--job", side, *setup.arguments()]
     command += ["--frames", str(frames), "--height", str(height), "--width", str(width)]
+    if tile is not None:
+        command += ["--tile", str(tile)]
     if keep:
         command += ["--keep", str(keep)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -270,6 +279,7 @@ def main() -> None:
     parser.add_argument("--job", choices=(*SIDES, *TILED, TRUTH), help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     height = args.height or (12 if args.quick else 16)
     width = args.width or (18 if args.quick else 24)
@@ -277,7 +287,7 @@ def main() -> None:
     structure = RELEASED if args.released else STRUCTURE
     if args.job:
         setup = Setup(args.files, structure, torch.device(args.device))
-        print(json.dumps(decode_job(args.job, setup, frames, height, width, args.keep)))
+        print(json.dumps(decode_job(args.job, setup, frames, height, width, args.keep, args.tile)))
         return
     short = args.short or (3 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 3)

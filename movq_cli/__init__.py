@@ -87,8 +87,8 @@ def decode(
     the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
     "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
-    (240, 360)) decodes CogVideoX chunks in spatial tiles, to the same pixels, in less device
-    memory; `source_numbers` names a folder's PNG frames by their number in the whole output
+    (240, 360)) decodes each frame (CogVideoX: each chunk) in spatial tiles, to the same pixels,
+    in less memory; `source_numbers` names a folder's PNG frames by their number in the whole output
     (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
     Returns what was written (frames, frame size, seconds)."""
     from movq_cli.pipeline import decode_to_file

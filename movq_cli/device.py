@@ -9,6 +9,7 @@ import torch
 
 from movq_cli.errors import InputError
 from movq_cli.models.config import MovqConfig
+from movq_cli.models.footprint import frame_bytes, largest_activation
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BUDGET_BYTES = 512 << 20  # activations one chunk may use on the CPU: larger chunks are no faster there
@@ -102,26 +103,15 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype) -> int:
-    """A generous estimate of the activation memory one frame needs while decoding."""
-    rows, cols = grid
-    itemsize = dtype.itemsize
-    largest = max(
-        width * rows * cols * 4 ** (len(config.widths) - 1 - level) for level, width in enumerate(config.widths)
-    )
-    attention = (rows * cols) ** 2 if (config.attn_levels or config.mid_attn) else 0
-    return (LIVE_ACTIVATIONS * largest + attention) * itemsize
-
-
 def auto_chunk(config: MovqConfig, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> int:
     """Frames per chunk. On CUDA as many as fit in half the free device memory; on the CPU the
     fewest that keep the cores busy (one frame, for frames of useful size), within 512 MiB."""
-    per_frame = frame_bytes(config, grid, dtype)
+    per_frame = frame_bytes(config, grid, dtype, device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(1, min(MAX_CHUNK, free // 2 // per_frame))
     fitting = CPU_BUDGET_BYTES // per_frame
     if device.type == "cpu":
-        busy = -(-CPU_BUSY_VALUES * dtype.itemsize // per_frame)  # rounded up
+        busy = -(-CPU_BUSY_VALUES // (LIVE_ACTIVATIONS * largest_activation(config, grid)))  # rounded up
         fitting = min(fitting, busy)
     return max(1, min(MAX_CHUNK, fitting))

@@ -133,8 +133,8 @@ TileOption = Annotated[
     Any,  # a tuple annotation would read as two values (see GridOption)
     typer.Option(
         metavar="PIXELS",
-        help="Decode CogVideoX chunks in spatial tiles of PIXELS (256 or 240x360), each on the device in "
-        "turn, the rest in host memory: for frames whose chunk does not fit. Same pixels, slower.",
+        help="Decode each frame (CogVideoX: each chunk) in spatial tiles of PIXELS (256 or 240x360), each on "
+        "the device in turn, the rest in host memory: for frames that do not fit. Same pixels, slower.",
         parser=typer_parser(parse_tile),
     ),
 ]

@@ -23,13 +23,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from movq_cli.device import LIVE_ACTIVATIONS, auto_chunk, frame_bytes
+from movq_cli.device import LIVE_ACTIVATIONS, auto_chunk
 from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
 from movq_cli.io.stored import StoredArray
-from movq_cli.memory import check_fits_in_memory
+from movq_cli.memory import check_fits_in_memory, device_memory, gib
 from movq_cli.models.cogvideox import CogVideoX
+from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
 from movq_cli.models.movq import Movq
 
 UNKNOWN_SCALE = (
@@ -45,7 +46,7 @@ class DecodeOptions:
 
     snap: bool = False  # 2D: snap latents to their nearest codebook rows
     unscaled: bool = False  # 3D: latents are already divided by the model's scaling_factor
-    tile: tuple[int, int] | None = None  # 3D: decode each chunk in spatial tiles of (rows, columns) pixels
+    tile: tuple[int, int] | None = None  # decode each frame (3D: chunk) in spatial tiles of (rows, columns) pixels
 
 
 class Family(ABC):
@@ -96,6 +97,10 @@ class Family(ABC):
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
         """Chunks of file frames on the device (as `chunk_sizes` cut them) -> their images, chunk by chunk."""
 
+    def tile_latents(self, options: DecodeOptions) -> tuple[int, int]:
+        """The tile, in pixels, as whole latents (at least one) per tile."""
+        return tuple(max(1, pixels // self.config.factor) for pixels in options.tile)
+
     def to_device(self, block) -> torch.Tensor:
         """A chunk of file frames (numpy, or a tensor on any device) -> the device: codes as int64,
         latents in the model's dtype.
@@ -123,15 +128,56 @@ class Frames(Family):
         return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
 
     def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
-        check_fits_in_memory(frame_bytes(self.config, clip.grid, self.dtype), f"a frame of {_grid(clip)}", self.device)
+        weights = sum(parameter.nbytes for parameter in self.model.parameters())
+        if options.tile is None:
+            whole = call_bytes(frame_bytes(self.config, clip.grid, self.dtype, self.device), weights)
+            try:
+                check_fits_in_memory(whole, f"a frame of {_grid(clip)}", self.device)
+            except InputError as error:
+                error.hint = self.memory_hint(options, clip.grid)
+                raise
+            return
+        tile = self.tile_latents(options)
+        host, on_device = self.tiled_bytes(clip.grid, tile)
+        pixels = f"{tile[0] * self.config.factor}x{tile[1] * self.config.factor}"
+        if on_device:
+            try:
+                check_fits_in_memory(on_device, f"a tile of {pixels} pixels of {_grid(clip)}", self.device)
+            except InputError as error:
+                error.hint = self.memory_hint(options, clip.grid)
+                raise
+        check_fits_in_memory(host, f"a frame of {_grid(clip)} in tiles of {pixels} pixels", torch.device("cpu"))
+
+    def tiled_bytes(self, grid: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:
+        """(host, device) bytes a frame of `grid` codes in tiles of `tile` latents needs (see footprint.tiled_bytes)."""
+        weights = sum(parameter.nbytes for parameter in self.model.parameters())
+        return tiled_bytes(self.config, grid, tile, self.dtype, self.device, weights)
+
+    def fitting_tile(self, grid: tuple[int, int]) -> int | None:
+        """The largest square tile, in latents (a power of two), whose decode fits in memory (None: none does)."""
+        side = 1 << max(grid).bit_length()
+        host_memory, memory = device_memory(torch.device("cpu")), device_memory(self.device)
+        while side >= 1:
+            host, on_device = self.tiled_bytes(grid, (side, side))
+            if (host_memory is None or host <= host_memory) and (memory is None or on_device <= memory):
+                return side
+            side //= 2
+        return None
+
+    def memory_hint(self, options: DecodeOptions, grid: tuple[int, int] | None = None) -> str | None:
+        if grid is None:
+            return None if options.tile is None else "try a smaller tile=..."
+        side = self.fitting_tile(grid)
+        if side is None:
+            host, _ = self.tiled_bytes(grid, (1, 1))
+            return f"decoded in tiles it still needs about {gib(host)} of host memory"
+        host, _ = self.tiled_bytes(grid, (side, side))
+        return (
+            f"tile={side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
+        )
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
-        if options.tile is not None:
-            raise InputError(
-                "tile=... is for CogVideoX latents; 2D MoVQ frames decode one at a time "
-                "(a smaller chunk=... saves memory)"
-            )
-        self.check_memory(clip)
+        self.check_memory(clip, options)
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
             raise InputError("snap=True needs a codebook, and this model has none")
@@ -139,12 +185,14 @@ class Frames(Family):
             raise InputError("unscaled=True is for CogVideoX latents; MoVQ latents are decoded as they are")
 
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
+        tile = None if options.tile is None else self.tile_latents(options)
         for block in blocks:
             with torch.inference_mode():
-                if block.is_floating_point():
-                    yield self.model(self.model.quantize.snap(block) if options.snap else block)
+                if not block.is_floating_point():
+                    zq = self.model.quantize.lookup(block)
                 else:
-                    yield self.model.decode_codes(block)
+                    zq = self.model.quantize.snap(block) if options.snap else block
+                yield self.model(zq) if tile is None else self.model.decode_tiled(zq, tile)
 
 
 class Video(Family):
@@ -206,10 +254,6 @@ class Video(Family):
         if options.tile is None:
             return "tile=256 decodes each chunk in tiles, to the same pixels"
         return "try a smaller tile=..."
-
-    def tile_latents(self, options: DecodeOptions) -> tuple[int, int]:
-        """--tile, in pixels, as whole latents (at least one) per tile."""
-        return tuple(max(1, pixels // self.config.factor) for pixels in options.tile)
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         if not clip.is_latents:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models.attention import attention
 from movq_cli.models.config import MovqConfig
 from movq_cli.models.fastconv import Conv3x3, UpsampleConv3x3
 
@@ -142,7 +143,7 @@ class Attention(nn.Module):
         def tokens(proj: nn.Conv2d) -> torch.Tensor:  # (B, 1 head, h*w, C)
             return proj(normed).flatten(2).transpose(1, 2).unsqueeze(1)
 
-        attended = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
+        attended = attention(tokens(self.q), tokens(self.k), tokens(self.v))
         attended = attended.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
         return x + self.proj_out(attended)
 
@@ -307,6 +308,14 @@ class Movq(nn.Module):
         # channels_last frames was 4-5x slower from a contiguous zq
         zq = zq.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(zq), zq)
+
+    def decode_tiled(self, zq: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+        """forward(zq), with the device seeing one tile of (rows, columns) latents at a time and
+        each layer's activation kept in host memory (models/tiled.py). Equal to forward to float
+        rounding."""
+        from movq_cli.models.tiled import TiledFrame
+
+        return TiledFrame(zq, tile, torch.device("cpu")).decode(self.post_quant_conv, self.decoder)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes (B, h, w) -> images."""

@@ -1,14 +1,16 @@
-"""Exact spatial tiling of a CogVideoX chunk, for frames whose chunk does not fit on the device.
+"""Exact spatial tiling of a decode, for frames (2D) or chunks (CogVideoX) that do not fit on the device.
 
 The decoder runs layer by layer. Each layer's whole activation stays in `store` (host memory
 when decoding on a GPU); only one tile of it at a time, with the border its 3x3 kernels need,
 goes to the device. Every GroupNorm gathers its statistics from all the tiles first (one pass
-of per-tile means and variances, combined exactly), then normalizes each tile with them. The
-convolutions see the same neighbours as untiled ones, so tiled frames equal untiled frames to
-float rounding: no seams, no blending, and no change of the output with the tile size.
+of per-tile means and variances, combined exactly) and becomes the affine map per channel that
+norms.affine gives, x * a + b; each tile is then normalized with it. The convolutions see the
+same neighbours as untiled ones, so tiled frames equal untiled frames to float rounding: no
+seams, no blending, and no change of the output with the tile size. An attention (2D) takes
+the whole activation at once: in every published MoVQ it runs at latent resolution only.
 
 What it costs: every activation crosses to the device twice per norm (statistics, then the
-convolution), and the store holds two full activations of the chunk.
+convolution), and the store holds a layer's input and output, and a ResBlock's input besides.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from movq_cli.models.cogvideox import (
     Cache,
@@ -24,9 +27,9 @@ from movq_cli.models.cogvideox import (
     Decoder3D,
     ResnetBlock3D,
     SpatialNorm3D,
-    Upsample3D,
     latent_frame_of,
 )
+from movq_cli.models.movq import Attention, Decoder, ResBlock, SpatialNorm
 
 HALO = 1  # pixels each side that a 3x3 kernel reads beyond its output
 
@@ -51,15 +54,42 @@ class Region(tuple):
         )
 
 
-class TiledChunk:
-    """One chunk of latents decoded tile by tile; `tile` is (rows, columns) of latents per tile."""
+def group_affine(norm: nn.GroupNorm, parts: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (B, C) float32, with norm(x) == x * a + b channel by channel, for the x whose
+    tiles are `parts`: as norms.affine gives it, from each tile's per-group mean and variance
+    (Chan's pairwise combination, in float64, weighted by pixel counts)."""
+    groups = norm.num_groups
+    count, mean, m2 = 0, 0.0, 0.0
+    for part in parts:
+        variance, part_mean = torch.var_mean(part.reshape(part.shape[0], groups, -1).float(), dim=-1, correction=0)
+        part_count = part[0].numel() // groups
+        part_mean, variance = part_mean.double(), variance.double()
+        delta = part_mean - mean
+        total = count + part_count
+        m2 = m2 + variance * part_count + delta**2 * (count * part_count / total)
+        mean = mean + delta * (part_count / total)
+        count = total
+    rstd = torch.rsqrt(m2 / count + norm.eps)
+    per_group = norm.num_channels // groups
+    scale = rstd.repeat_interleave(per_group, 1) * norm.weight.double()
+    return scale.float(), (norm.bias.double() - mean.repeat_interleave(per_group, 1) * scale).float()
 
-    def __init__(self, z: torch.Tensor, cache: Cache, tile: tuple[int, int], store: torch.device) -> None:
-        self.zq, self.cache, self.tile, self.store = z, cache, tile, store
-        self.device = z.device
+
+def apply_affine(x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x (B, C, ...) * a + b, channel by channel, in float32."""
+    a, b = (t.view(*t.shape, *[1] * (x.dim() - 2)) for t in affine)
+    return torch.addcmul(b, x.float(), a)
+
+
+class Tiles:
+    """What tiling a 2D frame and a CogVideoX chunk share; `tile` is (rows, columns) of latents per tile."""
+
+    def __init__(self, zq: torch.Tensor, tile: tuple[int, int], store: torch.device) -> None:
+        self.zq, self.tile, self.store = zq, tile, store
+        self.device = zq.device
 
     def regions(self, x: torch.Tensor) -> Iterator[Region]:
-        """The tiles of activation x (B, C, T, H, W): latent tiles scaled to x's resolution."""
+        """The tiles of activation x (..., H, W): latent tiles scaled to x's resolution."""
         height, width = x.shape[-2:]
         scale = height // self.zq.shape[-2]
         step_rows, step_cols = self.tile[0] * scale, self.tile[1] * scale
@@ -70,6 +100,107 @@ class TiledChunk:
 
     def part(self, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         return x[..., rows, cols].to(self.device)
+
+    def affine(self, norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GroupNorm of the whole activation x as an affine map, gathered tile by tile."""
+        return group_affine(norm, (self.part(x, rows, cols) for rows, cols, _, _ in self.regions(x)))
+
+    def upsample(self, up: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """An x2 upsampling and 3x3 convolution tile by tile: each tile's output is twice its size,
+        from the tile and its border."""
+        height, width = x.shape[-2:]
+        out = None
+        for region in self.regions(x):
+            rows, cols, grown_rows, grown_cols = region
+            result = up(self.part(x, grown_rows, grown_cols))
+            inner_rows, inner_cols = region.inner
+            result = result[..., 2 * inner_rows.start : 2 * inner_rows.stop, 2 * inner_cols.start : 2 * inner_cols.stop]
+            if out is None:
+                out = torch.empty((*result.shape[:-2], 2 * height, 2 * width), dtype=x.dtype, device=self.store)
+            out[..., 2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop] = result.to(self.store)
+        return out
+
+
+class TiledFrame(Tiles):
+    """Frames of the 2D MoVQ decoded tile by tile, from their zq (B, e, h, w)."""
+
+    def decode(self, post_quant_conv: nn.Module, decoder: Decoder) -> torch.Tensor:
+        h = self.conv(decoder.conv_in, post_quant_conv(self.zq).to(self.store))
+        h = self.resnet(decoder.mid.block_1, h)
+        if decoder.mid.attn_1 is not None:
+            h = self.attention(decoder.mid.attn_1, h)
+        h = self.resnet(decoder.mid.block_2, h)
+        for level in reversed(range(len(decoder.up))):
+            stage = decoder.up[level]
+            for j, block in enumerate(stage.block):
+                h = self.resnet(block, h)
+                if stage.attn:
+                    h = self.attention(stage.attn[j], h)
+            if stage.upsample is not None:
+                h = self.upsample(stage.upsample.conv, h)
+        return self.conv(decoder.conv_out, h, norm=decoder.norm_out)
+
+    def resnet(self, block: ResBlock, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(block.conv1, x, norm=block.norm1)
+        return self.conv(block.conv2, h, norm=block.norm2, residual=(x, block.nin_shortcut))
+
+    def attention(self, attention: Attention, x: torch.Tensor) -> torch.Tensor:
+        return attention(x.to(self.device), self.zq).to(self.store)
+
+    def conditioning(self, norm: SpatialNorm, height: int, width: int) -> torch.Tensor | None:
+        """The norm's 3x3 convolution of zq upsampled to (height, width), made whole (e channels),
+        or None for a norm without one."""
+        if norm.conv is None:
+            return None
+        return norm.conv(F.interpolate(self.zq, size=(height, width), mode="nearest"))
+
+    def normalize(
+        self, norm: SpatialNorm, x: torch.Tensor, affine, conditioning, rows: slice, cols: slice, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """silu(norm(x)) of the part x at (rows, cols) of an activation of `size`, with the whole
+        activation's statistics."""
+        if conditioning is not None:
+            zq = conditioning[..., rows, cols]
+        else:  # the latents at each pixel of the part, as nearest interpolation gives them
+            row_index = torch.arange(rows.start, rows.stop, device=self.device) * self.zq.shape[-2] // size[0]
+            col_index = torch.arange(cols.start, cols.stop, device=self.device) * self.zq.shape[-1] // size[1]
+            zq = self.zq.index_select(2, row_index).index_select(3, col_index)
+        out = (apply_affine(x, affine).to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
+        return F.silu(out, inplace=True)
+
+    def conv(
+        self,
+        conv: nn.Conv2d,
+        x: torch.Tensor,
+        norm: SpatialNorm | None = None,
+        residual: tuple[torch.Tensor, nn.Module | None] | None = None,
+    ) -> torch.Tensor:
+        """conv(silu(norm(x))) (+ shortcut(residual)), tile by tile."""
+        batch, _, height, width = x.shape
+        if norm is not None:
+            affine, conditioning = self.affine(norm.norm_layer, x), self.conditioning(norm, height, width)
+        out = torch.empty((batch, conv.out_channels, height, width), dtype=x.dtype, device=self.store)
+        for region in self.regions(x):
+            rows, cols, grown_rows, grown_cols = region
+            part = self.part(x, grown_rows, grown_cols)
+            if norm is not None:
+                part = self.normalize(norm, part, affine, conditioning, grown_rows, grown_cols, (height, width))
+            inner_rows, inner_cols = region.inner
+            result = conv(part)[..., inner_rows, inner_cols]
+            if residual is not None:
+                source, shortcut = residual
+                skip = self.part(source, rows, cols)
+                result = result + (skip if shortcut is None else shortcut(skip))
+            out[..., rows, cols] = result.to(self.store)
+        return out
+
+
+class TiledChunk(Tiles):
+    """One chunk of CogVideoX latents decoded tile by tile, carrying the causal cache."""
+
+    def __init__(self, z: torch.Tensor, cache: Cache, tile: tuple[int, int], store: torch.device) -> None:
+        super().__init__(z, tile, store)
+        self.cache = cache
 
     def decode(self, decoder: Decoder3D) -> torch.Tensor:
         h = self.conv(decoder.conv_in, self.zq.to(self.store))
@@ -86,40 +217,17 @@ class TiledChunk:
         h = self.conv(block.conv1, x, norm=block.norm1)
         return self.conv(block.conv2, h, norm=block.norm2, residual=(x, block.conv_shortcut))
 
-    def statistics(self, norm: SpatialNorm3D, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and 1/std of each (sample, group) of x over the whole chunk, gathered tile by tile
-        (Chan's pairwise combination of per-tile means and variances, in float64)."""
-        groups = norm.norm_layer.num_groups
-        count, mean, m2 = 0, 0.0, 0.0
-        for rows, cols, _, _ in self.regions(x):
-            part = self.part(x, rows, cols)
-            variance, part_mean = torch.var_mean(part.reshape(part.shape[0], groups, -1).float(), dim=-1, correction=0)
-            part_count = part[0].numel() // groups
-            part_mean, variance = part_mean.double(), variance.double()
-            delta = part_mean - mean
-            total = count + part_count
-            m2 = m2 + variance * part_count + delta**2 * (count * part_count / total)
-            mean = mean + delta * (part_count / total)
-            count = total
-        return mean.float(), torch.rsqrt(m2 / count + norm.norm_layer.eps).float()
-
     def normalize(
-        self, norm: SpatialNorm3D, x: torch.Tensor, stats, rows: slice, cols: slice, scale: int
+        self, norm: SpatialNorm3D, x: torch.Tensor, affine, rows: slice, cols: slice, scale: int
     ) -> torch.Tensor:
         """silu(norm(x)) of the part x at (rows, cols) of an activation `scale` times the latents'
         size, with the whole activation's statistics."""
-        mean, rstd = stats
-        groups = norm.norm_layer.num_groups
-        grouped = x.float().reshape(x.shape[0], groups, -1)
-        normed = ((grouped - mean[..., None]) * rstd[..., None]).reshape(x.shape)
-        layer = norm.norm_layer
-        normed = normed * layer.weight.float()[:, None, None, None] + layer.bias.float()[:, None, None, None]
         # the latents at each pixel of the part, as fit_latents gives them to the untiled norm
         frames = torch.tensor(latent_frame_of(x.shape[2], self.zq.shape[2]), device=self.device)
         row_index = torch.arange(rows.start, rows.stop, device=self.device) // scale
         col_index = torch.arange(cols.start, cols.stop, device=self.device) // scale
         zq = self.zq.index_select(2, frames).index_select(3, row_index).index_select(4, col_index)
-        out = (normed.to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
+        out = (apply_affine(x, affine).to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
         return F.silu(out, inplace=True)
 
     def conv(
@@ -130,7 +238,7 @@ class TiledChunk:
         residual: tuple[torch.Tensor, torch.nn.Module | None] | None = None,
     ) -> torch.Tensor:
         """conv(silu(norm(x))) (+ shortcut(residual)), tile by tile, carrying the causal cache."""
-        stats = self.statistics(norm, x) if norm is not None else None
+        affine = self.affine(norm.norm_layer, x) if norm is not None else None
         batch, _, frames, height, width = x.shape
         scale = height // self.zq.shape[-2]
         out = torch.empty((batch, conv.conv.out_channels, frames, height, width), dtype=x.dtype, device=self.store)
@@ -140,7 +248,7 @@ class TiledChunk:
             rows, cols, grown_rows, grown_cols = region
             part = self.part(x, grown_rows, grown_cols)
             if norm is not None:
-                part = self.normalize(norm, part, stats, grown_rows, grown_cols, scale)
+                part = self.normalize(norm, part, affine, grown_rows, grown_cols, scale)
             if past is None:  # the video's first chunk: its first frame stands for the past
                 before = part[:, :, :1].expand(-1, -1, context, -1, -1)
             else:
@@ -155,23 +263,4 @@ class TiledChunk:
                 result = result + (skip if shortcut is None else shortcut(skip))
             out[..., rows, cols] = result.to(self.store)
         self.cache[conv] = new_past
-        return out
-
-    def upsample(self, up: Upsample3D, x: torch.Tensor) -> torch.Tensor:
-        """Upsample3D tile by tile: each tile's output is twice its size, from the tile and its border."""
-        batch, channels, frames, height, width = x.shape
-        out = None
-        for region in self.regions(x):
-            rows, cols, grown_rows, grown_cols = region
-            result = up(self.part(x, grown_rows, grown_cols))
-            inner_rows, inner_cols = region.inner
-            doubled = (
-                slice(2 * inner_rows.start, 2 * inner_rows.stop),
-                slice(2 * inner_cols.start, 2 * inner_cols.stop),
-            )
-            result = result[..., doubled[0], doubled[1]]
-            if out is None:
-                size = (batch, channels, result.shape[2], 2 * height, 2 * width)
-                out = torch.empty(size, dtype=x.dtype, device=self.store)
-            out[..., 2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop] = result.to(self.store)
         return out
