@@ -111,7 +111,9 @@ def test_a_cuda_tensor_is_decoded_where_it_is(clip, small_folder):
 def test_flat_token_rows_of_square_length_read_as_square_frames(model):
     codes = np.random.default_rng(5).integers(0, 64, (3, 16, 16))
     rows = codes.reshape(3, 256)
-    assert np.array_equal(np.stack(list(movq_cli.decode_frames(rows, model))), np.stack(list(movq_cli.decode_frames(codes, model))))
+    assert np.array_equal(
+        np.stack(list(movq_cli.decode_frames(rows, model))), np.stack(list(movq_cli.decode_frames(codes, model)))
+    )
 
 
 def test_flat_token_rows_of_other_lengths_ask_for_the_grid_naming_the_likely_shapes(small_folder, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 from conftest import assert_one_line_error, movq
 from safetensors import safe_open
 
-from movq_cli.io.targets import MANIFEST
 from movq_cli.checkpoints.bundled import default_weights
+from movq_cli.io.targets import MANIFEST
 
 
 def _child_environment(**extra: str) -> dict[str, str]:
@@ -129,7 +129,12 @@ def test_frames_n_decodes_that_one_frame(clip, small_folder, tmp_path):
 def test_source_numbers_name_png_frames_by_their_number_in_the_clip(clip, small_folder, tmp_path):
     result = movq("decode", clip, tmp_path / "every5/", "-w", small_folder[0], "--frames", "::5", "--source-numbers")
     assert result.exit_code == 0, result.output
-    assert sorted(path.name for path in (tmp_path / "every5").iterdir()) == [MANIFEST, "00000.png", "00005.png", "00010.png"]
+    assert sorted(path.name for path in (tmp_path / "every5").iterdir()) == [
+        MANIFEST,
+        "00000.png",
+        "00005.png",
+        "00010.png",
+    ]
     plain = movq("decode", clip, tmp_path / "plain/", "-w", small_folder[0], "--frames", "::5")
     assert plain.exit_code == 0
     assert sorted(path.name for path in (tmp_path / "plain").iterdir()) == ["00000.png", "00001.png", "00002.png"]

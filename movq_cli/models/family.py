@@ -172,9 +172,7 @@ class Frames(Family):
             host, _ = self.tiled_bytes(grid, (1, 1))
             return f"decoded in tiles it still needs about {gib(host)} of host memory"
         host, _ = self.tiled_bytes(grid, (side, side))
-        return (
-            f"tile={side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
-        )
+        return f"tile={side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
         self.check_memory(clip, options)
