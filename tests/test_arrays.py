@@ -68,8 +68,8 @@ def test_an_array_is_checked_as_a_file_is_and_errors_name_keywords(model, tmp_pa
     with pytest.raises(InputError, match=r"pass overwrite=True to replace it") as raised:
         movq_cli.decode(np.zeros((1, 3, 4), np.int64), tmp_path / "taken.png", model)
     assert "--" not in str(raised.value)
-    with pytest.raises(InputError, match=r"tile=\.\.\. is for CogVideoX latents") as raised:
-        list(movq_cli.decode_frames(np.zeros((1, 3, 4), np.int64), model, tile=256))
+    with pytest.raises(InputError, match=r"unscaled=True is for CogVideoX latents") as raised:
+        list(movq_cli.decode_frames(np.zeros((1, 4, 3, 4), np.float32), model, unscaled=True))
     assert "--" not in str(raised.value)
     assert (tmp_path / "taken.png").read_bytes() == b"mine"
     with pytest.raises(TypeError, match="codes must be a file path, a numpy array or a torch tensor, not list"):

@@ -11,7 +11,7 @@ from conftest import assert_one_line_error, movq
 import movq_cli
 import movq_cli.memory
 from movq_cli.checkpoints.weights import build
-from movq_cli.errors import InputError
+from movq_cli.errors import InputError, as_flags
 from movq_cli.io import codes as codes_io
 from movq_cli.models import attention as attention_module
 from movq_cli.models import footprint
@@ -141,7 +141,8 @@ def test_a_frame_too_large_whole_decodes_in_tiles_under_the_limit(tmp_path, monk
     monkeypatch.setattr(movq_cli.memory, "device_memory", lambda device: limit)
     with pytest.raises(InputError, match="a frame of 48x48 codes needs about") as refused:
         family.check_memory(clip)
-    assert "--tile" in refused.value.hint and "in host memory" in refused.value.hint
+    assert "tile=" in refused.value.hint and "in host memory" in refused.value.hint  # the CLI says --tile
+    assert as_flags(refused.value.hint).startswith("--tile ")
     movq_cli.decode(tmp_path / "codes.npy", tmp_path / "tiled.png", model, tile=64)
     assert whole.frame_size == (192, 192)
     whole_pixels, tiled_pixels = (iio.imread(tmp_path / f"{side}.png").astype(int) for side in ("whole", "tiled"))

@@ -137,7 +137,7 @@ def test_source_numbers_name_png_frames_by_their_number_in_the_clip(clip, small_
     ]
     plain = movq("decode", clip, tmp_path / "plain/", "-w", small_folder[0], "--frames", "::5")
     assert plain.exit_code == 0
-    assert sorted(path.name for path in (tmp_path / "plain").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(path.name for path in (tmp_path / "plain").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
     refused = movq("decode", clip, tmp_path / "one.mp4", "-w", small_folder[0], "--source-numbers")
     assert_one_line_error(refused, 2, "--source-numbers names the files of a folder of PNG frames")
 
