@@ -30,7 +30,7 @@ from movq_cli.io.writers import (
     get_writer,
     writer_class,
 )
-from movq_cli.pipeline import BackgroundWriter, decode_chunk, decode_to_file, model_device
+from movq_cli.pipeline import BackgroundWriter, decode_frames, decode_to_file, model_device
 
 FORMATS_LISTED = ".mp4, .webm, .gif, .webp, .png, .jpg, or a folder of PNG frames"
 
@@ -101,7 +101,7 @@ def test_one_frame_as_jpeg_and_a_preview_as_jpeg(model, clip_path, small_folder,
     result = movq("decode", clip_path, tmp_path / "two.jpg", "-w", small_folder[0], "--frames", "2:3")
     assert result.exit_code == 0, result.output
     jpeg = iio.imread(tmp_path / "two.jpg").astype(int)
-    expected = decode_chunk(model, codes_io.read(clip_path).frames(2, 3), model_device(model)).numpy()[0]
+    expected = next(decode_frames(model, codes_io.read(clip_path).select([2])))[0]
     assert jpeg.shape == expected.shape == (12, 10, 3)
     assert np.abs(jpeg - expected).mean() < 12  # noise-like pixels, at quality 95
     sheet = movq("preview", clip_path, tmp_path / "sheet.jpeg", "-w", small_folder[0], "--count", "2")
