@@ -21,10 +21,10 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
+import movq_cli as movq
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encoding import code_dtype, encode_chunk
-from movq_cli.pipeline import decode_chunk
 
 HERE = Path(__file__).resolve().parent
 PHOTOS = Path(skimage.data.__file__).parent
@@ -67,7 +67,7 @@ def reconstruction_sheet(model) -> np.ndarray:
         top, left = (photo.shape[0] - SIZE) // 2, (photo.shape[1] - SIZE) // 2
         crop = np.ascontiguousarray(photo[top : top + SIZE, left : left + SIZE])[None]
         codes = encode_chunk(model, crop, torch.device("cpu"), latents=False).numpy()
-        recon = decode_chunk(model, codes, torch.device("cpu")).numpy()
+        recon = np.stack(list(movq.decode_frames(codes, model)))
         mse = np.mean((recon.astype(np.float64) - crop) ** 2)
         print(f"{name}: PSNR {10 * np.log10(255**2 / mse):.2f} dB over the 256x256 centre crop")
         rows.append(np.concatenate([crop[0], np.full((SIZE, 4, 3), 255, np.uint8), recon[0]], axis=1))

@@ -155,7 +155,8 @@ def roundtrip_frames(
     """Encode `count` evenly spaced frames of `footage` into codes and decode them again:
     (frame numbers, the source frames cropped as encoding crops them, the decoded frames)."""
     from movq_cli.encoding import check_encoder, encode_chunk
-    from movq_cli.pipeline import decode_chunk, model_device
+    from movq_cli.io.codes import from_array
+    from movq_cli.pipeline import decode_frames, model_device
 
     check_encoder(model, latents=False)
     factor = model.config.factor
@@ -168,5 +169,5 @@ def roundtrip_frames(
     decoded = []
     for start in range(0, len(source), chunk):
         codes = encode_chunk(model, source[start : start + chunk], device, latents=False).cpu().numpy()
-        decoded.append(decode_chunk(model, codes, device).cpu())
-    return numbers, source, torch.cat(decoded).numpy()
+        decoded.extend(decode_frames(model, from_array(codes), chunk=len(codes)))
+    return numbers, source, np.concatenate(decoded)

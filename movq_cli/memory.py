@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
-import sys
 
 import torch
 
@@ -37,24 +34,3 @@ def check_fits_in_memory(needed: int, what: str, device: torch.device) -> None:
     memory = device_memory(device)
     if memory is not None and needed > memory:
         raise InputError(f"{what} needs about {gib(needed)} to decode and {device} has {gib(memory)}")
-
-
-def keep_freed_memory() -> None:
-    """Let glibc's malloc hand freed memory back to the next large tensor (Linux with glibc).
-
-    By default glibc maps every block over 32 MiB afresh and unmaps it on free, so each large
-    activation of each frame pays zero-filled page faults again: on 2 cores, decoding a
-    256x256 Kandinsky frame was ~1.5x faster with this call. The price is memory: the heap
-    keeps what it grew to and fragments, and a 96-frame clip peaked 1.3-1.4x higher than a
-    6-frame one (against ~1.0x without), so the CLI does not call it; long-running scripts
-    that decode large frames may. Elsewhere than Linux with glibc this does nothing.
-    """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)  # the largest int: never give the heap's top back

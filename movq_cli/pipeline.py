@@ -22,7 +22,6 @@ from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import PngFolderWriter, WriteOptions, Writer, get_writer, writer_class
 from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
-from movq_cli.models.movq import Movq
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
 UNBLOCK_AFTER = 1.0  # seconds an abandoned writer may take to finish its write before it is aborted
@@ -42,13 +41,6 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """Decoder output (B, 3, H, W) -> (B, H, W, 3) uint8: round(clamp((x + 1) / 2, 0, 1) * 255)."""
     pixels = (images.float() + 1).div_(2).clamp_(0, 1).mul_(255).round_()
     return pixels.to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def decode_chunk(model: Movq, block: np.ndarray, device: torch.device, snap: bool = False) -> torch.Tensor:
-    """One chunk of a 2D MoVQ's codes (n, H, W) or latents (n, e, H, W) -> uint8 pixels (n, H', W', 3) on `device`."""
-    family = family_of(model)
-    images = next(family.stream([family.to_device(block)], DecodeOptions(snap=snap)))
-    return to_pixels(images)
 
 
 class HostCopy:
@@ -235,11 +227,6 @@ class BackgroundWriter:
             self.writer.abort()
             self._thread.join()
         self.writer.abort()  # after the thread, so that nothing it writes outlives the abort
-
-
-def check_decodable(model: torch.nn.Module, clip: Codes, options: DecodeOptions | None = None) -> None:
-    """Raise InputError unless `model` can decode every frame of `clip` with `options` on its device."""
-    family_of(model).check(clip, options or DecodeOptions())
 
 
 def _check_not_input(output: Path, codes: Path) -> None:

@@ -161,7 +161,8 @@ def assert_one_line_error(result, code: int, needle: str) -> None:
 
 
 # Checkpoints in the original (taming-style) layout, made from a diffusers model with a mapping
-# written from the published names of both layouts, not with the project's converters.
+# written from the published names of both layouts, not with the project's converters. The names
+# it makes are held against a list written from the original code's modules (test_original_names.py).
 
 # diffusers name -> original name, after decoder.up_blocks.{b} -> decoder.up.{levels - 1 - b}
 ORIGINAL_NAMES = [

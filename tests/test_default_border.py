@@ -15,10 +15,10 @@ import pytest
 import skimage.data
 import torch
 
+import movq_cli as movq
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encoding import encode_chunk
-from movq_cli.pipeline import decode_chunk
 
 PHOTOS = Path(skimage.data.__file__).parent
 CPU = torch.device("cpu")
@@ -33,7 +33,7 @@ def coffee_errors() -> tuple[np.ndarray, np.ndarray]:
     top, left = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
     crop = np.ascontiguousarray(image[top : top + 256, left : left + 256])[None]
     codes = encode_chunk(model, crop, CPU, latents=False).numpy()
-    difference = decode_chunk(model, codes, CPU).numpy()[0].astype(np.float64) - crop[0]
+    difference = next(movq.decode_frames(codes, model)).astype(np.float64) - crop[0]
     return difference.mean(-1), np.abs(difference).mean(-1)
 
 

@@ -12,10 +12,10 @@ import skimage.data
 import torch
 from conftest import psnr
 
+import movq_cli as movq
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encoding import encode_chunk
-from movq_cli.pipeline import decode_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = Path(skimage.data.__file__).parent
@@ -34,7 +34,7 @@ def test_held_out_photo_survives_encode_then_decode(model, photo):
     crop = np.ascontiguousarray(image[top : top + 128, left : left + 128])[None]
     codes = encode_chunk(model, crop, CPU, latents=False).numpy()
     assert codes.shape == (1, 128 // model.config.factor, 128 // model.config.factor)
-    recon = decode_chunk(model, codes, CPU).numpy()
+    recon = np.stack(list(movq.decode_frames(codes, model)))
     assert psnr(recon, crop) >= 23.0
 
 
@@ -54,5 +54,5 @@ def test_examples_decode_to_their_source_footage(model, name):
     assert clip.ndim == 3 and len(clip) >= 48
     source = make_examples.footage()[name]
     for index in (0, len(clip) - 1):
-        frame = decode_chunk(model, clip[index : index + 1], CPU).numpy()[0]
+        frame = next(movq.decode_frames(clip, model, frames=[index]))
         assert psnr(frame, source[index]) >= 22.0

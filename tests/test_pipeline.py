@@ -10,7 +10,7 @@ import torch
 
 from movq_cli.checkpoints import weights
 from movq_cli.io import codes as codes_io
-from movq_cli.pipeline import decode_chunk, decode_frames
+from movq_cli.pipeline import decode_frames
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def test_chunks_come_out_in_order_whatever_the_look_ahead(model_and_clip, ahead)
     model, clip = model_and_clip
     chunks = list(decode_frames(model, clip, torch.device("cpu"), chunk=3, ahead=ahead))
     assert [len(c) for c in chunks] == [3, 3, 1]
-    whole = decode_chunk(model, clip.frames(0, clip.n_frames), torch.device("cpu")).numpy()
-    assert np.array_equal(np.concatenate(chunks), whole)
+    whole = list(decode_frames(model, clip, chunk=clip.n_frames))
+    assert len(whole) == 1 and np.array_equal(np.concatenate(chunks), whole[0])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -37,5 +37,5 @@ def test_cuda_decoding_copies_through_pinned_memory_and_matches_the_cpu(model_an
     on_gpu = copy.deepcopy(model).to(device)
     chunks = list(decode_frames(on_gpu, clip, device, chunk=2))
     assert [len(c) for c in chunks] == [2, 2, 2, 1]
-    expected = decode_chunk(model, clip.frames(0, clip.n_frames), torch.device("cpu")).numpy()
+    expected = np.concatenate(list(decode_frames(model, clip)))
     assert np.abs(np.concatenate(chunks).astype(int) - expected.astype(int)).max() <= 1

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,9 @@ def test_files_are_handed_out_largest_first(tmp_path):
 
 # ---- real processes: a worker killed, the batch interrupted --------------------------------------
 
+# The workers and the files they hold are found in /proc.
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds processes and their files in /proc")
+
 
 @pytest.fixture
 def long_batch(small_folder, tmp_path):
@@ -120,7 +124,8 @@ def long_batch(small_folder, tmp_path):
         time.sleep(0.05)
     yield process, out, _workers_of(process.pid)
     if process.poll() is None:
-        process.kill()
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the parent and its workers, even a stopped one
         process.communicate()
 
 
@@ -138,9 +143,27 @@ def _workers_of(pid: int) -> list[int]:
     return children
 
 
+def _holds_partial(pid: int, out: Path) -> bool:
+    """Whether process `pid` has a temporary of `out` open, as a worker does while it writes a file."""
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            opened = Path(os.readlink(descriptor))
+            if opened.parent == out.resolve() and opened.name.endswith(".partial"):
+                return True
+    return False
+
+
+@needs_proc
 @pytest.mark.slow
 def test_a_killed_worker_fails_its_file_and_the_rest_go_on(long_batch):
     process, out, (victim, _) = long_batch
+    deadline = time.monotonic() + 120
+    os.kill(victim, signal.SIGSTOP)  # stopped, it cannot finish the file it holds
+    while not _holds_partial(victim, out):  # between two files: let it start the next
+        assert process.poll() is None and time.monotonic() < deadline, "the worker never held a file"
+        os.kill(victim, signal.SIGCONT)
+        time.sleep(0.01)
+        os.kill(victim, signal.SIGSTOP)
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 1, stderr
@@ -154,6 +177,7 @@ def test_a_killed_worker_fails_its_file_and_the_rest_go_on(long_batch):
     assert "Traceback" not in stderr
 
 
+@needs_proc
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["Ctrl-C", "SIGTERM"])
 def test_an_interrupted_batch_stops_every_worker_and_leaves_nothing_partial(signum, group, long_batch):

@@ -7,7 +7,6 @@ import errno
 import os
 import re
 import threading
-import time
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -30,7 +29,7 @@ from movq_cli.io.writers import (
     get_writer,
     writer_class,
 )
-from movq_cli.pipeline import BackgroundWriter, decode_chunk, decode_to_file, model_device
+from movq_cli.pipeline import BackgroundWriter, decode_frames, decode_to_file, model_device
 
 FORMATS_LISTED = ".mp4, .webm, .gif, .webp, .png, .jpg, or a folder of PNG frames"
 
@@ -101,7 +100,7 @@ def test_one_frame_as_jpeg_and_a_preview_as_jpeg(model, clip_path, small_folder,
     result = movq("decode", clip_path, tmp_path / "two.jpg", "-w", small_folder[0], "--frames", "2:3")
     assert result.exit_code == 0, result.output
     jpeg = iio.imread(tmp_path / "two.jpg").astype(int)
-    expected = decode_chunk(model, codes_io.read(clip_path).frames(2, 3), model_device(model)).numpy()[0]
+    expected = next(decode_frames(model, codes_io.read(clip_path).select([2])))[0]
     assert jpeg.shape == expected.shape == (12, 10, 3)
     assert np.abs(jpeg - expected).mean() < 12  # noise-like pixels, at quality 95
     sheet = movq("preview", clip_path, tmp_path / "sheet.jpeg", "-w", small_folder[0], "--count", "2")
@@ -331,7 +330,8 @@ class Recorder(Writer):
         if len(self.chunks) == self.fail_at:
             raise RunError("cannot write chunk")
         if self.hold is not None:
-            self.hold.wait()
+            released = self.hold.wait(timeout=60)  # a bound on a hang, not a measurement
+            self.calls.append("write released" if released else "write never released")
         self.chunks.append(int(frames[0, 0, 0, 0]))
 
     def finish(self) -> None:
@@ -366,13 +366,13 @@ def test_what_the_writer_raised_reaches_the_decoding_thread_and_aborts_the_outpu
 def test_an_interruption_drops_queued_chunks_and_unblocks_a_stuck_write(monkeypatch):
     monkeypatch.setattr("movq_cli.pipeline.UNBLOCK_AFTER", 0.05)
     recorder = Recorder(hold=threading.Event())
-    started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt), BackgroundWriter(recorder) as background:
         for number in range(3):  # one in the stuck write, two queued
             background.put(_chunk(number))
         raise KeyboardInterrupt
-    assert time.perf_counter() - started < 5
-    assert recorder.chunks == [0] and recorder.calls[-1] == "abort" and "finish" not in recorder.calls
+    assert recorder.chunks == [0]  # the queued chunks were dropped
+    # the stuck write ended because the output was aborted (as killing ffmpeg ends it), then aborted for good
+    assert recorder.calls == ["abort", "write released", "abort"]
     assert not any(thread.name == "movq-writer" and thread.is_alive() for thread in threading.enumerate())
 
 

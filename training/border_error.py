@@ -24,10 +24,10 @@ import numpy as np
 import skimage.data
 import torch
 
+import movq_cli as movq
 from movq_cli.checkpoints import weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.encoding import encode_chunk
-from movq_cli.pipeline import decode_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = Path(skimage.data.__file__).parent
@@ -77,14 +77,14 @@ def main() -> None:
             top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
             crop = np.ascontiguousarray(photo[top : top + side, left : left + side])[None]
             codes = encode_chunk(model, crop, CPU, latents=False).numpy()
-            report(f"{name[:-4]} {side}x{side}", ring_errors(decode_chunk(model, codes, CPU).numpy(), crop))
+            report(f"{name[:-4]} {side}x{side}", ring_errors(np.stack(list(movq.decode_frames(codes, model))), crop))
 
     spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
     make_examples = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_examples)
     source = make_examples.footage()["hubble_pan"][:: args.every]
     clip = np.load(ROOT / "examples" / "hubble_pan.npy")[:: args.every]
-    decoded = np.concatenate([decode_chunk(model, clip[i : i + 8], CPU).numpy() for i in range(0, len(clip), 8)])
+    decoded = np.stack(list(movq.decode_frames(clip, model, chunk=8)))
     report(f"hubble_pan.npy, {len(clip)} frames", ring_errors(decoded, source))
     edge_columns = decoded[:, :, [0, -1]].mean(), source[:, :, [0, -1]].mean()
     print(f"  hubble edge columns: decoded mean level {edge_columns[0]:.1f}, source {edge_columns[1]:.1f}")

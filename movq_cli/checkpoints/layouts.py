@@ -1,8 +1,10 @@
 """Foreign checkpoint layouts, each turned into the native one by a pure function.
 
 The native layout is the module tree of `movq_cli.models.movq.Movq` (the original MoVQ names), so
-"original" files (taming-transformers, Kandinsky-2, MoVQGAN, CogVideo SAT) need almost no
-renaming; diffusers names go through the table DIFFUSERS_RENAMES (docs/ARCHITECTURE.md, section 4).
+"original" files (taming-transformers, Kandinsky-2, MoVQGAN) keep their names: only attention
+projections stored as Linear weights are reshaped. diffusers names go through the table
+DIFFUSERS_RENAMES (docs/ARCHITECTURE.md, section 4). CogVideoX files, SAT's included, are
+checkpoints/cogvideox.py's.
 """
 
 from __future__ import annotations

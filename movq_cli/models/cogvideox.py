@@ -334,11 +334,6 @@ class CogVideoX(nn.Module):
         self.config = config
         self.decoder = Decoder3D(config)
 
-    @property
-    def factor(self) -> int:
-        """Frame size = latent size * factor, along each spatial axis."""
-        return self.config.factor
-
     @staticmethod
     def schedule(n_latent_frames: int) -> list[int]:
         """Latent frames per chunk: 2 + (F mod 2) first, then 2s, as diffusers' `_decode` walks them.
