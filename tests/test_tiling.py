@@ -111,12 +111,13 @@ def peak_bytes(model, z, tile=None) -> tuple[int, torch.Tensor]:
 def test_tiled_chunk_holds_a_layer_input_and_output_at_most(small):
     """The largest activation (16 channels, 9 frames of 64x96) is A: the old store held a layer's
     input, output and a ResBlock's input, and two past frames of each convolution (4.6 A); the
-    bands of each input are freed as the output is written, and the last chunk keeps no past."""
+    bands of each input are freed as the output is written, a ResBlock without a shortcut
+    convolution adds to its input in place, and the last chunk keeps no past (2.2 A)."""
     _, model = small
     z = latents(3, 16, 24, seed=1)
     largest = 16 * 9 * 64 * 96 * 4
     peak, tiled = peak_bytes(model, z, (4, 4))
-    assert peak <= 3 * largest
+    assert peak <= 2.5 * largest
     assert (tiled - stream(model, z)).abs().max().item() <= 1e-4
 
 

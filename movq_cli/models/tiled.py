@@ -11,11 +11,12 @@ the whole activation at once: in every published MoVQ it runs at latent resoluti
 
 What it costs: every activation crosses to the device twice per norm (statistics, then the
 convolution). A 2D frame's store holds a layer's input and output, and a ResBlock's input
-besides. A CogVideoX chunk's store holds less: its activations are Bands of tile rows, and a
+besides. A CogVideoX chunk's store holds less: its activations are Bands of latent rows, and a
 convolution frees each band of its input once the last tile that reads it is done, so a layer
-holds its input and its output at most; a ResBlock's shortcut is taken in its first convolution's
-pass, into the band store that its second convolution then adds to, so that its input is freed
-as early. The stream's last chunk keeps no causal past (cogvideox.FinalCache).
+holds its input and its output at most; a ResBlock's 1x1x1 shortcut is taken in its first
+convolution's pass, into the bands that its second convolution then adds to, so that its input
+is freed as early, and a ResBlock without one adds its second convolution to its input in place.
+The stream's last chunk keeps no causal past (cogvideox.FinalCache).
 """
 
 from __future__ import annotations
@@ -284,6 +285,9 @@ class TiledChunk(Tiles):
         return Bands(shape, shape[-2] // self.zq.shape[-2], dtype, self.store)
 
     def resnet(self, block: ResnetBlock3D, x: Bands) -> Bands:
+        if block.conv_shortcut is None:  # conv2 adds to x itself, in place
+            h = self.conv(block.conv1, x, norm=block.norm1, consume=False)
+            return self.conv(block.conv2, h, norm=block.norm2, out=x)
         # the shortcut of x is written in conv1's pass, the last that reads x; conv2 adds to it
         out = self.empty((x.shape[0], block.conv1.conv.out_channels, *x.shape[2:]), x.dtype)
         h = self.conv(block.conv1, x, norm=block.norm1, shortcut=(block.conv_shortcut, out))
@@ -307,12 +311,13 @@ class TiledChunk(Tiles):
         conv: CausalConv3d,
         x,
         norm: SpatialNorm3D | None = None,
-        shortcut: tuple[torch.nn.Module | None, Bands] | None = None,
+        shortcut: tuple[torch.nn.Module, Bands] | None = None,
         out: Bands | None = None,
+        consume: bool = True,
     ) -> Bands:
         """conv(silu(norm(x))), tile by tile, carrying the causal cache; x (Bands) is freed as it
-        is read. `shortcut` (module, bands): also write module(x) (None: x) into bands; `out`:
-        add the result to what it holds, rather than into new bands."""
+        is read, unless not `consume`. `shortcut` (module, bands): also write module(x) into bands;
+        `out`: add the result to what it holds, rather than into new bands."""
         affine = self.affine(norm.norm_layer, x) if norm is not None else None
         batch, _, frames, height, width = x.shape
         scale = height // self.zq.shape[-2]
@@ -338,14 +343,14 @@ class TiledChunk(Tiles):
                 new_past[..., rows, cols] = padded[:, :, -context:, inner_rows, inner_cols].to(self.store)
             if shortcut is not None:
                 module, into = shortcut
-                skip = self.part(x, rows, cols)
-                into[..., rows, cols] = (skip if module is None else module(skip)).to(self.store)
+                into[..., rows, cols] = module(self.part(x, rows, cols)).to(self.store)
             result = conv.conv(padded)[..., inner_rows, inner_cols]
             if adding:
                 result = result + self.part(out, rows, cols)
             out[..., rows, cols] = result.to(self.store)
             del part, padded, before
-            self.done(x, region)
+            if consume:
+                self.done(x, region)
         if keep:
             self.cache[conv] = new_past
         return out
