@@ -170,7 +170,13 @@ def tile_section(pixels: int, device: str) -> None:
 
 
 def cogvideox_section(
-    device: str, latents: tuple[int, int], frames: int, tile: int, with_diffusers: bool, compare: bool
+    device: str,
+    latents: tuple[int, int],
+    frames: int,
+    tile: int,
+    with_diffusers: bool,
+    compare: bool,
+    whole: bool = True,
 ) -> None:
     """CogVideoX-2b's structure (at 480x720: 60x90 latents): movq whole, movq in tiles (and
     diffusers), each in a fresh process."""
@@ -180,7 +186,7 @@ def cogvideox_section(
     from movq_cli.checkpoints import cogvideox as checkpoint
 
     height, width = latents
-    sides = ["movq-fp32", "movq-fp32-tiled"] + (["diffusers"] if with_diffusers else [])
+    sides = ["movq-fp32"] * whole + ["movq-fp32-tiled"] + ["diffusers"] * with_diffusers
     with tempfile.TemporaryDirectory() as folder:
         setup = video.Setup(Path(folder), video.RELEASED, torch.device(device))
         vae = video.make_vae(video.RELEASED)
@@ -221,6 +227,7 @@ def main() -> None:
     parser.add_argument("--latents", default="60x90", help="cogvideox: latent rows x columns (60x90: 480x720)")
     parser.add_argument("--frames", type=int, default=3, help="cogvideox: latent frames (3: 9 frames)")
     parser.add_argument("--video-tile", type=int, default=128, help="cogvideox: movq's --tile in pixels")
+    parser.add_argument("--tiled-only", action="store_true", help="cogvideox: movq --tile alone (not untiled)")
     parser.add_argument("--compare", action="store_true", help="cogvideox: keep the frames and compare the pixels")
     parser.add_argument("--models", help=f"estimate: models, of {','.join(MODELS)} (default: both)")
     parser.add_argument("--job", choices=("frame",), help=argparse.SUPPRESS)
@@ -247,7 +254,9 @@ def main() -> None:
         tile_section(args.tile_frame or (512 if args.quick else 1024), args.device)
     if "cogvideox" in sections:
         latents = tuple(int(size) for size in args.latents.split("x"))
-        cogvideox_section(args.device, latents, args.frames, args.video_tile, args.diffusers, args.compare)
+        cogvideox_section(
+            args.device, latents, args.frames, args.video_tile, args.diffusers, args.compare, not args.tiled_only
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ from movq_cli.models.fastconv import UpsampleConv3x3
 Cache = dict[nn.Module, torch.Tensor]
 
 
+class FinalCache(dict):
+    """The cache as a stream's last chunk sees it: the past is read, and the frames that would be
+    kept for a next chunk are not."""
+
+    def __setitem__(self, conv: nn.Module, past: torch.Tensor) -> None:
+        pass
+
+
 def _inplace() -> bool:
     """In-place activations save memory, but only when no backward pass needs the inputs."""
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -87,8 +95,9 @@ class CausalConv3d(nn.Module):
         return self._convolve(padded, cache)
 
     def _convolve(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
-        # a copy, not a view: a view would keep the whole padded chunk alive until the next one
-        cache[self] = padded[:, :, -self.context :].clone()
+        if not isinstance(cache, FinalCache):
+            # a copy, not a view: a view would keep the whole padded chunk alive until the next one
+            cache[self] = padded[:, :, -self.context :].clone()
         if _channels_last(padded) and _inplace() and _onednn(padded):
             # PyTorch sends inputs of few rows (all the latent-resolution ones) to an im2col kernel
             # that ignores the layout and is 3x slower than oneDNN on them
@@ -396,11 +405,17 @@ class CogVideoX(nn.Module):
         `tile`: decode each chunk in spatial tiles of (rows, columns) latents.
 
         Between chunks the stream holds only the causal caches (two frames per convolution), not
-        the frames it handed out.
+        the frames it handed out; the last chunk (the stream reads one chunk of latents ahead)
+        keeps none.
         """
         cache: Cache = {}
-        for latents in chunks:
-            yield self.decode_chunk(latents, cache) if tile is None else self.decode_chunk_tiled(latents, cache, tile)
+        chunks = iter(chunks)
+        latents = next(chunks, None)
+        while latents is not None:
+            following = next(chunks, None)
+            seen = cache if following is not None else FinalCache(cache)
+            yield self.decode_chunk(latents, seen) if tile is None else self.decode_chunk_tiled(latents, seen, tile)
+            latents = following
 
 
 def use_fast_paths(model: nn.Module, enabled: bool) -> None:

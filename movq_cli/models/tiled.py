@@ -10,7 +10,13 @@ seams, no blending, and no change of the output with the tile size. An attention
 the whole activation at once: in every published MoVQ it runs at latent resolution only.
 
 What it costs: every activation crosses to the device twice per norm (statistics, then the
-convolution), and the store holds a layer's input and output, and a ResBlock's input besides.
+convolution). A 2D frame's store holds a layer's input and output, and a ResBlock's input
+besides. A CogVideoX chunk's store holds less: its activations are Bands of latent rows, and a
+convolution frees each band of its input once the last tile that reads it is done, so a layer
+holds its input and its output at most; a ResBlock's 1x1x1 shortcut is taken in its first
+convolution's pass, into the bands that its second convolution then adds to, so that its input
+is freed as early, and a ResBlock without one adds its second convolution to its input in place.
+The stream's last chunk keeps no causal past (cogvideox.FinalCache).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from movq_cli.models.cogvideox import (
     Cache,
     CausalConv3d,
     Decoder3D,
+    FinalCache,
     ResnetBlock3D,
     SpatialNorm3D,
     latent_frame_of,
@@ -81,6 +88,53 @@ def apply_affine(x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> 
     return torch.addcmul(b, x.float(), a)
 
 
+class Bands:
+    """An activation (..., H, W) kept as bands of `step` rows, each its own tensor, allocated as it
+    is first written; `release` frees the bands above a row, while the rest are still read."""
+
+    def __init__(self, shape: tuple[int, ...], step: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape, self.step, self.dtype, self.device = torch.Size(shape), step, dtype, device
+        self.bands: list[torch.Tensor | None] = [None] * -(-shape[-2] // step)
+        self.released = 0  # bands freed, from the top
+
+    def _pieces(self, rows: slice) -> Iterator[tuple[int, slice, slice]]:
+        """(band, rows in the band, rows in `rows`) for each band that `rows` overlaps."""
+        for index in range(rows.start // self.step, -(-rows.stop // self.step)):
+            top = index * self.step
+            start, stop = max(rows.start, top), min(rows.stop, top + self.step)
+            yield index, slice(start - top, stop - top), slice(start - rows.start, stop - rows.start)
+
+    def _band(self, index: int) -> torch.Tensor:
+        if index < self.released:
+            raise RuntimeError(f"rows {index * self.step}.. of a tiled activation were read after they were freed")
+        if self.bands[index] is None:
+            shape = (*self.shape[:-2], min(self.step, self.shape[-2] - index * self.step), self.shape[-1])
+            self.bands[index] = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return self.bands[index]
+
+    def __getitem__(self, key: tuple) -> torch.Tensor:
+        _, rows, cols = key  # (..., rows, cols)
+        pieces = [self._band(index)[..., inside, cols] for index, inside, _ in self._pieces(rows)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
+    def __setitem__(self, key: tuple, value: torch.Tensor) -> None:
+        _, rows, cols = key
+        for index, inside, within in self._pieces(rows):
+            self._band(index)[..., inside, cols] = value[..., within, :]
+
+    def release(self, row: int) -> None:
+        """Free every band that ends at or above `row`."""
+        while self.released < min(row // self.step, len(self.bands)):
+            self.bands[self.released] = None
+            self.released += 1
+
+    def whole(self) -> torch.Tensor:
+        """The activation as one tensor; the bands are freed."""
+        whole = torch.cat([self._band(index) for index in range(len(self.bands))], dim=-2)
+        self.release(self.shape[-2])
+        return whole
+
+
 class Tiles:
     """What tiling a 2D frame and a CogVideoX chunk share; `tile` is (rows, columns) of latents per tile."""
 
@@ -101,6 +155,17 @@ class Tiles:
     def part(self, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         return x[..., rows, cols].to(self.device)
 
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype):
+        """A new activation of `shape` in the store."""
+        return torch.empty(shape, dtype=dtype, device=self.store)
+
+    def done(self, x, region: Region) -> None:
+        """Called after each tile of a pass over x that reads x for the last time (tiles in rows,
+        left to right): Bands free what no later tile reads."""
+        rows, cols = region[:2]
+        if isinstance(x, Bands) and cols.stop == x.shape[-1]:  # a row of tiles is done
+            x.release(rows.stop - HALO)
+
     def affine(self, norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The GroupNorm of the whole activation x as an affine map, gathered tile by tile."""
         return group_affine(norm, (self.part(x, rows, cols) for rows, cols, _, _ in self.regions(x)))
@@ -116,8 +181,9 @@ class Tiles:
             inner_rows, inner_cols = region.inner
             result = result[..., 2 * inner_rows.start : 2 * inner_rows.stop, 2 * inner_cols.start : 2 * inner_cols.stop]
             if out is None:
-                out = torch.empty((*result.shape[:-2], 2 * height, 2 * width), dtype=x.dtype, device=self.store)
+                out = self.empty((*result.shape[:-2], 2 * height, 2 * width), x.dtype)
             out[..., 2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop] = result.to(self.store)
+            self.done(x, region)
         return out
 
 
@@ -196,7 +262,8 @@ class TiledFrame(Tiles):
 
 
 class TiledChunk(Tiles):
-    """One chunk of CogVideoX latents decoded tile by tile, carrying the causal cache."""
+    """One chunk of CogVideoX latents decoded tile by tile, carrying the causal cache; its
+    activations are Bands, each freed as the next layer is written."""
 
     def __init__(self, z: torch.Tensor, cache: Cache, tile: tuple[int, int], store: torch.device) -> None:
         super().__init__(z, tile, store)
@@ -211,11 +278,20 @@ class TiledChunk(Tiles):
                 h = self.resnet(resnet, h)
             if block.upsamplers is not None:
                 h = self.upsample(block.upsamplers[0], h)
-        return self.conv(decoder.conv_out, h, norm=decoder.norm_out)
+        return self.conv(decoder.conv_out, h, norm=decoder.norm_out).whole()
 
-    def resnet(self, block: ResnetBlock3D, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(block.conv1, x, norm=block.norm1)
-        return self.conv(block.conv2, h, norm=block.norm2, residual=(x, block.conv_shortcut))
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Bands:
+        # a band per latent row: a pass then holds its input's rows from the row of tiles it is at
+        return Bands(shape, shape[-2] // self.zq.shape[-2], dtype, self.store)
+
+    def resnet(self, block: ResnetBlock3D, x: Bands) -> Bands:
+        if block.conv_shortcut is None:  # conv2 adds to x itself, in place
+            h = self.conv(block.conv1, x, norm=block.norm1, consume=False)
+            return self.conv(block.conv2, h, norm=block.norm2, out=x)
+        # the shortcut of x is written in conv1's pass, the last that reads x; conv2 adds to it
+        out = self.empty((x.shape[0], block.conv1.conv.out_channels, *x.shape[2:]), x.dtype)
+        h = self.conv(block.conv1, x, norm=block.norm1, shortcut=(block.conv_shortcut, out))
+        return self.conv(block.conv2, h, norm=block.norm2, out=out)
 
     def normalize(
         self, norm: SpatialNorm3D, x: torch.Tensor, affine, rows: slice, cols: slice, scale: int
@@ -233,17 +309,25 @@ class TiledChunk(Tiles):
     def conv(
         self,
         conv: CausalConv3d,
-        x: torch.Tensor,
+        x,
         norm: SpatialNorm3D | None = None,
-        residual: tuple[torch.Tensor, torch.nn.Module | None] | None = None,
-    ) -> torch.Tensor:
-        """conv(silu(norm(x))) (+ shortcut(residual)), tile by tile, carrying the causal cache."""
+        shortcut: tuple[torch.nn.Module, Bands] | None = None,
+        out: Bands | None = None,
+        consume: bool = True,
+    ) -> Bands:
+        """conv(silu(norm(x))), tile by tile, carrying the causal cache; x (Bands) is freed as it
+        is read, unless not `consume`. `shortcut` (module, bands): also write module(x) into bands;
+        `out`: add the result to what it holds, rather than into new bands."""
         affine = self.affine(norm.norm_layer, x) if norm is not None else None
         batch, _, frames, height, width = x.shape
         scale = height // self.zq.shape[-2]
-        out = torch.empty((batch, conv.conv.out_channels, frames, height, width), dtype=x.dtype, device=self.store)
+        adding = out is not None
+        if out is None:
+            out = self.empty((batch, conv.conv.out_channels, frames, height, width), x.dtype)
         past, context = self.cache.get(conv), conv.context
-        new_past = torch.empty((batch, x.shape[1], context, height, width), dtype=x.dtype, device=self.store)
+        keep = not isinstance(self.cache, FinalCache)  # a later chunk reads this one's last frames
+        if keep:
+            new_past = torch.empty((batch, x.shape[1], context, height, width), dtype=x.dtype, device=self.store)
         for region in self.regions(x):
             rows, cols, grown_rows, grown_cols = region
             part = self.part(x, grown_rows, grown_cols)
@@ -255,12 +339,18 @@ class TiledChunk(Tiles):
                 before = self.part(past, grown_rows, grown_cols)
             padded = torch.cat([before, part], dim=2)
             inner_rows, inner_cols = region.inner
-            new_past[..., rows, cols] = padded[:, :, -context:, inner_rows, inner_cols].to(self.store)
+            if keep:
+                new_past[..., rows, cols] = padded[:, :, -context:, inner_rows, inner_cols].to(self.store)
+            if shortcut is not None:
+                module, into = shortcut
+                into[..., rows, cols] = module(self.part(x, rows, cols)).to(self.store)
             result = conv.conv(padded)[..., inner_rows, inner_cols]
-            if residual is not None:
-                source, shortcut = residual
-                skip = self.part(source, rows, cols)
-                result = result + (skip if shortcut is None else shortcut(skip))
+            if adding:
+                result = result + self.part(out, rows, cols)
             out[..., rows, cols] = result.to(self.store)
-        self.cache[conv] = new_past
+            del part, padded, before
+            if consume:
+                self.done(x, region)
+        if keep:
+            self.cache[conv] = new_past
         return out
