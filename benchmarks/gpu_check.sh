@@ -11,8 +11,8 @@
 #                 fp32, bf16 and fp16 against diffusers with device memory, the CLI to MP4, whole
 #                 `movq decode` processes against a diffusers script
 #   cogvideox     CogVideoX-2b's structure at 480x720, 49 frames, against diffusers, whole and tiled
-#   large-frames  large frames and tiling (benchmarks/bench_large_frames.py; skipped, with a line
-#                 saying so, while that script does not exist), with what the budget leaves
+#   large-frames  large frames and tiling (benchmarks/bench_large_frames.py; in a rehearsal one
+#                 small size), with what the budget leaves
 # Everything goes to $OUT/log.txt as it runs, and each step's output to $OUT/STEP.txt, so a step
 # that times out leaves the earlier ones; the last lines (also $OUT/summary.txt) say how each ended.
 #
@@ -115,11 +115,8 @@ else  # the released 2b structure at 480x720, F = 13 (49 frames) and 1
 fi
 
 large=(python3 benchmarks/bench_large_frames.py --device "$device")
-if [ ! -f benchmarks/bench_large_frames.py ]; then
-    ended large-frames "skipped: benchmarks/bench_large_frames.py does not exist yet"
-elif ((rehearse)) && ! small=$("${large[@]}" --help 2>/dev/null | grep -o -m1 -E -- '--(smoke|quick)\b'); then
-    ended large-frames "skipped: benchmarks/bench_large_frames.py has no --smoke or --quick for a small CPU run"
-else
-    step large-frames 90 "${large[@]}" ${small:+"$small"}
+if ((rehearse)); then  # one small frame size and a small tiled frame: the paths, not the figures
+    large+=(--quick --sizes 256 --tile-frame 256)
 fi
+step large-frames 90 "${large[@]}"
 finish
