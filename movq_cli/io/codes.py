@@ -191,12 +191,7 @@ def _open_npz(path: Path, key: str | None) -> np.ndarray | StoredArray:
     try:
         archive = zipfile.ZipFile(source.file)
         members = {name.removesuffix(".npy"): name for name in archive.namelist()}
-        if key is None:
-            if len(members) != 1:
-                raise InputError(f"{path} holds {len(members)} arrays ({', '.join(members)}); choose one with key=NAME")
-            key = next(iter(members))
-        if key not in members:
-            raise InputError(f"{path} has no array {key!r} (it has: {', '.join(members) or 'none'})")
+        key = tensorfiles.choose(members, key, path, "array", ", ".join(members))
         info = archive.getinfo(members[key])
         with archive.open(info) as member:
             shape, fortran_order, dtype = _npy_header(member)

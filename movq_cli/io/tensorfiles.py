@@ -54,14 +54,20 @@ def read_tensor_file(path: Path, key: str | None, safetensors: bool) -> np.ndarr
     if not tensors:
         kind = "a .safetensors file" if safetensors else "a pickle (torch.save)"
         raise InputError(f"{path} is {kind} that holds no tensors")
-    if key is None:
-        if len(tensors) != 1:
-            raise InputError(f"{path} holds {len(tensors)} tensors ({_listing(tensors)}); choose one with key=NAME")
-        key = next(iter(tensors))
-    if key not in tensors:
-        raise InputError(f"{path} has no tensor {key!r} (it has: {_listing(tensors)})")
-    found = tensors[key]
+    found = tensors[choose(tensors, key, path, "tensor", _listing(tensors))]
     return found() if callable(found) else _as_numpy(found, path)
+
+
+def choose(named: Mapping, key: str | None, path: Path, noun: str, listing: str) -> str:
+    """`key`, checked to name one of `named` (the arrays or tensors of the file `path`, listed as
+    `listing`); without a key, the only name there is."""
+    if key is None:
+        if len(named) != 1:
+            raise InputError(f"{path} holds {len(named)} {noun}s ({listing}); choose one with key=NAME")
+        return next(iter(named))
+    if key not in named:
+        raise InputError(f"{path} has no {noun} {key!r} (it has: {listing or 'none'})")
+    return key
 
 
 def _listing(tensors: dict) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -127,10 +128,13 @@ class Frames(Family):
         chunk = chunk or auto_chunk(self.config, clip.grid, self.device, self.dtype)
         return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
 
+    @cached_property
+    def weight_bytes(self) -> int:
+        return sum(parameter.nbytes for parameter in self.model.parameters())
+
     def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
-        weights = sum(parameter.nbytes for parameter in self.model.parameters())
         if options.tile is None:
-            whole = call_bytes(frame_bytes(self.config, clip.grid, self.dtype, self.device), weights)
+            whole = call_bytes(frame_bytes(self.config, clip.grid, self.dtype, self.device), self.weight_bytes)
             try:
                 check_fits_in_memory(whole, f"a frame of {_grid(clip)}", self.device)
             except InputError as error:
@@ -150,8 +154,7 @@ class Frames(Family):
 
     def tiled_bytes(self, grid: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:
         """(host, device) bytes a frame of `grid` codes in tiles of `tile` latents needs (see footprint.tiled_bytes)."""
-        weights = sum(parameter.nbytes for parameter in self.model.parameters())
-        return tiled_bytes(self.config, grid, tile, self.dtype, self.device, weights)
+        return tiled_bytes(self.config, grid, tile, self.dtype, self.device, self.weight_bytes)
 
     def fitting_tile(self, grid: tuple[int, int]) -> int | None:
         """The largest square tile, in latents (a power of two), whose decode fits in memory (None: none does)."""
