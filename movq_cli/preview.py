@@ -15,7 +15,7 @@ import torch
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WRITERS, WriteOptions, get_writer
-from movq_cli.models.family import DecodeOptions, family_of
+from movq_cli.models.family import DecodeOptions, Family, family_of
 from movq_cli.pipeline import decode_frames, plan
 
 GAP = 2  # pixels between tiles
@@ -103,6 +103,11 @@ def decode_chosen(model: torch.nn.Module, clip: Codes, count: int = 8, options: 
     family = family_of(model)
     clip, options = family.conform(clip, options or DecodeOptions())
     family.check_memory(clip, options)  # before the chosen frames are read
+    return _decode_chosen(model, family, clip, count, options)
+
+
+def _decode_chosen(model: torch.nn.Module, family: Family, clip: Codes, count: int, options: DecodeOptions) -> Chosen:
+    """decode_chosen, for a clip already conformed and its memory checked."""
     total = family.output_frames(clip.n_frames)
     plan_ = plan(family, clip, frame_numbers(total, count))
     family.check(plan_.clip, options)
@@ -144,12 +149,13 @@ def preview_to_file(
     their contact sheet to `output` (.png or .jpg)."""
     check_picture(output)
     family = family_of(model)
-    conformed, conformed_options = family.conform(clip, options or DecodeOptions())
-    family.check_memory(conformed, conformed_options)  # before the output is made
-    tiles = len(frame_numbers(family.output_frames(conformed.n_frames), count))
+    clip, options = family.conform(clip, options or DecodeOptions())
+    family.check_memory(clip, options)  # before the output is made
+    tiles = len(frame_numbers(family.output_frames(clip.n_frames), count))
     columns = columns or min(DEFAULT_COLUMNS, tiles)
     size = sheet_size(tiles, family.frame_size(clip.grid), columns)
     with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
-        sheet, chosen = sheet_of(model, clip, count, columns, options)
+        chosen = _decode_chosen(model, family, clip, count, options)
+        sheet = contact_sheet(chosen.frames, chosen.numbers, columns)
         writer.write(sheet[None])
     return PreviewResult(output, chosen.numbers, chosen.total, sheet.shape[:2], chosen.frames.shape[1:3])
