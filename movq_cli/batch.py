@@ -134,7 +134,7 @@ def plan(inputs: list[Path], out: Path, format: str, write: WriteOptions | None 
     Raises InputError for an unknown format or one with no use for an option in `write`, an OUT
     that is a file, a folder or pattern with no code files, or two inputs that would write the same output."""
     if format not in FORMATS:
-        raise InputError(f"unknown --format {format!r}; use {', '.join(FORMATS)}")
+        raise InputError(f"unknown format={format!r}; use {', '.join(FORMATS)}")
     WRITERS[FORMATS[format]].check_options(write or WriteOptions())
     jobs, sources = [], {}
     for codes, relative, problem in (found for path in inputs for found in _expand(path)):
@@ -316,7 +316,7 @@ def decode_one(
             on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
         )  # fmt: skip
     except ManyFrames as error:  # in a batch, OUT names the folder and --format the kind of output
-        error.hint = "--format png-dir writes each clip's frames to a folder of PNGs"
+        error.hint = "format=png-dir writes each clip's frames to a folder of PNGs"
         raise
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
@@ -354,7 +354,7 @@ def report_of(job: Job, work: Callable[[], FileReport]) -> FileReport:
 def failed_report(job: Job, error: Exception, seconds: float = 0.0) -> FileReport:
     """The "failed" report of `job`, which raised `error`."""
     if isinstance(error, MovqError):
-        message = f"{error}; {error.hint}" if error.hint else str(error)
+        message = str(error)
     else:
         message = f"unexpected {type(error).__name__}: {first_line(error)}"
     return FileReport(job.codes, Path(job.output), "failed", seconds=seconds, error=message)

@@ -49,7 +49,7 @@ def decode_on_ray(
     The callbacks are `decode_batch`'s, heard as files finish. Returns the reports in plan order
     and what decoded them."""
     if device not in DEVICES:
-        raise InputError(f"with --ray, --device is {', '.join(DEVICES)} (Ray gives each actor its GPU), not {device!r}")
+        raise InputError(f"with ray=True, device=... takes {', '.join(DEVICES)} (Ray gives each actor its GPU), not {device!r}")
     if not jobs:
         return [], "Ray"
     ray = _ray()
@@ -85,7 +85,7 @@ def _ray():
         import ray
         import ray.data
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'movq[ray]'") from None
+        raise InputError("ray=True needs Ray: pip install 'movq[ray]'") from None
     return ray
 
 
@@ -106,7 +106,7 @@ def _dataset(ray, jobs: list[Job], weights: str, device: str, dtype: str, option
     if device == "auto":
         device = "cuda" if gpus else "cpu"
     if device == "cuda" and not gpus:
-        raise InputError("--device cuda: the Ray cluster has no GPUs")
+        raise InputError("device=cuda: the Ray cluster has no GPUs")
     workers = workers or (gpus if device == "cuda" else 1)
     resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": threads or 1}
     if Path(weights).exists():  # a local path; a Hub id or "default" is resolved on each node
@@ -194,7 +194,7 @@ class Decoder:
         rows = []
         for index, codes, output in zip(batch["index"], batch["codes"], batch["output"], strict=True):
             if self.error is not None:
-                message = f"{self.error}; {self.error.hint}" if self.error.hint else str(self.error)
+                message = str(self.error)
                 rows.append(_row(index, error=message, exit_code=self.error.exit_code))
                 continue
             report = reported(self.model, Job(Path(codes), Path(output)), self.device, self.options)

@@ -37,19 +37,19 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise InputError("--device mps: Apple MPS is not available on this machine")
+            raise InputError("device=mps: Apple MPS is not available on this machine")
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
-        raise InputError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unknown device={name!r}; use auto, cpu, cuda, cuda:N or mps")
     if torch.version.cuda is None:
         raise InputError(
-            f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; install a CUDA build "
+            f"device={name}: this torch build ({torch.__version__}) has no CUDA support; install a CUDA build "
             "of torch (https://pytorch.org/get-started/locally/), e.g. pip install torch --index-url "
             "https://download.pytorch.org/whl/cu126"
         )
     if not torch.cuda.is_available():
-        raise InputError(f"--device {name}: this torch build supports CUDA, but no CUDA device or driver was found")
+        raise InputError(f"device={name}: this torch build supports CUDA, but no CUDA device or driver was found")
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")

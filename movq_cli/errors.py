@@ -13,11 +13,16 @@ REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denie
 
 
 class MovqError(Exception):
-    """A failure the user can act on. `exit_code` is what the CLI exits with; `hint` is what the CLI
-    adds to the message (the flag that fixes it), since the library does not know its caller's flags."""
+    """A failure the user can act on, in the library's words: a message names the keyword at fault
+    (`overwrite=True`, `tile=256`), which the CLI renders as its flag (`as_flags`). `exit_code` is
+    what the CLI exits with; `hint`, when there is one, says what to try, and ends the error's text."""
 
     exit_code = 1
     hint: str | None = None
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message}; {self.hint}" if self.hint else message
 
 
 class InputError(MovqError):
@@ -38,12 +43,13 @@ class OutOfMemory(RunError):
 
 # How the library names a keyword in a message, and how the command line spells it: the library
 # speaks to Python callers (overwrite=True), the CLI renders the same message with its flags.
+_VALUED = "key|grid|tile|chunk|frames|fps|crf|encoder|device|format|weights|config|workers"  # keywords with a value
 KEYWORD_FLAGS = [
-    (re.compile(r"\b(overwrite|snap|unscaled|latents)=True\b"), r"--\1"),
+    (re.compile(r"\b(overwrite|snap|unscaled|latents|ray)=True\b"), r"--\1"),
     (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
-    (re.compile(r"\b(key|grid|tile|chunk|frames)=\.\.\."), r"--\1"),
+    (re.compile(rf"\b({_VALUED})=\.\.\."), r"--\1"),
     (re.compile(r"\b(grid|tile)=\((\w+), (\w+)\)"), r"--\1 \2x\3"),
-    (re.compile(r"\b(key|grid|tile|chunk|frames|fps|crf|encoder)=(?=\S)"), r"--\1 "),
+    (re.compile(rf"\b({_VALUED})=(?=\S)"), r"--\1 "),
 ]
 
 

@@ -92,3 +92,19 @@ def test_importing_the_package_does_not_import_torch():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [movq.__version__, "False"]
+
+
+def test_a_library_error_names_the_keyword_and_carries_its_hint(tmp_path):
+    from movq_cli.errors import InputError, OutOfMemory, as_flags
+
+    clip = np.zeros((1, 4, 4), dtype=np.int64)
+    model = movq.load()
+    with pytest.raises(InputError) as refused:
+        movq.decode(clip, tmp_path / "one.png", model, fps=5)
+    assert "fps=... has no use for .png output" in str(refused.value)
+    assert "--" not in str(refused.value)
+    assert as_flags(str(refused.value)).startswith("--fps has no use")
+    error = OutOfMemory("out of memory on cpu while decoding x")
+    assert str(error) == "out of memory on cpu while decoding x; try a smaller chunk=..."
+    assert as_flags(str(error)).endswith("try a smaller --chunk")
+    assert list(tmp_path.iterdir()) == []

@@ -57,8 +57,8 @@ def test_without_ray_installed_one_line_says_how_to_get_it(codes, small_folder, 
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--ray", "--device", "cpu,cpu"], "with --ray, --device is auto, cpu, cuda"),
-        (["--ray", "--device", "cuda:1"], "with --ray, --device is auto, cpu, cuda"),
+        (["--ray", "--device", "cpu,cpu"], "with --ray, --device takes auto, cpu, cuda"),
+        (["--ray", "--device", "cuda:1"], "with --ray, --device takes auto, cpu, cuda"),
         (["--workers", "2"], "--workers is for --ray"),
         (["--ray", "--workers", "0"], "--workers"),
     ],

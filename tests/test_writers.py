@@ -153,17 +153,17 @@ def test_an_option_the_format_has_no_use_for_is_refused(option, out, what, clip_
     "suffix, frame_size, n_frames, options, needle",
     [
         (".mp4", (11, 10), 2, WriteOptions(), "even frame sizes"),
-        (".mp4", (10, 10), 2, WriteOptions(crf=52), "--crf for .mp4 goes from 0 to 51"),
-        (".webm", (10, 10), 2, WriteOptions(crf=64), "--crf for .webm goes from 0 to 63"),
+        (".mp4", (10, 10), 2, WriteOptions(crf=52), "crf=... for .mp4 goes from 0 to 51"),
+        (".webm", (10, 10), 2, WriteOptions(crf=64), "crf=... for .webm goes from 0 to 63"),
         (".webp", (10, 16384), 2, WriteOptions(), "at most 16383 pixels"),
-        (".gif", (1024, 1024), 2000, WriteOptions(), "pick fewer with --frames"),
+        (".gif", (1024, 1024), 2000, WriteOptions(), "pick fewer with frames=..."),
         (".png", (10, 10), 3, WriteOptions(), "3 frames cannot go into one .png"),
         (
             ".jpg",
             (10, 10),
             3,
             WriteOptions(),
-            "pick one with --frames N:N+1, or see several on one sheet with movq preview",
+            "pick one with frames=N:N+1, or see several on one sheet with movq preview",
         ),
     ],
 )

@@ -15,4 +15,4 @@ def default_weights() -> Path:
     for candidate in (_PACKAGE / "_weights" / FILE_NAME, _PACKAGE.parent / "weights" / FILE_NAME):
         if candidate.is_file():
             return candidate
-    raise InputError(f"the default model ({FILE_NAME}) is not installed; give --weights")
+    raise InputError(f"the default model ({FILE_NAME}) is not installed; give weights=...")

@@ -204,7 +204,7 @@ def read_config(text: str) -> Config:
         return kind.from_dict(values)
     except FileNotFoundError:
         presets = ", ".join([*PRESETS, *COGVIDEOX_PRESETS])
-        raise InputError(f"--config {text}: neither a preset ({presets}) nor a file") from None
+        raise InputError(f"config={text}: neither a preset ({presets}) nor a file") from None
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"{path}: not a usable config ({error})") from None
 

@@ -54,7 +54,7 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except MovqError as error:
-        error_line(f"{error}; {error.hint}" if error.hint else str(error))
+        error_line(str(error))
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/red]; partial output removed")

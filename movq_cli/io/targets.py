@@ -98,7 +98,7 @@ class AtomicTarget:
             raise InputError(f"cannot read the folder {self.target}: {reason(error)}") from None
         if foreign:
             raise InputError(
-                f"{self.target} holds {foreign[0]}, which movq did not write; even with --overwrite, movq "
+                f"{self.target} holds {foreign[0]}, which movq did not write; even with overwrite=True, movq "
                 "replaces a folder only when it holds nothing but the frames it wrote there itself"
             )
         return list(_manifest(folder))

@@ -70,9 +70,9 @@ class Writer(ABC):
         """Raise InputError for an option given that this format has no use for."""
         for field in fields(options):
             if getattr(options, field.name) is not None and field.name not in cls.uses:
-                raise InputError(f"--{field.name} has no use for {cls.what()}")
+                raise InputError(f"{field.name}=... has no use for {cls.what()}")
         if options.fps is not None and not 0 < options.fps <= MAX_FPS:  # also NaN and infinity
-            raise InputError(f"--fps must be more than 0 and at most {MAX_FPS:g}, not {options.fps}")
+            raise InputError(f"fps=... must be more than 0 and at most {MAX_FPS:g}, not {options.fps}")
 
     @classmethod
     def check_frames(cls, frame_size: tuple[int, int], n_frames: int) -> None:
@@ -81,7 +81,7 @@ class Writer(ABC):
         if cls.one_frame and n_frames != 1:
             raise ManyFrames(
                 f"{n_frames} frames cannot go into one {cls.suffix}; write them to a folder of PNG frames, "
-                f"pick one with --frames N:N+1, or see several on one sheet with movq preview"
+                f"pick one with frames=N:N+1, or see several on one sheet with movq preview"
             )
         if cls.max_side is not None and max(height, width) > cls.max_side:
             raise InputError(f"{cls.suffix} pictures are at most {cls.max_side} pixels a side, not {height}x{width}")
@@ -194,7 +194,7 @@ class VideoWriter(FfmpegWriter):
     def check_options(cls, options: WriteOptions) -> None:
         super().check_options(options)
         if options.crf is not None and options.crf not in cls.crfs:
-            raise InputError(f"--crf for {cls.suffix} goes from {cls.crfs.start} to {cls.crfs.stop - 1}")
+            raise InputError(f"crf=... for {cls.suffix} goes from {cls.crfs.start} to {cls.crfs.stop - 1}")
 
     def crf(self, options: WriteOptions) -> str:
         return str(self.default_crf if options.crf is None else options.crf)
@@ -223,7 +223,7 @@ class Mp4Writer(VideoWriter):
     def check_options(cls, options: WriteOptions) -> None:
         super().check_options(options)
         if options.encoder is not None and options.encoder not in ENCODERS:
-            raise InputError(f"unknown --encoder {options.encoder!r}; use {', '.join(ENCODERS)}")
+            raise InputError(f"unknown encoder={options.encoder!r}; use {', '.join(ENCODERS)}")
         if options.encoder == "nvenc":
             _check_nvenc()
 
@@ -253,12 +253,12 @@ def _check_nvenc() -> None:
     try:
         trial = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise InputError(f"--encoder nvenc: cannot run ffmpeg: {error}") from None
+        raise InputError(f"encoder=nvenc: cannot run ffmpeg: {error}") from None
     if trial.returncode != 0:
         lines = [line.strip() for line in trial.stderr.splitlines() if line.strip()]
         own = [line for line in lines if line.startswith("[h264_nvenc")]  # the encoder's, not ffmpeg's aftermath
         why = re.sub(r"^\[[^]]*\]\s*", "", own[0]) if own else lines[0] if lines else f"exit status {trial.returncode}"
-        raise InputError(f"--encoder nvenc needs an NVIDIA GPU with its driver, and ffmpeg says: {why}")
+        raise InputError(f"encoder=nvenc needs an NVIDIA GPU with its driver, and ffmpeg says: {why}")
 
 
 class WebmWriter(VideoWriter):
@@ -295,7 +295,7 @@ class GifWriter(FfmpegWriter):
         if n_frames * height * width * 3 > GIF_MEMORY:
             raise InputError(
                 f"a .gif of {n_frames} frames of {height}x{width} is made in memory, over "
-                f"{GIF_MEMORY // 2**30} GiB; pick fewer with --frames, or write .webm or .mp4"
+                f"{GIF_MEMORY // 2**30} GiB; pick fewer with frames=..., or write .webm or .mp4"
             )
 
     def encoding(self, options: WriteOptions) -> list[str]:

@@ -37,7 +37,7 @@ from movq_cli.models.movq import Movq
 UNKNOWN_SCALE = (
     "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
     "(2b: 1.15258426, 5b and 1.5: 0.7): put config.json beside them, give latents already divided by it "
-    "(unscaled=True), or store it: movq convert WEIGHTS OUT.safetensors --config cogvideox-2b (or -5b)"
+    "(unscaled=True), or store it: movq convert WEIGHTS OUT.safetensors config=cogvideox-2b (or -5b)"
 )
 
 
