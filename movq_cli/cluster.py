@@ -49,7 +49,9 @@ def decode_on_ray(
     The callbacks are `decode_batch`'s, heard as files finish. Returns the reports in plan order
     and what decoded them."""
     if device not in DEVICES:
-        raise InputError(f"with ray=True, device=... takes {', '.join(DEVICES)} (Ray gives each actor its GPU), not {device!r}")
+        raise InputError(
+            f"with ray=True, device=... takes {', '.join(DEVICES)} (Ray gives each actor its GPU), not {device!r}"
+        )
     if not jobs:
         return [], "Ray"
     ray = _ray()
