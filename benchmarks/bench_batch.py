@@ -29,19 +29,21 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import movq_cli
-from movq_cli.batch import BatchOptions, decode_batch, plan
+from movq_cli.batch import BatchOptions, decode_batch, find_jobs
 from movq_cli.checkpoints import weights
 from movq_cli.io.codes import read
 from movq_cli.io.writers import WriteOptions, get_writer
 from movq_cli.models.config import preset
+from movq_cli.models.family import DecodeOptions
 from movq_cli.models.movq import Movq
-from movq_cli.pipeline import decode_frames, decode_to_file, model_device
+from movq_cli.pipeline import decode_frames, decode_to_file, prepare
 from movq_cli.workers import decode_on_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,15 +74,15 @@ def ways(workers: int, ray: bool) -> dict:
 
     def in_process(codes: Path, out: Path):
         model = movq_cli.load("default", "cpu", "fp32")
-        return decode_batch(model, plan([codes], out, "mp4"), model_device(model), BatchOptions())
+        return decode_batch(model, find_jobs([codes], out, "mp4"), BatchOptions())
 
     def on_workers(codes: Path, out: Path):
-        return decode_on_workers(plan([codes], out, "mp4"), "default", devices, "fp32", BatchOptions())[0]
+        return decode_on_workers(find_jobs([codes], out, "mp4"), "default", devices, "fp32", BatchOptions())[0]
 
     def on_ray(codes: Path, out: Path):
         from movq_cli.cluster import decode_on_ray
 
-        return decode_on_ray(plan([codes], out, "mp4"), "default", "cpu", "fp32", BatchOptions(), workers)[0]
+        return decode_on_ray(find_jobs([codes], out, "mp4"), "default", "cpu", "fp32", BatchOptions(), workers)[0]
 
     found = {
         f"1 process, {torch.get_num_threads()} threads": in_process,
@@ -138,13 +140,16 @@ def frame_rates(model: Movq, clip_path: Path, device: torch.device, folder: Path
     alone at 256x256 and 512x512, in frames/s."""
     clip = read(clip_path)
     height, width = (side * model.config.factor for side in clip.grid)
-    list(decode_frames(model, clip.select(slice(0, 2)), device, 2))  # warm-up
+    list(decode_frames(prepare(model, clip, slice(0, 2), DecodeOptions(chunk=2))))  # warm-up
 
     def decode_alone() -> np.ndarray:
-        return np.concatenate(list(decode_frames(model, clip, device, chunk(device))))  # on the host: waited for
+        return np.concatenate(
+            list(decode_frames(prepare(model, clip, options=DecodeOptions(chunk=chunk(device)))))
+        )  # on the host: waited for
 
     def both(encoder: str):
-        return lambda: decode_to_file(model, clip, folder / "both.mp4", device, encoder=encoder, overwrite=True)
+        plan = prepare(model, clip, options=DecodeOptions(chunk=chunk(device)))
+        return lambda: decode_to_file(plan, folder / "both.mp4", WriteOptions(encoder=encoder, overwrite=True))
 
     kinds = {"decode alone": decode_alone} | {f"decode + encode ({encoder})": both(encoder) for encoder in encoders[:2]}
     rates: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -183,7 +188,7 @@ def encode_rate(frames: np.ndarray, encoder: str, folder: Path) -> float:
             if encoder == "png"
             else (folder / "encoded.mp4", WriteOptions(encoder=encoder))
         )
-        writer = get_writer(output, frames.shape[1:3], len(frames), options, overwrite=True)
+        writer = get_writer(output, frames.shape[1:3], len(frames), replace(options, overwrite=True))
         _, seconds = timed(lambda: (writer.write(frames), writer.finish()))  # noqa: B023
         rates.append(len(frames) / seconds)
     return statistics.median(rates)

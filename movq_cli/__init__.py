@@ -91,13 +91,15 @@ def decode(
     in less memory; `source_numbers` names a folder's PNG frames by their number in the whole output
     (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
     Returns what was written (frames, frame size, seconds)."""
-    from movq_cli.pipeline import decode_to_file
+    from movq_cli.io.codes import ReadOptions, read_clip
+    from movq_cli.io.writers import WriteOptions
+    from movq_cli.models.family import DecodeOptions
+    from movq_cli.pipeline import decode_to_file, prepare
 
-    clip = _clip(codes, key, grid)
-    return decode_to_file(
-        model, clip, out, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap, unscaled=unscaled,
-        tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames, source_numbers=source_numbers,
-    )  # fmt: skip
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
+    plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
+    write = WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers)
+    return decode_to_file(plan, out, write, on_frames)
 
 
 def decode_frames(
@@ -116,17 +118,14 @@ def decode_frames(
     chunk at a time: (H, W, 3) uint8 arrays in order.
 
     Everything is checked before the first frame is decoded; memory stays flat however long the clip."""
-    from movq_cli.models.family import DecodeOptions, family_of
+    from movq_cli.io.codes import ReadOptions, read_clip
+    from movq_cli.models.family import DecodeOptions
     from movq_cli.pipeline import decode_frames as decode_chunks
-    from movq_cli.pipeline import plan
+    from movq_cli.pipeline import prepare
 
-    clip = _clip(codes, key, grid)
-    family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled, tile=_tile(tile))
-    clip, options = family.conform(clip, options)
-    family.check_memory(clip, options)  # before a selection of frames is read
-    chosen = plan(family, clip, frames)
-    family.check(chosen.clip, options)
-    for block in decode_chunks(model, chosen, chunk=chunk, options=options):
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
+    plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
+    for block in decode_chunks(plan):
         yield from block
 
 
@@ -145,11 +144,13 @@ def contact_sheet(
 ) -> PreviewResult:
     """A contact sheet (.png or .jpg) of `count` evenly spaced frames of `codes` (as `decode` takes
     them), each numbered, `columns` to a row; only those frames are decoded."""
+    from movq_cli.io.codes import ReadOptions, read_clip
     from movq_cli.models.family import DecodeOptions
     from movq_cli.preview import preview_to_file
 
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
     options = DecodeOptions(unscaled=unscaled, tile=_tile(tile))
-    return preview_to_file(model, _clip(codes, key, grid), Path(out), count, columns, overwrite, options)
+    return preview_to_file(model, clip, Path(out), count, columns, overwrite, options)
 
 
 def encode(
@@ -174,17 +175,6 @@ def encode(
         model, footage, Path(out), model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
         on_frames=on_frames,
     )  # fmt: skip
-
-
-def _clip(codes, key: str | None, grid: tuple[int, int] | None):
-    """A code file, array or tensor as the pipeline's Codes."""
-    from movq_cli.io import codes as codes_io
-
-    if isinstance(codes, (str, Path)):
-        return codes_io.read(codes, key=key, grid=grid)
-    if key is not None:
-        raise ValueError(f"key={key!r} picks an array of a file; codes is already an array")
-    return codes_io.from_array(codes, grid=grid)
 
 
 def _tile(tile: int | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -20,13 +20,12 @@ from pathlib import Path, PurePath
 
 import torch
 
-from movq_cli.errors import InputError, MovqError, first_line, reason
-from movq_cli.io import codes as codes_io
-from movq_cli.io.codes import Codes
+from movq_cli.errors import InputError, MovqError, RunError, first_line, reason
+from movq_cli.io.codes import ReadOptions, read_clip
 from movq_cli.io.targets import listing_once, remove_dead_partials
-from movq_cli.io.writers import WRITERS, ManyFrames, WriteOptions, default_encoder, names_a_folder, writer_class
-from movq_cli.models.movq import Movq
-from movq_cli.pipeline import count_frames, decode_to_file
+from movq_cli.io.writers import WRITERS, ManyFrames, WriteOptions, names_a_folder
+from movq_cli.models.family import DecodeOptions
+from movq_cli.pipeline import decode_to_file, prepare
 
 # --format -> the suffix of each output (png and jpg hold one frame each)
 FORMATS = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ".png", "jpg": ".jpg", "png-dir": ""}
@@ -69,26 +68,14 @@ class FileReport:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """How each file is read (key, grid, frames) and written (the rest)."""
+    """How each file is read, decoded and written, one object per layer, handed to each as it is;
+    and how the batch treats existing outputs and failures."""
 
-    key: str | None = None
-    grid: tuple[int, int] | None = None
-    frames: slice | None = None
-    chunk: int | None = None
-    fps: float | None = None  # None: the format's default
-    crf: int | None = None
-    encoder: str | None = None  # None: the device's default for MP4 (writers.default_encoder)
-    snap: bool = False
-    unscaled: bool = False
-    tile: tuple[int, int] | None = None  # CogVideoX: spatial tiles of (rows, columns) pixels
-    overwrite: bool = False
+    read: ReadOptions = ReadOptions()
+    decode: DecodeOptions = DecodeOptions()
+    write: WriteOptions = WriteOptions()
     skip_existing: bool = False
     fail_fast: bool = False
-    source_numbers: bool = False  # folders of PNG frames: files named by frame number in the whole output
-
-    @property
-    def write(self) -> WriteOptions:
-        return WriteOptions(fps=self.fps, crf=self.crf, encoder=self.encoder)
 
 
 @dataclass(frozen=True)
@@ -128,7 +115,7 @@ def is_batch(inputs: list[Path]) -> bool:
     return len(inputs) > 1 or any(is_pattern(path) or path.is_dir() for path in inputs)
 
 
-def plan(inputs: list[Path], out: Path, format: str, write: WriteOptions | None = None) -> list[Job]:
+def find_jobs(inputs: list[Path], out: Path, format: str, write: WriteOptions | None = None) -> list[Job]:
     """One job per code file found in `inputs`, its output under `out` where the input sits in its tree.
 
     Raises InputError for an unknown format or one with no use for an option in `write`, an OUT
@@ -253,23 +240,38 @@ def largest_first(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=size, reverse=True)
 
 
-def read_clip(path: Path, options: BatchOptions) -> Codes:
-    """The code file at `path`, read with `options` (key, grid); `options.frames` is applied when decoding."""
-    return codes_io.read(path, key=options.key, grid=options.grid)
-
-
 def decode_batch(
-    model: Movq,
+    model: torch.nn.Module,
     jobs: list[Job],
-    device: torch.device,
     options: BatchOptions,
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
     on_report: Callable[[FileReport], None] | None = None,
 ) -> list[FileReport]:
-    """Decode every job with one model. `on_start(job, frames)` returns the frame counter for that
-    file; `on_report` hears how each file went. Interruptions propagate (after the partial output
-    is removed); every other failure is one file's "failed" report."""
-    return report_each(jobs, lambda job: reported(model, job, device, options, on_start), options.fail_fast, on_report)
+    """Decode every job with one model, on the device its weights are on. `on_start(job, frames)`
+    returns the frame counter for that file; `on_report` hears how each file went. Interruptions
+    propagate (after the partial output is removed); every other failure is one file's "failed" report."""
+    return report_each(jobs, lambda job: decode_reported(model, job, options, on_start), options.fail_fast, on_report)
+
+
+def load_worker_model(weights: str | Path, device: str, dtype: str, threads: int | None = None) -> torch.nn.Module:
+    """The model a worker process or a Ray actor decodes with, loaded once: from `weights` on
+    `device` in `dtype`, with `threads` torch threads (None: torch's choice), its CUDA device
+    made the current one. Raises MovqError: what the user can act on as it is, any other failure
+    (the device itself: no driver, out of memory) as a RunError."""
+    from movq_cli import load
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        model = load(weights, device, dtype)
+    except MovqError:
+        raise
+    except Exception as error:
+        raise RunError(f"loading the model on {device} failed: {first_line(error)}") from None
+    where = next(model.parameters()).device
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+    return model
 
 
 def report_each(
@@ -291,9 +293,8 @@ def report_each(
 
 
 def decode_one(
-    model: Movq,
+    model: torch.nn.Module,
     job: Job,
-    device: torch.device,
     options: BatchOptions,
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
@@ -306,39 +307,23 @@ def decode_one(
     remove_dead_partials(job.output)
     if options.skip_existing and os.path.lexists(job.output):
         return FileReport(job.codes, Path(job.output), "skipped")
-    clip = read_clip(job.codes, options)
+    plan = prepare(model, read_clip(job.codes, options.read), options.read.frames, options.decode)
     try:
-        result = decode_to_file(
-            model, clip, job.output, device, chunk=options.chunk, fps=options.fps, crf=options.crf,
-            snap=options.snap, unscaled=options.unscaled, tile=options.tile, overwrite=options.overwrite,
-            frames=options.frames, source_numbers=options.source_numbers,
-            encoder=_encoder(job, device, options),
-            on_frames=on_start(job, count_frames(model, clip, options.frames)) if on_start else None,
-        )  # fmt: skip
+        result = decode_to_file(plan, job.output, options.write, on_start(job, plan.n_frames) if on_start else None)
     except ManyFrames as error:  # in a batch, OUT names the folder and --format the kind of output
         error.hint = "format=png-dir writes each clip's frames to a folder of PNGs"
         raise
     return FileReport(job.codes, result.output, "done", result.frames, result.frame_size, result.seconds)
 
 
-def _encoder(job: Job, device: torch.device, options: BatchOptions) -> str | None:
-    """--encoder, or for an MP4 decoded on a GPU the faster default there (None: the writer's own)."""
-    if options.encoder is None and device.type == "cuda":
-        with suppress(InputError):  # an output no writer takes is reported by decode_to_file
-            if "encoder" in writer_class(job.output).uses:
-                return default_encoder(device.type)
-    return options.encoder
-
-
-def reported(
-    model: Movq,
+def decode_reported(
+    model: torch.nn.Module,
     job: Job,
-    device: torch.device,
     options: BatchOptions,
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
 ) -> FileReport:
     """`decode_one`, with any failure of the file as its "failed" report (interruptions still propagate)."""
-    return report_of(job, lambda: decode_one(model, job, device, options, on_start))
+    return report_of(job, lambda: decode_one(model, job, options, on_start))
 
 
 def report_of(job: Job, work: Callable[[], FileReport]) -> FileReport:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
+from movq_cli.batch import BatchOptions, FileReport, Job, decode_reported, largest_first, load_worker_model
 from movq_cli.errors import InputError, MovqError, RunError, first_line
 from movq_cli.io.targets import remove_dead_partials
 
@@ -172,34 +172,24 @@ class Decoder:
     same way): each call answers with the error and its exit code, which the driver raises."""
 
     def __init__(self, weights: str, device: str, dtype: str, threads: int | None, options: BatchOptions) -> None:
-        import torch
-
-        from movq_cli import load
         from movq_cli.device import describe
-        from movq_cli.pipeline import model_device
 
         self.options = options
         self.model = self.error = None
-        if threads is not None:
-            torch.set_num_threads(threads)
         try:
-            self.model = load(weights, device, dtype)
+            self.model = load_worker_model(weights, device, dtype, threads)
         except MovqError as error:
             self.error = error
-        except Exception as error:
-            self.error = RunError(f"loading the model on {device} failed: {first_line(error)}")
         else:
-            self.device = model_device(self.model)
             self.decoder = describe(self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = []
         for index, codes, output in zip(batch["index"], batch["codes"], batch["output"], strict=True):
             if self.error is not None:
-                message = str(self.error)
-                rows.append(_row(index, error=message, exit_code=self.error.exit_code))
+                rows.append(_row(index, error=str(self.error), exit_code=self.error.exit_code))
                 continue
-            report = reported(self.model, Job(Path(codes), Path(output)), self.device, self.options)
+            report = decode_reported(self.model, Job(Path(codes), Path(output)), self.options)
             height, width = report.frame_size or (0, 0)
             rows.append(_row(index, report.status, report.frames, height, width, report.seconds, report.error or "",
                              decoder=self.decoder))  # fmt: skip

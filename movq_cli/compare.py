@@ -156,7 +156,8 @@ def roundtrip_frames(
     (frame numbers, the source frames cropped as encoding crops them, the decoded frames)."""
     from movq_cli.encoding import check_encoder, encode_chunk
     from movq_cli.io.codes import from_array
-    from movq_cli.pipeline import decode_frames, model_device
+    from movq_cli.models.family import DecodeOptions
+    from movq_cli.pipeline import decode_frames, model_device, prepare
 
     check_encoder(model, latents=False)
     factor = model.config.factor
@@ -169,5 +170,5 @@ def roundtrip_frames(
     decoded = []
     for start in range(0, len(source), chunk):
         codes = encode_chunk(model, source[start : start + chunk], device, latents=False).cpu().numpy()
-        decoded.extend(decode_frames(model, from_array(codes), chunk=len(codes)))
+        decoded.extend(decode_frames(prepare(model, from_array(codes), options=DecodeOptions(chunk=len(codes)))))
     return numbers, source, np.concatenate(decoded)

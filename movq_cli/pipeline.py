@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 
 from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Codes
-from movq_cli.io.writers import PngFolderWriter, WriteOptions, Writer, get_writer, writer_class
+from movq_cli.io.writers import WriteOptions, Writer, get_writer, writer_class
 from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
@@ -74,56 +74,62 @@ class HostCopy:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a decode reads and what it keeps: the clip to read (only the frames selected, where
-    frames decode independently), and which output frames to keep (None: every one)."""
+    """A decode made ready by `prepare`, checked: the family that decodes it, the clip to read
+    (only the frames selected, where frames decode independently), how it decodes, its chunks
+    (file frames per decoder call), and which output frames it keeps (None: every one)."""
 
+    family: Family
     clip: Codes
+    options: DecodeOptions
+    chunks: list[int]
     numbers: list[int]  # the output frames, numbered as in the whole output
+    total: int  # the frames of the whole output
     keep: list[int] | None = None
 
     @property
     def n_frames(self) -> int:
         return len(self.numbers)
 
-
-def plan(family: Family, clip: Codes, frames: slice | Sequence[int] | None = None) -> Plan:
-    """The plan for decoding `frames` (output frame numbers; None: all) of `clip` with `family`."""
-    if family.independent_frames:
-        chosen = clip if frames is None else clip.select(frames)
-        return Plan(chosen, [chosen.frame_number(i) for i in range(chosen.n_frames)])
-    every = family.output_frames(clip.n_frames)
-    if frames is None:
-        return Plan(clip, list(range(every)))
-    numbers = selected_numbers(every, frames)
-    return Plan(clip, numbers, sorted(set(numbers)))
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.family.frame_size(self.clip.grid)
 
 
-def count_frames(model: torch.nn.Module, clip: Codes, frames: slice | Sequence[int] | None = None) -> int:
-    """How many frames decoding `frames` (None: all) of `clip` with `model` writes."""
-    family = family_of(model)
-    return plan(family, family.conform(clip, DecodeOptions())[0], frames).n_frames
-
-
-def decode_frames(
+def prepare(
     model: torch.nn.Module,
-    clip: Codes | Plan,
-    device: torch.device | None = None,
-    chunk: int | None = None,
-    options: DecodeOptions | None = None,
-    ahead: int | None = None,
-) -> Iterator[np.ndarray]:
-    """Decode a clip (or a plan's frames) a chunk at a time, yielding host uint8 arrays (n, H, W, 3) in order.
+    clip: Codes,
+    frames: slice | Sequence[int] | Callable[[int], Sequence[int]] | None = None,
+    options: DecodeOptions = DecodeOptions(),
+) -> Plan:
+    """The one preparation of every decode: `clip` (its output `frames`, None: all; a function
+    picks them from the count of the whole output) decoded by `model` on the device its weights
+    are on, with `options`. Raises InputError for anything that
+    would not decode, before any frame is: the memory a chunk needs first (before the frames are
+    read or the codes scanned), then the frames selected, then the codes themselves."""
+    family = family_of(model)
+    clip, options = family.conform(clip, options)
+    family.check_memory(clip, options)
+    keep, total = None, family.output_frames(clip.n_frames)
+    frames = frames(total) if callable(frames) else frames
+    if family.independent_frames:
+        clip = clip if frames is None else clip.select(frames)
+        numbers = [clip.frame_number(i) for i in range(clip.n_frames)]
+    else:
+        numbers = list(range(total)) if frames is None else selected_numbers(total, frames)
+        keep = None if frames is None else sorted(set(numbers))
+    family.check(clip, options)
+    return Plan(family, clip, options, family.chunk_sizes(clip, options.chunk), numbers, total, keep)
 
-    `chunk` is a 2D model's frames per decoder call (None: from the device's memory). `ahead`
-    chunks are queued on the device before the oldest copy to the host is waited for (1 on
+
+def decode_frames(plan: Plan, ahead: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a plan a chunk at a time, yielding host uint8 arrays (n, H, W, 3) of its frames in order.
+
+    `ahead` chunks are queued on the device before the oldest copy to the host is waited for (1 on
     CUDA, so the GPU is never idle while the host waits; 0 elsewhere).
     """
-    family = family_of(model)
-    plan_ = clip if isinstance(clip, Plan) else plan(family, clip)
-    device = device or family.device
-    ahead = (1 if device.type == "cuda" else 0) if ahead is None else ahead
+    ahead = (1 if plan.family.device.type == "cuda" else 0) if ahead is None else ahead
     in_flight: deque[HostCopy] = deque()
-    for pixels in _pixel_chunks(family, plan_, chunk, options or DecodeOptions()):
+    for pixels in _pixel_chunks(plan):
         in_flight.append(HostCopy(pixels))
         if len(in_flight) > ahead:
             yield in_flight.popleft().result()
@@ -131,23 +137,22 @@ def decode_frames(
         yield in_flight.popleft().result()
 
 
-def _pixel_chunks(family: Family, plan_: Plan, chunk: int | None, options: DecodeOptions) -> Iterator[torch.Tensor]:
+def _pixel_chunks(plan: Plan) -> Iterator[torch.Tensor]:
     """uint8 pixels (n, H, W, 3) on the device, chunk by chunk, of the plan's output frames only."""
-    clip = plan_.clip
-    sizes = family.chunk_sizes(clip, chunk)
-    starts = np.cumsum([0, *sizes[:-1]])
-    blocks = (family.to_device(clip.frames(start, start + size)) for start, size in zip(starts, sizes, strict=True))
+    family, clip = plan.family, plan.clip
+    starts = np.cumsum([0, *plan.chunks[:-1]])
+    blocks = (family.to_device(clip.frames(start, start + n)) for start, n in zip(starts, plan.chunks, strict=True))
     first = 0  # the output number of the next frame out of the decoder
-    for images in family.stream(blocks, options):
+    for images in family.stream(blocks, plan.options):
         pixels = to_pixels(images)
-        if plan_.keep is None:
+        if plan.keep is None:
             yield pixels
         else:
             numbers = range(first, first + len(pixels))
-            wanted = [n - first for n in plan_.keep if n in numbers]
+            wanted = [n - first for n in plan.keep if n in numbers]
             if wanted:
                 yield pixels[wanted]
-            if plan_.keep[-1] < numbers.stop:
+            if plan.keep[-1] < numbers.stop:
                 break  # the rest of the video is not asked for
         first += len(images)
 
@@ -240,65 +245,43 @@ def _check_not_input(output: Path, codes: Path) -> None:
         )
 
 
-def _file_numbers(plan_: Plan, output: str | Path) -> tuple[int, ...]:
+def _file_numbers(plan: Plan) -> tuple[int, ...]:
     """The numbers of the frames a plan writes, in the order they are written, to name them by."""
-    if writer_class(output) is not PngFolderWriter:
-        raise InputError("source_numbers=True names the files of a folder of PNG frames; this output is one file")
-    numbers = tuple(plan_.keep if plan_.keep is not None else plan_.numbers)
+    numbers = tuple(plan.keep if plan.keep is not None else plan.numbers)
     if len(set(numbers)) != len(numbers):
         raise InputError("source_numbers=True needs each frame once: the selection repeats a frame")
     return numbers
 
 
 def decode_to_file(
-    model: torch.nn.Module,
-    clip: Codes,
+    plan: Plan,
     output: str | Path,
-    device: torch.device | None = None,
-    chunk: int | None = None,
-    fps: float | None = None,
-    crf: int | None = None,
-    snap: bool = False,
-    overwrite: bool = False,
+    write: WriteOptions = WriteOptions(),
     on_frames: Callable[[int], None] | None = None,
-    encoder: str | None = None,
-    frames: slice | Sequence[int] | None = None,
-    unscaled: bool = False,
-    tile: tuple[int, int] | None = None,
-    source_numbers: bool = False,
 ) -> DecodeResult:
-    """Decode `clip` (its output `frames`, None: all) into `output`: a video or animation, one
-    picture, or a folder of PNG frames, as its suffix says (a str keeps the trailing slash that
-    names a folder). `fps`, `crf` and `encoder` (an MP4's, from writers.ENCODERS) are for the
-    formats that use them (None: the format's default); given for another, InputError. `snap`,
-    `unscaled` and `tile` say how latents are taken and decoded (see DecodeOptions). With
-    `source_numbers` a folder's PNG frames are named by their number in the whole output
-    (00010.png, 00020.png, ...), not 00000.png on. The model decodes on the device its weights are
-    on (`device`, if given, must be that one).
+    """Decode a prepared plan into `output`: a video or animation, one picture, or a folder of
+    PNG frames, as its suffix says (a str keeps the trailing slash that names a folder), written
+    with `write` (an option the format has no use for is refused; an MP4's encoder, when not given,
+    is the default for the device the plan decodes on). `on_frames(n)` hears progress.
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
     """
-    family = family_of(model)
-    if device is not None and torch.device(device) != family.device:
-        raise ValueError(f"the model is on {family.device}, not {device}")
-    clip, options = family.conform(clip, DecodeOptions(snap=snap, unscaled=unscaled, tile=tile))
-    family.check_memory(clip, options)  # before a selection of frames is read
-    plan_ = plan(family, clip, frames)
-    family.check(plan_.clip, options)
-    if not clip.in_memory:
-        _check_not_input(Path(output), clip.path)
-    frame_size = family.frame_size(clip.grid)
+    family = plan.family
+    if not plan.clip.in_memory:
+        _check_not_input(Path(output), plan.clip.path)
+    if write.source_numbers:
+        writer_class(output).check_options(write)  # a folder of frames, before its numbers are made
+        write = replace(write, numbers=_file_numbers(plan))
     started = time.perf_counter()
-    numbers = _file_numbers(plan_, output) if source_numbers else None
-    writer = get_writer(output, frame_size, plan_.n_frames, WriteOptions(fps, crf, encoder, numbers), overwrite)
+    writer = get_writer(output, plan.frame_size, plan.n_frames, write, family.device.type)
     try:
-        with run_errors(f"decoding {clip.path.name}", family.device), BackgroundWriter(writer) as background:
-            for pixels in decode_frames(model, plan_, chunk=chunk, options=options):
+        with run_errors(f"decoding {plan.clip.path.name}", family.device), BackgroundWriter(writer) as background:
+            for pixels in decode_frames(plan):
                 background.put(pixels)
                 if on_frames:
                     on_frames(len(pixels))
     except OutOfMemory as error:
-        error.hint = family.memory_hint(options) or error.hint
+        error.hint = family.memory_hint(plan.options) or error.hint
         raise
-    return DecodeResult(Path(output), plan_.n_frames, frame_size, time.perf_counter() - started)
+    return DecodeResult(Path(output), plan.n_frames, plan.frame_size, time.perf_counter() - started)

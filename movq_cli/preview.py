@@ -15,8 +15,8 @@ import torch
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
 from movq_cli.io.writers import WRITERS, WriteOptions, get_writer
-from movq_cli.models.family import DecodeOptions, Family, family_of
-from movq_cli.pipeline import decode_frames, plan
+from movq_cli.models.family import DecodeOptions
+from movq_cli.pipeline import Plan, decode_frames, prepare
 
 GAP = 2  # pixels between tiles
 BACKGROUND = 32
@@ -98,25 +98,24 @@ class Chosen:
     total: int
 
 
-def decode_chosen(model: torch.nn.Module, clip: Codes, count: int = 8, options: DecodeOptions | None = None) -> Chosen:
+def decode_chosen(
+    model: torch.nn.Module, clip: Codes, count: int = 8, options: DecodeOptions = DecodeOptions()
+) -> Chosen:
     """Check `clip` and decode `count` evenly spaced frames of it (only those, where frames are independent)."""
-    family = family_of(model)
-    clip, options = family.conform(clip, options or DecodeOptions())
-    family.check_memory(clip, options)  # before the chosen frames are read
-    return _decode_chosen(model, family, clip, count, options)
+    return _decode(_choose(model, clip, count, options))
 
 
-def _decode_chosen(model: torch.nn.Module, family: Family, clip: Codes, count: int, options: DecodeOptions) -> Chosen:
-    """decode_chosen, for a clip already conformed and its memory checked."""
-    total = family.output_frames(clip.n_frames)
-    plan_ = plan(family, clip, frame_numbers(total, count))
-    family.check(plan_.clip, options)
-    frames = np.concatenate(list(decode_frames(model, plan_, options=options)))
-    return Chosen(frames, plan_.numbers, total)
+def _choose(model: torch.nn.Module, clip: Codes, count: int, options: DecodeOptions) -> Plan:
+    """The plan of a decode of `count` evenly spaced frames of `clip`."""
+    return prepare(model, clip, lambda total: frame_numbers(total, count), options)
+
+
+def _decode(plan: Plan) -> Chosen:
+    return Chosen(np.concatenate(list(decode_frames(plan))), plan.numbers, plan.total)
 
 
 def sheet_of(model: torch.nn.Module, clip: Codes, count: int = 8, columns: int | None = None,
-             options: DecodeOptions | None = None) -> tuple[np.ndarray, Chosen]:  # fmt: skip
+             options: DecodeOptions = DecodeOptions()) -> tuple[np.ndarray, Chosen]:  # fmt: skip
     """The contact sheet (H, W, 3) of `count` evenly spaced frames of `clip`, and those frames."""
     chosen = decode_chosen(model, clip, count, options)
     return contact_sheet(chosen.frames, chosen.numbers, columns or min(DEFAULT_COLUMNS, len(chosen.numbers))), chosen
@@ -132,7 +131,7 @@ def check_picture(output: Path) -> None:
 def write_picture(picture: np.ndarray, output: Path, overwrite: bool = False) -> None:
     """Write (H, W, 3) uint8 to `output` (.png or .jpg), whole or not at all."""
     check_picture(output)
-    with get_writer(output, picture.shape[:2], 1, WriteOptions(), overwrite) as writer:
+    with get_writer(output, picture.shape[:2], 1, WriteOptions(overwrite=overwrite)) as writer:
         writer.write(picture[None])
 
 
@@ -143,19 +142,16 @@ def preview_to_file(
     count: int = 8,
     columns: int | None = None,
     overwrite: bool = False,
-    options: DecodeOptions | None = None,
+    options: DecodeOptions = DecodeOptions(),
 ) -> PreviewResult:
     """Decode `count` evenly spaced frames of `clip` (latents taken as `options` say) and write
     their contact sheet to `output` (.png or .jpg)."""
     check_picture(output)
-    family = family_of(model)
-    clip, options = family.conform(clip, options or DecodeOptions())
-    family.check_memory(clip, options)  # before the output is made
-    tiles = len(frame_numbers(family.output_frames(clip.n_frames), count))
-    columns = columns or min(DEFAULT_COLUMNS, tiles)
-    size = sheet_size(tiles, family.frame_size(clip.grid), columns)
-    with get_writer(output, size, 1, WriteOptions(), overwrite) as writer:
-        chosen = _decode_chosen(model, family, clip, count, options)
+    plan = _choose(model, clip, count, options)
+    columns = columns or min(DEFAULT_COLUMNS, plan.n_frames)
+    size = sheet_size(plan.n_frames, plan.frame_size, columns)
+    with get_writer(output, size, 1, WriteOptions(overwrite=overwrite)) as writer:
+        chosen = _decode(plan)
         sheet = contact_sheet(chosen.frames, chosen.numbers, columns)
         writer.write(sheet[None])
     return PreviewResult(output, chosen.numbers, chosen.total, sheet.shape[:2], chosen.frames.shape[1:3])

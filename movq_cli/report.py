@@ -24,6 +24,7 @@ from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
 from movq_cli.models.config import CogVideoXConfig, MovqConfig
 from movq_cli.models.family import DecodeOptions, family_of
+from movq_cli.pipeline import prepare
 
 TOP_CODES = 5
 
@@ -140,10 +141,10 @@ def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
     report.update(latent_stats(codes) if codes.is_latents else code_stats(codes))
     if model is not None:
         family = family_of(model)
-        codes, options = family.conform(codes, DecodeOptions())
+        codes, _ = family.conform(codes, DecodeOptions())
         report.update(read_as=codes.describe(), grid=list(codes.grid), rows=codes.grid[0], columns=codes.grid[1])
         try:
-            family.check(codes, options)
+            prepare(model, codes)
             report.update(fits=True, reason=None)
         except InputError as error:
             report.update(fits=False, reason=str(error))

@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import torch
 
-from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, read_clip, report_each, report_of
+from movq_cli.batch import FORMATS, BatchOptions, FileReport, Job, report_each, report_of
+from movq_cli.io.codes import read_clip
 from movq_cli.io.targets import AtomicTarget
-from movq_cli.models.family import DecodeOptions
 from movq_cli.preview import preview_to_file
 
 INDEX = "index.html"
@@ -67,12 +67,11 @@ def preview_batch(
     """Write each job's contact sheet (its output, a .png) and report each file: its frames and
     frame size when done, why when failed. Only an interruption ends the batch early (or the
     first failure with `options.fail_fast`)."""
-    decode_options = DecodeOptions(unscaled=options.unscaled, tile=options.tile)
 
     def sheet(job: Job) -> FileReport:
         started = time.perf_counter()
-        clip = read_clip(job.codes, options)
-        result = preview_to_file(model, clip, Path(job.output), count, columns, options.overwrite, decode_options)
+        clip = read_clip(job.codes, options.read)
+        result = preview_to_file(model, clip, Path(job.output), count, columns, options.write.overwrite, options.decode)
         seconds = time.perf_counter() - started
         return FileReport(job.codes, result.output, "done", result.total, result.frame_size, seconds)
 

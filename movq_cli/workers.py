@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from movq_cli.batch import BatchOptions, FileReport, Job, largest_first, reported
-from movq_cli.errors import MovqError, RunError, first_line, interrupt
+from movq_cli.batch import BatchOptions, FileReport, Job, decode_reported, largest_first, load_worker_model
+from movq_cli.errors import MovqError, RunError, interrupt
 from movq_cli.io.targets import listing_once, remove_dead_partials
 
 STOP_SECONDS = 10.0  # how long a stopped worker may take to remove its partial output before it is killed
@@ -228,23 +228,13 @@ def _work(
     for signum in (signal.SIGTERM, signal.SIGALRM):  # SIGTERM: the parent stops it; SIGALRM: see interrupt
         signal.signal(signum, interrupt)
     try:
-        from movq_cli import load
         from movq_cli.device import describe
-        from movq_cli.pipeline import model_device
 
-        if threads is not None:
-            torch.set_num_threads(threads)
         try:
-            model = load(weights, device, dtype)
+            model = load_worker_model(weights, device, dtype, threads)
         except MovqError as error:
             connection.send(("error", error))
             return
-        except Exception as error:  # the device itself: no driver, out of memory
-            connection.send(("error", RunError(f"loading the model on {device} failed: {first_line(error)}")))
-            return
-        where = model_device(model)
-        if where.type == "cuda":
-            torch.cuda.set_device(where)
         connection.send(("ready", describe(model)))
 
         def on_start(job: Job, frames: int) -> Callable[[int], None]:
@@ -253,7 +243,7 @@ def _work(
 
         with listing_once():
             while (job := connection.recv()) is not None:
-                connection.send(("report", reported(model, job, where, options, on_start)))
+                connection.send(("report", decode_reported(model, job, options, on_start)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped, or the parent is gone; the writer has removed its partial output
     finally:

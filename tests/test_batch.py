@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_one_line_error, movq
 from PIL import Image
 
-from movq_cli.batch import plan
+from movq_cli.batch import find_jobs
 from movq_cli.errors import InputError
 from movq_cli.io import writers
 from movq_cli.io.targets import MANIFEST
@@ -241,8 +241,8 @@ def test_new_formats_in_a_batch(small_folder, tmp_path):
 
 def test_a_batch_refuses_an_option_its_format_has_no_use_for_before_any_work(tree, tmp_path):
     with pytest.raises(InputError, match=r"crf=\.\.\. has no use for a folder of PNG frames"):
-        plan([tree], tmp_path / "out", "png-dir", WriteOptions(crf=20))
+        find_jobs([tree], tmp_path / "out", "png-dir", WriteOptions(crf=20))
     with pytest.raises(InputError, match=r"fps=\.\.\. has no use for .jpg output"):
-        plan([tree], tmp_path / "out", "jpg", WriteOptions(fps=12))
-    assert [job.output.suffix for job in plan([tree], tmp_path / "out", "gif", WriteOptions(fps=12))] == [".gif"] * 6
+        find_jobs([tree], tmp_path / "out", "jpg", WriteOptions(fps=12))
+    assert [job.output.suffix for job in find_jobs([tree], tmp_path / "out", "gif", WriteOptions(fps=12))] == [".gif"] * 6
     assert not (tmp_path / "out").exists()

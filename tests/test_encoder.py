@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, movq
 from same_outputs import video_frames
 
-from movq_cli.batch import BatchOptions, Job, _encoder
-from movq_cli.io.writers import ENCODERS, WriteOptions, default_encoder, get_writer
+from movq_cli.io.writers import ENCODERS, Mp4Writer, WriteOptions, default_encoder, get_writer
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +38,28 @@ def test_each_encoder_is_its_ffmpeg_codec_and_preset(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_gpu_gets_a_faster_default_for_mp4_only():
+def test_a_gpu_gets_a_faster_default_for_mp4_only(tmp_path, monkeypatch):
     assert default_encoder("cpu") == "x264-medium" and default_encoder("cuda") == "x264-veryfast"
-    cuda, cpu, options = torch.device("cuda"), torch.device("cpu"), BatchOptions()
-    assert _encoder(Job(Path("a.npy"), Path("a.mp4")), cuda, options) == "x264-veryfast"
-    assert _encoder(Job(Path("a.npy"), Path("a.mp4")), cpu, options) is None  # the writer's own: medium
-    assert _encoder(Job(Path("a.npy"), Path("frames")), cuda, options) is None
-    assert _encoder(Job(Path("a.npy"), Path("a.mp4")), cuda, BatchOptions(encoder="x264-slow")) == "x264-slow"
+    chosen, encoding = [], Mp4Writer.encoding
+    monkeypatch.setattr(Mp4Writer, "encoding", lambda self, options: chosen.append(options.encoder) or encoding(self, options))
+    for device_type, options in (("cuda", WriteOptions()), ("cpu", WriteOptions()), ("cuda", WriteOptions(encoder="x264-slow"))):
+        get_writer(tmp_path / "a.mp4", (8, 8), 1, options, device_type).abort()
+    assert chosen == ["x264-veryfast", "x264-medium", "x264-slow"]
+    get_writer(tmp_path / "frames", (8, 8), 1, WriteOptions(), "cuda").abort()  # no encoder for PNGs, and no error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_api_and_the_cli_choose_the_same_mp4_encoder(clip, small_folder, tmp_path, monkeypatch):
+    import movq_cli
+
+    chosen, encoding = [], Mp4Writer.encoding
+    monkeypatch.setattr(Mp4Writer, "encoding", lambda self, options: chosen.append(options.encoder) or encoding(self, options))
+    monkeypatch.setattr("movq_cli.io.writers.default_encoder", lambda device_type: f"x264-{device_type}-default")
+    monkeypatch.setitem(ENCODERS, "x264-cpu-default", ENCODERS["x264-ultrafast"])
+    movq_cli.decode(clip, tmp_path / "api.mp4", movq_cli.load(small_folder[0]))
+    result = movq("decode", clip, tmp_path / "cli.mp4", "-w", small_folder[0], "-q")
+    assert result.exit_code == 0, result.output
+    assert chosen == ["x264-cpu-default", "x264-cpu-default"]
 
 
 @pytest.mark.parametrize(

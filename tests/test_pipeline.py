@@ -10,7 +10,8 @@ import torch
 
 from movq_cli.checkpoints import weights
 from movq_cli.io import codes as codes_io
-from movq_cli.pipeline import decode_frames
+from movq_cli.models.family import DecodeOptions
+from movq_cli.pipeline import decode_frames, prepare
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,9 @@ def model_and_clip(small_folder, tmp_path_factory):
 @pytest.mark.parametrize("ahead", [0, 1, 3])
 def test_chunks_come_out_in_order_whatever_the_look_ahead(model_and_clip, ahead):
     model, clip = model_and_clip
-    chunks = list(decode_frames(model, clip, torch.device("cpu"), chunk=3, ahead=ahead))
+    chunks = list(decode_frames(prepare(model, clip, options=DecodeOptions(chunk=3)), ahead=ahead))
     assert [len(c) for c in chunks] == [3, 3, 1]
-    whole = list(decode_frames(model, clip, chunk=clip.n_frames))
+    whole = list(decode_frames(prepare(model, clip, options=DecodeOptions(chunk=clip.n_frames))))
     assert len(whole) == 1 and np.array_equal(np.concatenate(chunks), whole[0])
 
 
@@ -35,7 +36,7 @@ def test_cuda_decoding_copies_through_pinned_memory_and_matches_the_cpu(model_an
     model, clip = model_and_clip
     device = torch.device("cuda")
     on_gpu = copy.deepcopy(model).to(device)
-    chunks = list(decode_frames(on_gpu, clip, device, chunk=2))
+    chunks = list(decode_frames(prepare(on_gpu, clip, options=DecodeOptions(chunk=2))))
     assert [len(c) for c in chunks] == [2, 2, 2, 1]
-    expected = np.concatenate(list(decode_frames(model, clip)))
+    expected = np.concatenate(list(decode_frames(prepare(model, clip))))
     assert np.abs(np.concatenate(chunks).astype(int) - expected.astype(int)).max() <= 1

@@ -79,7 +79,7 @@ import os
 
 import movq_cli.batch
 
-_reported = movq_cli.batch.reported
+_reported = movq_cli.batch.decode_reported
 
 
 def reported(model, job, *args, **kwargs):
@@ -88,7 +88,7 @@ def reported(model, job, *args, **kwargs):
     return _reported(model, job, *args, **kwargs)
 
 
-movq_cli.batch.reported = reported
+movq_cli.batch.decode_reported = reported
 """
 
 

@@ -22,7 +22,9 @@ from movq_cli.errors import InputError, RunError
 from movq_cli.io import codes as codes_io
 from movq_cli.io import targets
 from movq_cli.io.targets import MANIFEST, AtomicTarget, move_without_replacing
-from movq_cli.pipeline import decode_to_file
+from movq_cli.io.writers import WriteOptions
+from movq_cli.models.family import DecodeOptions
+from movq_cli.pipeline import decode_to_file, prepare
 
 DEADLINE = 120  # seconds a subprocess may take to reach an event before the test gives up
 
@@ -75,7 +77,7 @@ def test_a_file_that_appears_at_out_while_decoding_is_kept_and_so_is_the_output(
             out.write_text("another program's file")
 
     with pytest.raises(RunError, match="clip.mp4 appeared while this output was written") as caught:
-        decode_to_file(model, codes_io.read(clip_path), out, chunk=1, on_frames=someone_writes_out)
+        decode_to_file(prepare(model, codes_io.read(clip_path), options=DecodeOptions(chunk=1)), out, on_frames=someone_writes_out)
     assert out.read_text() == "another program's file"
     kept = [path for path in tmp_path.iterdir() if path != out]
     assert len(kept) == 1 and kept[0].name.startswith("clip.") and kept[0].suffix == ".mp4"
@@ -91,7 +93,7 @@ def test_a_frame_folder_that_appears_while_decoding_is_kept_and_so_is_the_output
             (out / "00000.png").write_text("another program's frame")
 
     with pytest.raises(RunError, match="appeared while this output was written"):
-        decode_to_file(model, codes_io.read(clip_path), out, chunk=1, on_frames=someone_makes_the_folder)
+        decode_to_file(prepare(model, codes_io.read(clip_path), options=DecodeOptions(chunk=1)), out, on_frames=someone_makes_the_folder)
     assert [path.name for path in out.iterdir()] == ["00000.png"]
     assert (out / "00000.png").read_text() == "another program's frame"
     kept = [path for path in tmp_path.iterdir() if path != out]
@@ -157,7 +159,7 @@ def test_two_runs_onto_one_output_both_keep_their_work(small_folder, tmp_path):
 @pytest.mark.parametrize("change", ["a file named like a frame", "a frame rewritten", "a frame made a link"])
 def test_overwrite_keeps_a_frame_folder_holding_anything_movq_did_not_write(change, model, clip_path, tmp_path):
     out = tmp_path / "frames"
-    decode_to_file(model, codes_io.read(clip_path), out)
+    decode_to_file(prepare(model, codes_io.read(clip_path)), out)
     if change == "a file named like a frame":
         (out / "99999.png").write_text("the user's notes")
         culprit = "99999.png"
@@ -170,15 +172,15 @@ def test_overwrite_keeps_a_frame_folder_holding_anything_movq_did_not_write(chan
         culprit = "00002.png"
     before = {path.name: path.read_bytes() for path in out.iterdir() if not path.is_symlink()}
     with pytest.raises(InputError, match=f"holds {culprit}, which movq did not write"):
-        decode_to_file(model, codes_io.read(clip_path), out, overwrite=True)
+        decode_to_file(prepare(model, codes_io.read(clip_path)), out, WriteOptions(overwrite=True))
     assert {path.name: path.read_bytes() for path in out.iterdir() if not path.is_symlink()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
 
 
 def test_overwrite_replaces_a_frame_folder_movq_wrote(model, clip_path, tmp_path):
     out = tmp_path / "frames"
-    decode_to_file(model, codes_io.read(clip_path).select(slice(0, 1)), out)
-    decode_to_file(model, codes_io.read(clip_path), out, overwrite=True)
+    decode_to_file(prepare(model, codes_io.read(clip_path), slice(0, 1)), out)
+    decode_to_file(prepare(model, codes_io.read(clip_path)), out, WriteOptions(overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "00000.png", "00001.png", "00002.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
 
@@ -344,8 +346,8 @@ def test_big_endian_codes_and_latents_decode_as_native_ones(model, tmp_path):
     for name, array in (("codes", codes), ("latents", latents)):
         np.save(tmp_path / f"{name}.npy", array)
         np.save(tmp_path / f"{name}-big.npy", array.astype(array.dtype.newbyteorder(">")))
-        decode_to_file(model, codes_io.read(tmp_path / f"{name}.npy"), tmp_path / f"{name}")
-        decode_to_file(model, codes_io.read(tmp_path / f"{name}-big.npy"), tmp_path / f"{name}-big")
+        decode_to_file(prepare(model, codes_io.read(tmp_path / f"{name}.npy")), tmp_path / f"{name}")
+        decode_to_file(prepare(model, codes_io.read(tmp_path / f"{name}-big.npy")), tmp_path / f"{name}-big")
         for frame in ("00000.png", "00001.png"):
             assert (tmp_path / name / frame).read_bytes() == (tmp_path / f"{name}-big" / frame).read_bytes()
 
@@ -442,7 +444,7 @@ def test_a_failed_output_removes_the_folders_made_for_it_and_only_those(model, c
 
     monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(RunError, match="cannot write 00000.png: No space left on device"):
-        decode_to_file(model, codes_io.read(clip_path), out)
+        decode_to_file(prepare(model, codes_io.read(clip_path)), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and list((tmp_path / "there").iterdir()) == []
 
 
@@ -582,7 +584,7 @@ def test_thousands_of_threads_are_refused(small_folder, clip_path, tmp_path):
 @pytest.mark.parametrize("length", [238, 255])
 def test_an_output_name_of_up_to_255_bytes_is_written(length, model, clip_path, tmp_path):
     out = tmp_path / ("n" * (length - 4) + ".mp4")
-    decode_to_file(model, codes_io.read(clip_path), out)
+    decode_to_file(prepare(model, codes_io.read(clip_path)), out)
     assert out.stat().st_size > 1000 and sorted(tmp_path.iterdir()) == [out]
 
 
@@ -613,7 +615,7 @@ def test_a_picture_that_cannot_be_written_is_named_as_asked_not_by_its_temporary
     monkeypatch.setattr(Path, "write_bytes", full)
     for name in ("x.png", "x.jpg"):
         with pytest.raises(RunError, match=f"cannot write {tmp_path / name}: No space left on device"):
-            decode_to_file(model, codes_io.read(clip_path).select(slice(0, 1)), tmp_path / name)
+            decode_to_file(prepare(model, codes_io.read(clip_path), slice(0, 1)), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
 

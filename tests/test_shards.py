@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_one_line_error, movq
 from same_outputs import assert_same_outputs, code_tree, relative_rows, rows
 
-from movq_cli.batch import Job, Shard, plan
+from movq_cli.batch import Job, Shard, find_jobs
 from movq_cli.errors import InputError
 
 
@@ -76,15 +76,15 @@ def test_parts_are_about_the_same_size():
 
 def test_plans_from_a_folder_and_from_a_pattern_split_alike(codes, tmp_path):
     out = tmp_path / "out"
-    from_folder = Shard(1, 2).select(plan([codes], out, "mp4"), out)
-    from_pattern = Shard(1, 2).select(plan([codes / "**" / "*.np?"], out, "mp4"), out)
+    from_folder = Shard(1, 2).select(find_jobs([codes], out, "mp4"), out)
+    from_pattern = Shard(1, 2).select(find_jobs([codes / "**" / "*.np?"], out, "mp4"), out)
     assert [job.output for job in from_pattern] == [job.output for job in from_folder]
 
 
 def test_a_part_with_no_files_succeeds(codes, small_folder, tmp_path):
     out = tmp_path / "out"
     empty = next(
-        k for k in range(1, 9) if not Shard(k, 8).select(plan([codes / "a.npy", codes / "b.npy"], out, "mp4"), out)
+        k for k in range(1, 9) if not Shard(k, 8).select(find_jobs([codes / "a.npy", codes / "b.npy"], out, "mp4"), out)
     )
     result = movq("decode", codes / "a.npy", codes / "b.npy", out, "-w", small_folder[0], "--shard", f"{empty}/8")
     assert result.exit_code == 0, result.output

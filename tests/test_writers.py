@@ -29,7 +29,8 @@ from movq_cli.io.writers import (
     get_writer,
     writer_class,
 )
-from movq_cli.pipeline import BackgroundWriter, decode_frames, decode_to_file, model_device
+from movq_cli.models.family import DecodeOptions
+from movq_cli.pipeline import BackgroundWriter, decode_frames, decode_to_file, prepare
 
 FORMATS_LISTED = ".mp4, .webm, .gif, .webp, .png, .jpg, or a folder of PNG frames"
 
@@ -100,7 +101,7 @@ def test_one_frame_as_jpeg_and_a_preview_as_jpeg(model, clip_path, small_folder,
     result = movq("decode", clip_path, tmp_path / "two.jpg", "-w", small_folder[0], "--frames", "2:3")
     assert result.exit_code == 0, result.output
     jpeg = iio.imread(tmp_path / "two.jpg").astype(int)
-    expected = next(decode_frames(model, codes_io.read(clip_path).select([2])))[0]
+    expected = next(decode_frames(prepare(model, codes_io.read(clip_path), [2])))[0]
     assert jpeg.shape == expected.shape == (12, 10, 3)
     assert np.abs(jpeg - expected).mean() < 12  # noise-like pixels, at quality 95
     sheet = movq("preview", clip_path, tmp_path / "sheet.jpeg", "-w", small_folder[0], "--count", "2")
@@ -122,7 +123,7 @@ def test_the_suffix_picks_the_writer_and_folders_are_named_three_ways(tmp_path):
 
 
 def test_a_trailing_slash_makes_a_folder_of_any_name(model, clip_path, tmp_path):
-    decode_to_file(model, codes_io.read(clip_path), f"{tmp_path / 'take.v2'}{os.sep}", model_device(model))
+    decode_to_file(prepare(model, codes_io.read(clip_path)), f"{tmp_path / 'take.v2'}{os.sep}")
     assert sorted(p.name for p in (tmp_path / "take.v2").iterdir()) == [MANIFEST] + [f"{i:05d}.png" for i in range(3)]
 
 
@@ -239,9 +240,9 @@ def test_overwrite_never_replaces_a_folder_the_user_stands_in(place, small_folde
 
 def test_a_shorter_overwrite_leaves_no_stale_frames(model, clip_path, tmp_path):
     clip, out = codes_io.read(clip_path), tmp_path / "frames"
-    decode_to_file(model, clip, out, model_device(model))
+    decode_to_file(prepare(model, clip), out)
     last = iio.imread(out / "00002.png")
-    decode_to_file(model, clip.select(slice(2, None)), out, model_device(model), overwrite=True)
+    decode_to_file(prepare(model, clip, slice(2, None)), out, WriteOptions(overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "00000.png"]
     assert np.array_equal(iio.imread(out / "00000.png"), last)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
@@ -295,7 +296,7 @@ def test_a_writer_failing_midway_leaves_nothing(name, writer, model, clip_path, 
 
     monkeypatch.setattr(writer, "write", fails_second_time)
     with pytest.raises(RunError, match="the disk caught fire"):
-        decode_to_file(model, codes_io.read(clip_path), tmp_path / name, model_device(model), chunk=2)
+        decode_to_file(prepare(model, codes_io.read(clip_path), options=DecodeOptions(chunk=2)), tmp_path / name)
     assert calls == [2, 1] and list(tmp_path.iterdir()) == []
     assert all(child.poll() is not None for child in ffmpeg_children)
 
@@ -306,9 +307,8 @@ def test_an_interrupted_decode_leaves_nothing_and_no_ffmpeg(name, model, clip_pa
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        decode_to_file(
-            model, codes_io.read(clip_path), tmp_path / name, model_device(model), chunk=1, on_frames=interrupt
-        )
+        plan = prepare(model, codes_io.read(clip_path), options=DecodeOptions(chunk=1))
+        decode_to_file(plan, tmp_path / name, on_frames=interrupt)
     assert list(tmp_path.iterdir()) == []
     assert all(child.poll() is not None for child in ffmpeg_children)
 

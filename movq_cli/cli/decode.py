@@ -158,10 +158,13 @@ def decode(
     """Decode clips of codes or latents to videos, pictures, or folders of PNG frames."""
     with reported_errors():
         from movq_cli import load
-        from movq_cli.batch import BatchOptions, Job, Shard, decode_batch, decode_one, failed_report, is_batch, plan
+        from movq_cli.batch import BatchOptions, Job, Shard, decode_one, failed_report, find_jobs, is_batch
         from movq_cli.device import describe, resolve_devices, set_threads
+        from movq_cli.io.codes import ReadOptions
         from movq_cli.io.targets import missing_folders, removing_empty
-        from movq_cli.pipeline import model_device
+        from movq_cli.io.writers import WriteOptions
+        from movq_cli.models.family import DecodeOptions
+        from movq_cli.runners import InProcess, OnRay, Workers
 
         if len(paths) < 2:
             raise InputError("give the code files, then OUT (see movq decode --help)")
@@ -182,17 +185,18 @@ def decode(
         if workers is not None and not ray:
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
-            key=key, grid=grid, frames=frames, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap,
-            unscaled=unscaled, tile=tile, overwrite=overwrite, skip_existing=skip_existing, fail_fast=fail_fast,
-            source_numbers=source_numbers,
-        )  # fmt: skip
-        jobs = [Job(inputs[0], out)] if single else plan(inputs, Path(out), format or "mp4", options.write)
+            read=ReadOptions(key=key, grid=grid, frames=frames),
+            decode=DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=tile),
+            write=WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers),
+            skip_existing=skip_existing,
+            fail_fast=fail_fast,
+        )
+        jobs = [Job(inputs[0], out)] if single else find_jobs(inputs, Path(out), format or "mp4", options.write)
         if shard is not None:
             jobs = Shard.parse(shard).select(jobs, Path(out))
         set_threads(threads)
         devices = [] if ray else resolve_devices(device)
         model = load(weights, str(devices[0]), dtype) if single or len(devices) == 1 else None
-        decoder = describe(model) if model else ""
         if not quiet:
             slow_dtype_note(dtype, devices)
         started = time.perf_counter()
@@ -207,16 +211,22 @@ def decode(
             job = jobs[0]
             with frame_progress(f"decoding {job.codes.name}", quiet) as progress:
                 try:
-                    report = decode_one(model, job, model_device(model), options, lambda _, n: progress.start(n))
+                    report = decode_one(model, job, options, lambda _, n: progress.start(n))
                 except MovqError as error:  # its row, then its line on stderr and its exit code
                     print_json(failed_report(job, error, time.perf_counter() - started))
                     raise
             print_json(report)
             if not quiet:
-                summary(report, decoder)
+                summary(report, describe(model))
             if show:
-                show_first_frame(model, job.codes, options)
+                show_first_frame(model, job.codes, options.read, options.decode)
             return
+        if ray:
+            runner = OnRay(weights, device, dtype, workers, threads)
+        elif model is None:
+            runner = Workers(weights, devices, dtype, threads)
+        else:
+            runner = InProcess(model)
         made = missing_folders([job.output for job in jobs])  # what the batch makes, and removes if left empty
         with batch_progress(len(jobs), quiet) as progress, removing_empty(made):
 
@@ -229,20 +239,7 @@ def decode(
             def on_start(job, frames: int):
                 return progress.start_file(job.codes, frames)
 
-            if ray:
-                from movq_cli.cluster import decode_on_ray
-
-                reports, decoder = decode_on_ray(
-                    jobs, weights, device, dtype, options, workers, threads, on_start, on_report
-                )
-            elif model is None:
-                from movq_cli.workers import decode_on_workers
-
-                reports, decoder = decode_on_workers(
-                    jobs, weights, devices, dtype, options, threads, on_start, on_report
-                )
-            else:
-                reports = decode_batch(model, jobs, model_device(model), options, on_start, on_report)
+            reports, decoder = runner.run(jobs, options, on_start, on_report)
         if not quiet:
             batch_summary(reports, time.perf_counter() - started, decoder)
     if any(report.status == "failed" for report in reports):

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,6 +27,10 @@ from movq_cli.cli.options import (
     WeightsOption,
 )
 from movq_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from movq_cli.io.codes import ReadOptions
+    from movq_cli.models.family import DecodeOptions
 
 
 @command(
@@ -82,22 +86,29 @@ def preview(
     """Write or draw a contact sheet of evenly spaced frames, each labelled with its frame number."""
     with reported_errors():
         from movq_cli import load
-        from movq_cli.batch import BatchOptions, is_batch, plan, read_clip
+        from movq_cli.batch import BatchOptions, find_jobs, is_batch
         from movq_cli.device import set_threads
+        from movq_cli.io.codes import ReadOptions, read_clip
+        from movq_cli.io.writers import WriteOptions
+        from movq_cli.models.family import DecodeOptions
 
         inputs = [Path(path) for path in paths]
         batch = is_batch(inputs[:-1] or inputs)
         _check_arguments(paths, batch, decoded, fail_fast, as_json)
-        options = BatchOptions(key=key, grid=grid, unscaled=unscaled, tile=tile, overwrite=overwrite,
-                               fail_fast=fail_fast)  # fmt: skip
+        options = BatchOptions(
+            read=ReadOptions(key=key, grid=grid),
+            decode=DecodeOptions(unscaled=unscaled, tile=tile),
+            write=WriteOptions(overwrite=overwrite),
+            fail_fast=fail_fast,
+        )
         set_threads(threads)
         if not batch:
-            clip = read_clip(inputs[0], options)  # a bad file is reported before the model loads
+            clip = read_clip(inputs[0], options.read)  # a bad file is reported before the model loads
             model = load(weights, device, dtype)
             _preview_one(model, clip, inputs[1] if len(inputs) == 2 else None, count, columns, options, as_json, quiet)
             return
         *inputs, out = paths  # OUT stays a string: a trailing "/" names a folder
-        jobs = plan([Path(path) for path in inputs], Path(out), "png")
+        jobs = find_jobs([Path(path) for path in inputs], Path(out), "png")
         model = load(weights, device, dtype)
         reports = _preview_batch(model, jobs, Path(out), decoded, count, columns, options, as_json, quiet)
     if any(report.status == "failed" for report in reports):
@@ -124,17 +135,15 @@ def _check_arguments(paths: list[str], batch: bool, decoded: Path | None, fail_f
 
 def _preview_one(model, clip, out: Path | None, count, columns, options, as_json: bool, quiet: bool) -> None:
     """The sheet of one clip, to `out` or (None) drawn in the terminal."""
-    from movq_cli.models.family import DecodeOptions
     from movq_cli.preview import BACKGROUND, preview_to_file, sheet_of
     from movq_cli.terminal import draw
 
-    decode_options = DecodeOptions(unscaled=options.unscaled, tile=options.tile)
     if out is None:
-        sheet, chosen = sheet_of(model, clip, count, columns, decode_options)
+        sheet, chosen = sheet_of(model, clip, count, columns, options.decode)
         how = draw(sheet, BACKGROUND)
         numbers, total, where = chosen.numbers, chosen.total, f"({how})"
     else:
-        result = preview_to_file(model, clip, out, count, columns, options.overwrite, decode_options)
+        result = preview_to_file(model, clip, out, count, columns, options.write.overwrite, options.decode)
         height, width = result.size
         numbers, total, where = result.frame_numbers, result.total, f"-> {out} ({height}x{width})"
     if as_json:
@@ -178,16 +187,13 @@ def check_can_show(single: bool, as_json: bool) -> None:
         raise InputError(NOT_A_TERMINAL)
 
 
-def show_first_frame(model, codes: Path, options) -> None:
-    """Draw the first frame a decode of the code file `codes` with `options` (a BatchOptions) writes."""
-    from movq_cli import decode_frames
-    from movq_cli.batch import read_clip
-    from movq_cli.models.family import family_of
-    from movq_cli.pipeline import plan
+def show_first_frame(model, codes: Path, read: ReadOptions, decode: DecodeOptions) -> None:
+    """Draw the first frame a decode of the code file `codes` with these options writes."""
+    from movq_cli.io.codes import read_clip
+    from movq_cli.pipeline import decode_frames, prepare
     from movq_cli.preview import BACKGROUND
     from movq_cli.terminal import draw
 
-    first = plan(family_of(model), read_clip(codes, options), options.frames).numbers[0]
-    frames = decode_frames(codes, model, frames=[first], key=options.key, grid=options.grid, snap=options.snap,
-                           unscaled=options.unscaled, tile=options.tile)  # fmt: skip
-    draw(next(frames), BACKGROUND)
+    clip = read_clip(codes, read)
+    first = prepare(model, clip, read.frames, decode).numbers[0]
+    draw(next(decode_frames(prepare(model, clip, [first], decode)))[0], BACKGROUND)

@@ -107,6 +107,27 @@ def _native(block: np.ndarray) -> np.ndarray:
     return block.astype(block.dtype.newbyteorder("="), copy=False)
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a clip is read: `key` picks the array of a file holding several (nested dicts: "a.b"),
+    `grid` shapes flat token rows into frames, `frames` picks output frames (a slice or frame
+    numbers; None: all), which the decode reads no more of than it needs."""
+
+    key: str | None = None
+    grid: tuple[int, int] | None = None
+    frames: slice | Sequence[int] | None = None
+
+
+def read_clip(source, options: ReadOptions = ReadOptions()) -> Codes:
+    """A code file (a path), or an array or tensor (`from_array`), as a clip, read with `options`
+    (their `frames` are chosen when the decode is prepared)."""
+    if isinstance(source, (str, Path)):
+        return read(source, key=options.key, grid=options.grid)
+    if options.key is not None:
+        raise ValueError(f"key={options.key!r} picks an array of a file; the codes are already an array")
+    return from_array(source, grid=options.grid)
+
+
 def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
     """Open a code file and shape it into frames. Raises InputError on anything unusable."""
     path = Path(path)

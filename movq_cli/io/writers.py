@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,8 +39,13 @@ class WriteOptions:
 
     fps: float | None = None
     crf: int | None = None
-    encoder: str | None = None  # an MP4's H.264 encoder, from ENCODERS
+    encoder: str | None = None  # an MP4's H.264 encoder, from ENCODERS (None: default_encoder's)
     numbers: tuple[int, ...] | None = None  # a folder of PNG frames: each frame's file number (None: 0, 1, ...)
+    overwrite: bool = False  # replace an output movq wrote before
+    source_numbers: bool = False  # a folder's frames named by their number in the whole output (sets `numbers`)
+
+
+FORMAT_OPTIONS = ("fps", "crf", "encoder", "numbers")  # the WriteOptions a format may have no use for
 
 
 class ManyFrames(InputError):
@@ -68,9 +73,11 @@ class Writer(ABC):
     @classmethod
     def check_options(cls, options: WriteOptions) -> None:
         """Raise InputError for an option given that this format has no use for."""
-        for field in fields(options):
-            if getattr(options, field.name) is not None and field.name not in cls.uses:
-                raise InputError(f"{field.name}=... has no use for {cls.what()}")
+        if options.source_numbers and "numbers" not in cls.uses:
+            raise InputError(f"source_numbers=True names the files of a folder of PNG frames, not {cls.what()}")
+        for name in FORMAT_OPTIONS:
+            if getattr(options, name) is not None and name not in cls.uses:
+                raise InputError(f"{name}=... has no use for {cls.what()}")
         if options.fps is not None and not 0 < options.fps <= MAX_FPS:  # also NaN and infinity
             raise InputError(f"fps=... must be more than 0 and at most {MAX_FPS:g}, not {options.fps}")
 
@@ -208,7 +215,7 @@ GPU_ENCODER = "x264-veryfast"  # next to a GPU decoder, medium would set the pac
 
 
 def default_encoder(device_type: str) -> str:
-    """The MP4 encoder when --encoder is not given: x264 medium on the CPU, veryfast beside a GPU."""
+    """The MP4 encoder when none is given: x264 medium on the CPU, veryfast beside a GPU."""
     return GPU_ENCODER if device_type == "cuda" else CPU_ENCODER
 
 
@@ -402,9 +409,10 @@ def get_writer(
     frame_size: tuple[int, int],
     n_frames: int,
     options: WriteOptions = WriteOptions(),
-    overwrite: bool = False,
+    device_type: str = "cpu",
 ) -> Writer:
-    """The writer for `n_frames` frames of `frame_size` (height, width) into `path`.
+    """The writer for `n_frames` frames of `frame_size` (height, width) into `path`, decoded on a
+    device of `device_type` ("cpu", "cuda", ...), which chooses an MP4's default encoder.
 
     Everything that can be known before decoding is checked first (the format, its options,
     the frame count and size, the target and its folder); InputError says what is wrong.
@@ -412,7 +420,9 @@ def get_writer(
     kind = writer_class(path)
     kind.check_options(options)
     kind.check_frames(frame_size, n_frames)
-    target = AtomicTarget(path, overwrite, folder=kind is PngFolderWriter)
+    if options.encoder is None and "encoder" in kind.uses:
+        options = replace(options, encoder=default_encoder(device_type))
+    target = AtomicTarget(path, options.overwrite, folder=kind is PngFolderWriter)
     try:
         return kind(target, frame_size, options)
     except BaseException:

@@ -43,8 +43,9 @@ UNKNOWN_SCALE = (
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How latents are taken. Each family refuses what has no meaning for it."""
+    """How a clip is decoded. Each family refuses what has no meaning for it."""
 
+    chunk: int | None = None  # 2D: frames per decoder call (None: from the device's memory)
     snap: bool = False  # 2D: snap latents to their nearest codebook rows
     unscaled: bool = False  # 3D: latents are already divided by the model's scaling_factor
     tile: tuple[int, int] | None = None  # decode each frame (3D: chunk) in spatial tiles of (rows, columns) pixels
@@ -91,8 +92,8 @@ class Family(ABC):
 
     @abstractmethod
     def check(self, clip: Codes, options: DecodeOptions) -> None:
-        """Raise InputError unless every frame of `clip` decodes with `options` on this device
-        (the memory estimate first, so that an absurd frame size is refused before its codes are scanned)."""
+        """Raise InputError unless every frame of `clip` decodes with `options` (its memory is
+        `check_memory`'s, asked first, so that an absurd frame size is refused before its codes are scanned)."""
 
     @abstractmethod
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
@@ -178,7 +179,6 @@ class Frames(Family):
         return f"tile={side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
 
     def check(self, clip: Codes, options: DecodeOptions) -> None:
-        self.check_memory(clip, options)
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
             raise InputError("snap=True needs a codebook, and this model has none")
@@ -262,7 +262,6 @@ class Video(Family):
                 f"{clip.path}: CogVideoX decodes latents, (F, C, h, w) or (1, F, C, h, w) floats; "
                 "these are integer codes"
             )
-        self.check_memory(clip, options)
         if self.config.scaling_factor is None and not options.unscaled:
             raise InputError(UNKNOWN_SCALE)
         codes_io.check_fits(clip, self.config.latent_channels, None)
