@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from movq_cli.checkpoints import cogvideox as checkpoint
+from movq_cli.checkpoints.building import build
 from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.config import CogVideoXConfig
 
@@ -145,7 +146,7 @@ def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None
     else:
         dtype = torch.bfloat16 if side == "movq-bf16" else torch.float32
         state = {name: tensor.to(device, dtype) for name, tensor in load_file(setup.files / "movq.safetensors").items()}
-        model: CogVideoX = checkpoint.build(CogVideoXConfig(**setup.structure), state)
+        model: CogVideoX = build(CogVideoXConfig(**setup.structure), state)
         chunks = (chunk.to(dtype) for chunk in torch.split(latents, model.schedule(frames), dim=2))
         count, seconds = 0, 0.0
         sync(device)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from movq_cli.checkpoints import weights
+from movq_cli.checkpoints import reading, weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.models.config import MovqConfig, preset
 from movq_cli.models.fastconv import use_winograd
@@ -375,7 +375,7 @@ def pixel_difference(a: Path, b: Path) -> str:
 def whole_process(folder: Path, device: torch.device, rounds: int, grid: int, counts=(1, 3)) -> None:
     """The job as a user runs it, in fresh processes: `movq decode CODES OUT/ -w FOLDER` against a
     plain diffusers script, codes to PNG frames, alternating; wall time and peak memory, medians."""
-    config = weights.locate(folder).config
+    config = reading.locate(folder).config
     codes = np.random.default_rng(0).integers(0, config.n_embed, (max(counts), grid, grid))
     size = grid * config.factor
     with tempfile.TemporaryDirectory() as tmp:

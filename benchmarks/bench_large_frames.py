@@ -65,7 +65,7 @@ def load(name: str, device: torch.device) -> Movq:
         import movq_cli
 
         return movq_cli.load("default", device=str(device))
-    from movq_cli.checkpoints.weights import build
+    from movq_cli.checkpoints.building import build
 
     torch.manual_seed(0)
     config = preset(name)

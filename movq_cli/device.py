@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
         raise InputError(f"device={name}: this torch build supports CUDA, but no CUDA device or driver was found")
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise InputError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
 
 

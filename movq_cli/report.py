@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from movq_cli.checkpoints.building import build
 from movq_cli.checkpoints.layouts import ENCODER_ROOTS
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
-from movq_cli.checkpoints.weights import Checkpoint, build, read_checkpoint, shards
+from movq_cli.checkpoints.reading import Checkpoint, read_checkpoint, shards
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
 from movq_cli.models.config import CogVideoXConfig, MovqConfig

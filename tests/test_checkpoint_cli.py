@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SMALL, RunsCode, assert_one_line_error, movq, write_lightning_ckpt
 
-from movq_cli.checkpoints import weights
+from movq_cli.checkpoints import reading, weights
 from movq_cli.io import codes as codes_io
 
 
@@ -48,7 +48,7 @@ def test_convert_keeps_an_existing_file_unless_overwrite(ckpt, tmp_path):
     assert_one_line_error(movq("convert", ckpt, target), 2, "--overwrite")
     assert target.read_text() == "mine"
     assert movq("convert", ckpt, target, "--overwrite").exit_code == 0
-    assert weights.locate(target).config_source == "metadata"
+    assert reading.locate(target).config_source == "metadata"
 
 
 def test_convert_to_fp16_stores_fp16(ckpt, tmp_path):

@@ -13,6 +13,7 @@ import torch
 from conftest import make_cogvideox_vae
 
 from movq_cli.checkpoints import cogvideox as checkpoint
+from movq_cli.checkpoints.building import build
 from movq_cli.errors import InputError
 from movq_cli.models.cogvideox import CausalConv3d, CogVideoX, use_fast_paths
 from movq_cli.models.config import COGVIDEOX_PRESETS as PRESETS
@@ -28,7 +29,7 @@ REAL = dict(block_out_channels=(32, 32, 32, 64), layers_per_block=3, norm_num_gr
 def built(structure: dict, seed: int = 0):
     """A random diffusers VAE of `structure`, and movq's decoder holding its weights."""
     vae = make_cogvideox_vae(seed=seed, **structure)
-    return vae, checkpoint.build(CogVideoXConfig(**structure), checkpoint.diffusers_to_native(vae.state_dict()))
+    return vae, build(CogVideoXConfig(**structure), checkpoint.diffusers_to_native(vae.state_dict()))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_fast_paths_equal_the_plain_path_which_equals_diffusers_exactly(small):
 def test_bfloat16_stays_close_to_float32(small):
     vae, model = small
     state = {name: t.to(torch.bfloat16) for name, t in checkpoint.diffusers_to_native(vae.state_dict()).items()}
-    half = checkpoint.build(CogVideoXConfig(**SMALL), state)
+    half = build(CogVideoXConfig(**SMALL), state)
     z = latents(3, 4, 6, seed=3)
     got, expected = stream(half, z.to(torch.bfloat16)), stream(model, z)
     assert got.dtype == torch.bfloat16
@@ -205,7 +206,7 @@ def test_diffusers_state_loads_without_the_encoder(small):
     assert any(name.startswith("encoder.") for name in state)
     native = checkpoint.diffusers_to_native(state)
     assert native and all(name.startswith("decoder.") for name in native)
-    model = checkpoint.build(CogVideoXConfig(**SMALL), native)
+    model = build(CogVideoXConfig(**SMALL), native)
     assert set(model.state_dict()) == set(native)
     assert all(p.device.type == "cpu" and not p.requires_grad for p in model.parameters())
 
@@ -216,7 +217,7 @@ def test_a_wrong_shaped_tensor_is_named(small):
     off = "decoder.up_blocks.0.resnets.1.norm2.conv_y.conv.weight"
     native[off] = torch.zeros(32, 8, 1, 1, 1)
     with pytest.raises(InputError, match=off.replace(".", r"\.") + r" \(32, 8, 1, 1, 1\)"):
-        checkpoint.build(CogVideoXConfig(**SMALL), native)
+        build(CogVideoXConfig(**SMALL), native)
 
 
 def test_telltale_tells_cogvideox_from_2d_movq():
@@ -265,6 +266,6 @@ def test_a_sat_state_decodes_like_the_diffusers_one(small):
 
     sat = {sat_name(name): tensor for name, tensor in native.items()}
     assert checkpoint.sat_to_native(sat).keys() == native.keys()
-    loaded = checkpoint.build(CogVideoXConfig(**SMALL), checkpoint.sat_to_native(sat))
+    loaded = build(CogVideoXConfig(**SMALL), checkpoint.sat_to_native(sat))
     z = latents(3, 4, 6)
     assert torch.equal(stream(loaded, z), stream(model, z))

@@ -10,7 +10,7 @@ import torch
 from conftest import SMALL, SMALL_CONFIG, codes_to_zq, diffusers_decode, make_vqmodel
 from safetensors.torch import load_file, save_file
 
-from movq_cli.checkpoints import weights
+from movq_cli.checkpoints import building, weights
 from movq_cli.errors import InputError
 from movq_cli.models.config import preset
 from movq_cli.models.movq import Movq, SpatialNorm
@@ -134,7 +134,7 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     state = {name: tensor for name, tensor in model.state_dict().items() if name != "decoder.conv_out.bias"}
     state["decoder.extra.weight"] = torch.zeros(1)
     with pytest.raises(InputError, match=r"missing: decoder\.conv_out\.bias; unexpected: decoder\.extra\.weight"):
-        weights.build(model.config, state)
+        building.build(model.config, state)
 
 
 def test_used_remap_selects_codebook_rows():

@@ -21,7 +21,7 @@ from huggingface_hub import errors as hub_errors
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from movq_cli.checkpoints import hub, weights
+from movq_cli.checkpoints import hub, reading, weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.errors import InputError
 
@@ -143,7 +143,7 @@ def test_hub_ids_are_told_from_paths(name, expected):
 
 
 def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
-    folders, files = weights.PIPELINE_FOLDERS, weights.DIFFUSERS_WEIGHTS
+    folders, files = reading.PIPELINE_FOLDERS, reading.DIFFUSERS_WEIGHTS
     assert hub.fetch_command(hub.parse(KANDINSKY), folders, files) == (
         f"hf download {KANDINSKY} --include 'movq/*' --include 'vae/*' "
         "--include config.json --include 'diffusion_pytorch_model.*'"
@@ -166,42 +166,42 @@ def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
 def test_a_pipeline_repository_id_finds_its_movq_folder(cache, small_folder):
     snapshot = cache_repo(cache, KANDINSKY, model_files(small_folder[0], "movq"))
     (snapshot / "model_index.json").write_text("{}")
-    located = weights.locate(KANDINSKY)
+    located = reading.locate(KANDINSKY)
     assert located.path == snapshot / "movq" / "diffusion_pytorch_model.safetensors"
     assert located.config_source == "config.json"
 
 
 def test_a_pipeline_repository_id_finds_its_vae_folder(cache, small_folder):
     snapshot = cache_repo(cache, "THUDM/CogVideoX-2b", model_files(small_folder[0], "vae"))
-    assert weights.locate("THUDM/CogVideoX-2b").path.parent == snapshot / "vae"
+    assert reading.locate("THUDM/CogVideoX-2b").path.parent == snapshot / "vae"
 
 
 def test_a_subfolder_id_and_a_model_at_the_root(cache, small_folder, other_folder):
     snapshot = cache_repo(
         cache, "owner/name", {**model_files(small_folder[0], "movq"), **model_files(other_folder, "b")}
     )
-    assert weights.locate("owner/name/b").path.parent == snapshot / "b"
-    assert weights.locate("owner/name/movq").path.parent == snapshot / "movq"
+    assert reading.locate("owner/name/b").path.parent == snapshot / "b"
+    assert reading.locate("owner/name/movq").path.parent == snapshot / "movq"
     root = cache_repo(cache, "owner/root-model", model_files(small_folder[0]))
-    assert weights.locate("owner/root-model").path == root / "diffusion_pytorch_model.safetensors"
+    assert reading.locate("owner/root-model").path == root / "diffusion_pytorch_model.safetensors"
 
 
 def test_a_revision_picks_that_commit(cache, small_folder, other_folder):
     main = cache_repo(cache, "owner/name", model_files(small_folder[0], "movq"))
     second = cache_repo(cache, "owner/name", model_files(other_folder, "movq"), commit=SECOND, refs=("v2",))
-    assert weights.locate("owner/name").path.parent == main / "movq"
+    assert reading.locate("owner/name").path.parent == main / "movq"
     for name in ("owner/name@v2", f"owner/name@{SECOND}", "owner/name/movq@v2", f"owner/name@{MAIN}"):
         expected = main if MAIN in name else second
-        assert weights.locate(name).path.parent == expected / "movq", name
+        assert reading.locate(name).path.parent == expected / "movq", name
 
 
 def test_one_file_of_a_repository(cache, ckpt, small_folder):
     snapshot = cache_repo(cache, "ai-forever/MoVQGAN", {"movqgan_67M.ckpt": ckpt}, refs=("main", "v1"))
-    located = weights.locate("ai-forever/MoVQGAN:movqgan_67M.ckpt")
+    located = reading.locate("ai-forever/MoVQGAN:movqgan_67M.ckpt")
     assert located.path == snapshot / "movqgan_67M.ckpt" and located.config_source == "inferred"
-    assert weights.locate("ai-forever/MoVQGAN@v1:movqgan_67M.ckpt").path == located.path
+    assert reading.locate("ai-forever/MoVQGAN@v1:movqgan_67M.ckpt").path == located.path
     cache_repo(cache, "owner/name", model_files(small_folder[0], "movq"))
-    file = weights.locate("owner/name/movq:diffusion_pytorch_model.safetensors")
+    file = reading.locate("owner/name/movq:diffusion_pytorch_model.safetensors")
     assert file.path.name == "diffusion_pytorch_model.safetensors" and file.config_source == "config.json"
 
 
@@ -209,13 +209,13 @@ def test_a_local_path_wins_over_a_hub_id(cache, small_folder, other_folder, tmp_
     cache_repo(cache, "owner/name", model_files(other_folder, "movq"))
     shutil.copytree(small_folder[0], tmp_path / "work" / "owner" / "name" / "movq")
     monkeypatch.chdir(tmp_path / "work")
-    assert weights.locate("owner/name").path.resolve() == (
+    assert reading.locate("owner/name").path.resolve() == (
         tmp_path / "work" / "owner" / "name" / "movq" / "diffusion_pytorch_model.safetensors"
     )
 
 
 def test_weights_default_names_the_bundled_model(cache):
-    assert weights.locate("default").path == default_weights()
+    assert reading.locate("default").path == default_weights()
     result = movq("info", "default", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["path"] == str(default_weights())
@@ -234,8 +234,8 @@ def test_decoding_through_a_hub_id_equals_decoding_the_folder(cache, small_folde
 
 def test_huggingface_hub_is_imported_only_for_a_hub_id():
     check = (
-        "import sys; from movq_cli.cli import app; from movq_cli.checkpoints import weights; "
-        "weights.read_checkpoint('default'); assert 'huggingface_hub' not in sys.modules, 'imported'"
+        "import sys; from movq_cli.cli import app; from movq_cli.checkpoints import reading; "
+        "reading.read_checkpoint('default'); assert 'huggingface_hub' not in sys.modules, 'imported'"
     )
     completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
@@ -263,7 +263,7 @@ def test_offline_and_not_cached_is_one_line_with_the_command_that_fetches_it(cac
 def test_a_repository_cached_without_its_weights_is_not_cached(cache, small_folder):
     cache_repo(cache, KANDINSKY, {"movq/config.json": small_folder[0] / "config.json"})
     with pytest.raises(InputError, match="not in the cache"):
-        weights.locate(KANDINSKY)
+        reading.locate(KANDINSKY)
 
 
 def test_a_name_that_is_neither_a_path_nor_an_id_is_not_found(cache):
@@ -322,7 +322,7 @@ def test_once_the_hub_does_not_answer_only_the_cache_is_asked(cache, small_folde
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "reachable", lambda: True)  # it takes the connection, then does not answer
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    assert weights.locate("THUDM/CogVideoX-2b").path.parent.name == "vae"
+    assert reading.locate("THUDM/CogVideoX-2b").path.parent.name == "vae"
     assert asked[:2] == [("movq/config.json", False), ("vae/config.json", True)]
     assert all(cache_only for _, cache_only in asked[1:])
 

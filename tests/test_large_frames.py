@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, movq
 
 import movq_cli
 import movq_cli.memory
-from movq_cli.checkpoints.weights import build
+from movq_cli.checkpoints.building import build
 from movq_cli.errors import InputError, as_flags
 from movq_cli.io import codes as codes_io
 from movq_cli.models import attention as attention_module

@@ -11,7 +11,7 @@ import torch
 from conftest import SMALL_CONFIG, RunsCode, diffusers_decode, original_state, write_lightning_ckpt
 from safetensors.torch import save_file
 
-from movq_cli.checkpoints import weights
+from movq_cli.checkpoints import building, reading, weights
 from movq_cli.checkpoints.infer import infer_config
 from movq_cli.checkpoints.layouts import detect_layout, find_prefix
 from movq_cli.errors import InputError
@@ -63,11 +63,11 @@ def test_every_layout_decodes_like_diffusers(name, with_config, reference, laten
     make, layout = CHECKPOINTS[name]
     path = tmp_path / name
     make(reference, path)
-    checkpoint = weights.read_checkpoint(path, dtype=torch.float32, config=SMALL_CONFIG if with_config else None)
+    checkpoint = reading.read_checkpoint(path, dtype=torch.float32, config=SMALL_CONFIG if with_config else None)
     assert checkpoint.layout == layout
     assert checkpoint.config == SMALL_CONFIG
     assert checkpoint.config_source == ("given" if with_config else "inferred")
-    model = weights.build(checkpoint.config, checkpoint.state) if with_config else weights.load(path)
+    model = building.build(checkpoint.config, checkpoint.state) if with_config else weights.load(path)
     latents, expected = latents_and_pixels
     with torch.inference_mode():
         got = model(latents)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import codes_to_zq, diffusers_decode
 
-from movq_cli.checkpoints import weights
+from movq_cli.checkpoints import building, reading, weights
 from movq_cli.models.config import preset
 from movq_cli.models.movq import Movq
 
@@ -51,7 +51,7 @@ def test_building_a_published_layout_calls_no_initialiser():
         shapes = {name: tensor.shape for name, tensor in Movq(config).state_dict().items()}
     state = {name: torch.zeros(shape) for name, shape in shapes.items()}
     with Spy():
-        model = weights.build(config, state)
+        model = building.build(config, state)
     initialisers = {"normal_", "uniform_", "kaiming_uniform_", "fill_", "zero_", "ones_", "zeros_"}
     assert called and not initialisers.intersection(called)
     assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -64,7 +64,7 @@ def test_a_loaded_model_keeps_no_view_of_its_weights_file(small_folder, tmp_path
     folder = Path(shutil.copytree(small_folder[0], tmp_path / "movq"))
     model = weights.load(folder)
     gc.collect()
-    file = str(weights.locate(folder).path.resolve())
+    file = str(reading.locate(folder).path.resolve())
     assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(file)]
     assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -79,7 +79,7 @@ def _run(code: str) -> str:
 def test_loading_in_a_fresh_interpreter_does_not_import_the_compiler(small_folder):
     folder, _ = small_folder
     code = (
-        "import sys; from movq_cli.checkpoints import weights; "
+        "import sys; from movq_cli.checkpoints import building, reading, weights; "
         f"weights.load({str(folder)!r}); print('torch._dynamo' in sys.modules)"
     )
     assert _run(code).split() == ["False"]

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from movq_cli.checkpoints import cogvideox as checkpoint
+from movq_cli.checkpoints.building import build
 from movq_cli.models.config import CogVideoXConfig
 
 
@@ -68,7 +69,7 @@ def test_tiled_bfloat16_stays_close_to_float32(small):
 
     vae, model = small
     state = {name: t.to(torch.bfloat16) for name, t in checkpoint.diffusers_to_native(vae.state_dict()).items()}
-    half = checkpoint.build(CogVideoXConfig(**SMALL), state)
+    half = build(CogVideoXConfig(**SMALL), state)
     z = latents(3, 6, 8, seed=11)
     got = stream(half, z.to(torch.bfloat16), (3, 3))
     assert got.dtype == torch.bfloat16

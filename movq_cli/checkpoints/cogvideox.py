@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
-from movq_cli.errors import InputError
-from movq_cli.models.cogvideox import CogVideoX, use_fast_paths
+from movq_cli.checkpoints.shapes import Shapes, count, shape
 from movq_cli.models.config import CogVideoXConfig
-
-Shapes = Mapping[str, Sequence[int]]
 
 # Only a causal 3D convolution has a `.conv` inside conv_in; the 2D MoVQ's is `decoder.conv_in.weight`.
 TELLTALE = "decoder.conv_in.conv.weight"
@@ -107,72 +103,26 @@ def infer_config(shapes: Shapes) -> CogVideoXConfig:
     released models' values (32, 4); the scaling factor, which differs between them (1.15258426
     for 2b, 0.7 for 5b and 1.5), is left unknown (None). Raises ValueError naming the tensor that is missing or off.
     """
-    levels = _count(shapes, r"decoder\.up_blocks\.(\d+)\.")
+    levels = count(shapes, r"decoder\.up_blocks\.(\d+)\.")
     if levels == 0:
         raise ValueError("missing tensors decoder.up_blocks.*: no up blocks found")
-    layers = _count(shapes, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.")
-    widths = [_shape(shapes, f"decoder.up_blocks.{i}.resnets.0.conv2.conv.weight")[0] for i in range(levels)]
+    layers = count(shapes, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.")
+    widths = [shape(shapes, f"decoder.up_blocks.{i}.resnets.0.conv2.conv.weight")[0] for i in range(levels)]
     try:
         config = CogVideoXConfig(
             block_out_channels=tuple(reversed(widths)),
             layers_per_block=layers - 1,
-            latent_channels=_shape(shapes, TELLTALE)[1],
-            out_channels=_shape(shapes, "decoder.conv_out.conv.weight")[0],
+            latent_channels=shape(shapes, TELLTALE)[1],
+            out_channels=shape(shapes, "decoder.conv_out.conv.weight")[0],
             norm_num_groups=DEFAULT_GROUPS,
             temporal_compression_ratio=DEFAULT_TEMPORAL_RATIO,
             scaling_factor=None,
         )
     except ValueError as error:
         raise ValueError(f"the tensors describe no valid decoder: {error}") from None
-    problems = mismatches(_expected_shapes(config), shapes)
+    from movq_cli.checkpoints.building import expected_shapes, mismatches  # building knows every family
+
+    problems = mismatches(expected_shapes(config), shapes)
     if problems:
         raise ValueError(f"the tensors do not fit one decoder ({problems[0]})")
     return config
-
-
-def _shape(shapes: Shapes, name: str) -> Sequence[int]:
-    if name not in shapes:
-        raise ValueError(f"missing tensor {name}")
-    return shapes[name]
-
-
-def _count(shapes: Shapes, pattern: str) -> int:
-    """1 + the highest index matched by `pattern`'s group, 0 when nothing matches."""
-    return 1 + max((int(m.group(1)) for name in shapes if (m := re.match(pattern, name))), default=-1)
-
-
-def _expected_shapes(config: CogVideoXConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return {name: tuple(tensor.shape) for name, tensor in CogVideoX(config).state_dict().items()}
-
-
-def mismatches(expected: Shapes, found: Shapes) -> list[str]:
-    """What keeps `found` (name -> shape) from being exactly `expected`: one line per kind of
-    problem (missing, unexpected, wrong shape), naming up to three tensors each."""
-    missing = [name for name in expected if name not in found]
-    unexpected = [name for name in found if name not in expected]
-    misshaped = [
-        f"{name} {tuple(found[name])} (expected {tuple(shape)})"
-        for name, shape in expected.items()
-        if name in found and tuple(found[name]) != tuple(shape)
-    ]
-    problems = []
-    for label, names in (("wrong shape", misshaped), ("missing", missing), ("unexpected", unexpected)):
-        if names:
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            problems.append(f"{label}: {', '.join(names[:3])}{more}")
-    return problems
-
-
-def build(config: CogVideoXConfig, state: Mapping[str, torch.Tensor], source: Path | str = "weights") -> CogVideoX:
-    """A CogVideoX for `config` holding the tensors of `state` (native names), checked name by
-    name and shape by shape; InputError names the tensors that do not fit."""
-    with torch.device("meta"):
-        model = CogVideoX(config)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    problems = mismatches(expected, {name: tuple(tensor.shape) for name, tensor in state.items()})
-    if problems:
-        raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
-    model.load_state_dict(dict(state), assign=True)
-    use_fast_paths(model, True)
-    return model.eval().requires_grad_(False)

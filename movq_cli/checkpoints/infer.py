@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
 
+from movq_cli.checkpoints.shapes import Shapes, count, shape
 from movq_cli.models.config import MovqConfig
-
-Shapes = Mapping[str, Sequence[int]]
 
 
 def infer_config(shapes: Shapes) -> MovqConfig:
@@ -22,7 +20,7 @@ def infer_config(shapes: Shapes) -> MovqConfig:
     """
     levels = _levels(shapes)
     blocks = _blocks_per_level(shapes, levels)
-    widths = [_shape(shapes, f"decoder.up.{level}.block.0.conv2.weight")[0] for level in range(levels)]
+    widths = [shape(shapes, f"decoder.up.{level}.block.0.conv2.weight")[0] for level in range(levels)]
     _check_widths(shapes, widths, blocks)
     attn_levels = tuple(level for level in range(levels) if _attention_count(shapes, level))
     for level in attn_levels:
@@ -37,23 +35,17 @@ def infer_config(shapes: Shapes) -> MovqConfig:
         num_res_blocks=blocks - 1,
         attn_levels=attn_levels,
         mid_attn=any(name.startswith("decoder.mid.attn_1.") for name in shapes),
-        z_channels=_shape(shapes, "decoder.conv_in.weight")[1],
-        embed_dim=_shape(shapes, "post_quant_conv.weight")[1],
+        z_channels=shape(shapes, "decoder.conv_in.weight")[1],
+        embed_dim=shape(shapes, "post_quant_conv.weight")[1],
         n_embed=embedding[0] if embedding is not None else None,
         n_used=used[0] if used is not None else None,
-        out_ch=_shape(shapes, "decoder.conv_out.weight")[0],
+        out_ch=shape(shapes, "decoder.conv_out.weight")[0],
         add_conv=any(re.search(r"\.norm(1|2|_out)?\.conv\.weight$", name) for name in shapes),
     )
     try:
         return MovqConfig(**values)
     except ValueError as error:
         raise ValueError(f"the tensors describe no valid decoder: {error}") from None
-
-
-def _shape(shapes: Shapes, name: str) -> Sequence[int]:
-    if name not in shapes:
-        raise ValueError(f"missing tensor {name}")
-    return shapes[name]
 
 
 def _levels(shapes: Shapes) -> int:
@@ -68,25 +60,19 @@ def _levels(shapes: Shapes) -> int:
 
 def _blocks_per_level(shapes: Shapes, levels: int) -> int:
     """ResBlocks per level, the same at every level (ValueError naming the odd one out)."""
-    counts = [_count(shapes, rf"decoder\.up\.{level}\.block\.(\d+)\.") for level in range(levels)]
-    for level, count in enumerate(counts):
-        if count != counts[0]:
-            what = "unexpected" if count > counts[0] else "missing"
+    counts = [count(shapes, rf"decoder\.up\.{level}\.block\.(\d+)\.") for level in range(levels)]
+    for level, found in enumerate(counts):
+        if found != counts[0]:
+            what = "unexpected" if found > counts[0] else "missing"
             raise ValueError(
-                f"{what} tensors decoder.up.{level}.block.{min(count, counts[0])}.*: "
-                f"level {level} has {count} ResBlocks, level 0 has {counts[0]}"
+                f"{what} tensors decoder.up.{level}.block.{min(found, counts[0])}.*: "
+                f"level {level} has {found} ResBlocks, level 0 has {counts[0]}"
             )
     return counts[0]
 
 
 def _attention_count(shapes: Shapes, level: int) -> int:
-    return _count(shapes, rf"decoder\.up\.{level}\.attn\.(\d+)\.")
-
-
-def _count(shapes: Shapes, pattern: str) -> int:
-    """1 + the highest index matched by `pattern`'s group, 0 when nothing matches."""
-    indices = [int(m.group(1)) for name in shapes if (m := re.match(pattern, name))]
-    return max(indices, default=-1) + 1
+    return count(shapes, rf"decoder\.up\.{level}\.attn\.(\d+)\.")
 
 
 def _check_widths(shapes: Shapes, widths: list[int], blocks: int) -> None:
@@ -96,8 +82,8 @@ def _check_widths(shapes: Shapes, widths: list[int], blocks: int) -> None:
         for j in range(blocks):
             conv1 = f"decoder.up.{level}.block.{j}.conv1.weight"
             expected = (width, handed_up if j == 0 else width)
-            if tuple(_shape(shapes, conv1)[:2]) != expected:
+            if tuple(shape(shapes, conv1)[:2]) != expected:
                 raise ValueError(
-                    f"{conv1} has shape {tuple(_shape(shapes, conv1))}, expected (out, in) = {expected} "
+                    f"{conv1} has shape {tuple(shape(shapes, conv1))}, expected (out, in) = {expected} "
                     f"for level widths {tuple(widths)}"
                 )

@@ -10,6 +10,7 @@ checkpoints/cogvideox.py's.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import torch
 
@@ -157,3 +158,15 @@ def config_from_diffusers(values: dict) -> MovqConfig:
         norm_groups=32,  # diffusers' SpatialNorm always uses 32 groups, whatever norm_num_groups says
         encoder_norm_groups=values.get("norm_num_groups", 32),  # the encoder's plain GroupNorms do use it
     )
+
+
+def settle_config(config: MovqConfig, state: dict[str, torch.Tensor]) -> MovqConfig:
+    """`config` as the tensors read have it: without a codebook where they hold none (Kandinsky 3's
+    config.json names one, its decoder takes latents only), and with the encoder they hold (or none)."""
+    if "quantize.embedding.weight" not in state and config.n_embed is not None:
+        config = replace(config, n_embed=None, n_used=None)
+    has_encoder = any(name.startswith("encoder.") for name in state)
+    if config.encoder != has_encoder:
+        in_ch = state["encoder.conv_in.weight"].shape[1] if has_encoder else config.in_ch
+        config = replace(config, encoder=has_encoder, in_ch=in_ch)
+    return config

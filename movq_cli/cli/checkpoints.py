@@ -62,13 +62,14 @@ def convert(
     """Convert any supported checkpoint into one native .safetensors file (config in its metadata)."""
     with reported_errors():
         from movq_cli.checkpoints import weights as weights_io
+        from movq_cli.checkpoints.reading import read_config
         from movq_cli.device import resolve_dtype
 
         checkpoint = weights_io.convert(
             source,
             target,
             dtype=resolve_dtype(dtype) if dtype else None,
-            config=weights_io.read_config(config) if config else None,
+            config=read_config(config) if config else None,
             overwrite=overwrite,
             encoder=not no_encoder,
         )

@@ -30,9 +30,7 @@ from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Codes
 from movq_cli.io.stored import StoredArray
 from movq_cli.memory import check_fits_in_memory, device_memory, gib
-from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
-from movq_cli.models.movq import Movq
 
 UNKNOWN_SCALE = (
     "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
@@ -293,12 +291,10 @@ class Video(Family):
 
 
 def family_of(model: torch.nn.Module) -> Family:
-    """The family of a loaded model."""
-    if isinstance(model, Movq):
-        return Frames(model)
-    if isinstance(model, CogVideoX):
-        return Video(model)
-    raise TypeError(f"not a model movq decodes: {type(model).__name__}")
+    """The family of a loaded model, as the pipeline sees it."""
+    from movq_cli import families  # which knows this module's classes
+
+    return families.of_model(model).decoding(model)
 
 
 def _grid(clip: Codes) -> str:
