@@ -22,16 +22,38 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from movq_cli.errors import InputError, MovqError, OutOfMemory, RunError
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from movq_cli.encoding import EncodeResult
+    from movq_cli.families import Model
     from movq_cli.pipeline import DecodeResult
     from movq_cli.preview import PreviewResult
 
 __version__ = "0.1.0"
-__all__ = ["load", "decode", "decode_frames", "contact_sheet", "encode", "__version__"]
+__all__ = [
+    "load", "decode", "decode_frames", "contact_sheet", "encode",
+    "Model", "DecodeResult", "PreviewResult", "EncodeResult",
+    "MovqError", "InputError", "RunError", "OutOfMemory", "__version__",
+]  # fmt: skip
+# what the API returns, imported when first asked for: their modules import torch
+_LAZY = {
+    "Model": "movq_cli.families",
+    "DecodeResult": "movq_cli.pipeline",
+    "PreviewResult": "movq_cli.preview",
+    "EncodeResult": "movq_cli.encoding",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'movq_cli' has no attribute {name!r}")
 
 
 def load(
@@ -39,7 +61,7 @@ def load(
     device: str = "auto",
     dtype: str = "fp32",
     encoder: bool = False,
-) -> torch.nn.Module:
+) -> Model:
     """A model ready for inference on `device` ("auto", "cpu", "cuda", "cuda:N", "mps") in `dtype`
     ("fp32", "bf16", "fp16").
 
@@ -58,7 +80,7 @@ def load(
 def decode(
     codes: str | Path | np.ndarray | torch.Tensor,
     out: str | Path,
-    model: torch.nn.Module,
+    model: Model,
     *,
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
@@ -104,7 +126,7 @@ def decode(
 
 def decode_frames(
     codes: str | Path | np.ndarray | torch.Tensor,
-    model: torch.nn.Module,
+    model: Model,
     *,
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
@@ -132,7 +154,7 @@ def decode_frames(
 def contact_sheet(
     codes: str | Path | np.ndarray | torch.Tensor,
     out: str | Path,
-    model: torch.nn.Module,
+    model: Model,
     *,
     count: int = 8,
     columns: int | None = None,
@@ -156,7 +178,7 @@ def contact_sheet(
 def encode(
     source: str | Path,
     out: str | Path,
-    model: torch.nn.Module,
+    model: Model,
     *,
     latents: bool = False,
     chunk: int = 8,

@@ -23,6 +23,7 @@ from movq_cli.models.cogvideox import CogVideoX, use_fast_paths
 from movq_cli.models.config import COGVIDEOX_PRESETS, PRESETS, CogVideoXConfig, JsonConfig, MovqConfig
 from movq_cli.models.movq import Movq
 
+Model = Movq | CogVideoX  # what `movq_cli.load` returns: a model of one of the families below
 State = dict[str, torch.Tensor]
 Shapes = Mapping[str, Sequence[int]]
 
@@ -63,7 +64,7 @@ MOVQ = ModelFamily(
     config=MovqConfig,
     presets=PRESETS,
     model=Movq,
-    decoding=decoding.Frames,
+    decoding=decoding.MovqFrames,
     recognise=lambda names: True,  # the family of last resort: its layouts say what they cannot read
     to_native=_movq_native,
     claims_json=lambda values: True,
@@ -78,7 +79,7 @@ COGVIDEOX = ModelFamily(
     config=CogVideoXConfig,
     presets=COGVIDEOX_PRESETS,
     model=CogVideoX,
-    decoding=decoding.Video,
+    decoding=decoding.CogVideoXVideo,
     recognise=cogvideox_checkpoints.is_cogvideox,
     to_native=_cogvideox_native,
     claims_json=lambda values: values.get("_class_name") == "AutoencoderKLCogVideoX",

@@ -108,3 +108,13 @@ def test_a_library_error_names_the_keyword_and_carries_its_hint(tmp_path):
     assert str(error) == "out of memory on cpu while decoding x; try a smaller chunk=..."
     assert as_flags(str(error)).endswith("try a smaller --chunk")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_api_exports_its_model_result_and_error_types(tmp_path):
+    for name in movq.__all__:
+        assert getattr(movq, name) is not None, name
+    assert issubclass(movq.InputError, movq.MovqError) and issubclass(movq.OutOfMemory, movq.RunError)
+    model = movq.load()
+    assert isinstance(model, movq.Model)
+    result = movq.decode(np.zeros((1, 4, 4), dtype=np.int64), tmp_path / "one.png", model)
+    assert isinstance(result, movq.DecodeResult) and result.frame_size == (16, 16)

@@ -13,10 +13,10 @@ from torch.overrides import TorchFunctionMode
 
 from movq_cli import families
 from movq_cli.errors import InputError
+from movq_cli.families import Model
 from movq_cli.models.config import JsonConfig
 
 Config = JsonConfig  # a family's config (movq_cli.families)
-Model = torch.nn.Module  # a family's model: Movq, CogVideoX, ...
 Shapes = Mapping[str, Sequence[int]]
 
 

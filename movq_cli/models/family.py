@@ -2,10 +2,10 @@
 
 The pipeline talks to a model through its family and never asks which model it is:
 
-- `Frames` (the 2D MoVQ): every frame decodes on its own, from integer codes (n, h, w) or
+- `MovqFrames` (the 2D MoVQ): every frame decodes on its own, from integer codes (n, h, w) or
   latents (n, e, h, w); any chunk of frames gives the same pixels, so the chunk size is free
   and a selection of frames reads only those frames.
-- `Video` (CogVideoX, the MoVQ decoder in 3D): latent frames (F, C, h, w) decode in the chunks
+- `CogVideoXVideo` (CogVideoX, the MoVQ decoder in 3D): latent frames (F, C, h, w) decode in the chunks
   of the model's schedule, with the causal convolutions' state carried from one chunk to the
   next, into 4(F-1)+1 frames (or 4F for an even F); a frame depends on every latent frame
   before it, so a selection of output frames is decoded from the first latent frame on and
@@ -115,7 +115,7 @@ class Family(ABC):
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
 
-class Frames(Family):
+class MovqFrames(Family):
     """The 2D MoVQ: frames decode independently, in chunks of any size."""
 
     independent_frames = True
@@ -194,7 +194,7 @@ class Frames(Family):
                 yield self.model(zq) if tile is None else self.model.decode_tiled(zq, tile)
 
 
-class Video(Family):
+class CogVideoXVideo(Family):
     """CogVideoX: latent frames decode in the model's chunk schedule, with causal state carried between chunks."""
 
     independent_frames = False
