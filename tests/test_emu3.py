@@ -153,6 +153,21 @@ def test_released_width_equals_transformers_decode(released):
     assert max_difference(streamed(model, clip, 1, per_call=4), expected(reference, clip)) <= 1e-4
 
 
+def test_the_stream_decodes_each_chunk_as_it_arrives(small):
+    _, model = small
+    clip = codes((1, 3, 1, 1), 64, seed=10)
+    taken = []
+
+    def chunks():
+        for frame in range(3):
+            taken.append(frame)
+            yield clip[:, frame : frame + 1]
+
+    stream = model.decode_stream(chunks())
+    assert next(stream).shape == (1, 3, 4, 8, 8) and taken == [0]
+    assert next(stream).shape == (1, 3, 4, 8, 8) and taken == [0, 1]
+
+
 def test_batchnorm_uses_its_running_statistics_in_training_mode_too(small):
     _, model = small
     clip = codes((1, 1, 2, 2), 64, seed=9)
@@ -347,6 +362,9 @@ def test_infer_config_names_the_tensor_that_is_missing_or_off():
     short_stack = {name: shape for name, shape in shapes.items() if not name.startswith("decoder.time_res_stack.1.")}
     with pytest.raises(ValueError, match="time_res_stack has 1 blocks"):
         checkpoint.infer_config(short_stack)
+    wide_latents = {**shapes, "decoder.conv_in.weight": (128, 8, 3, 3)}
+    with pytest.raises(ValueError, match="z_channels 8 must equal embed_dim 4"):
+        checkpoint.infer_config(wide_latents)
     odd = {**shapes, "decoder.time_conv.0.conv.conv.weight": (4, 4, 3, 1, 1)}
     with pytest.raises(ValueError, match=r"time_conv\.0\.conv\.conv\.weight \(4, 4, 3, 1, 1\)"):
         checkpoint.infer_config(odd)

@@ -146,43 +146,39 @@ def infer_config(shapes: Shapes) -> Emu3Config:
     count does not show; it takes the released value, 32. Raises ValueError naming the tensor
     that is missing or off.
     """
-    post_quant_conv = _shape(shapes, "post_quant_conv.conv.weight")
+    for name in ("post_quant_conv.conv.weight", "quantize.embedding.weight"):
+        if name not in shapes:
+            raise ValueError(f"missing tensor {name}")
+    post_quant_conv = shapes["post_quant_conv.conv.weight"]
     decoder_2d = infer.infer_config({**shapes, "post_quant_conv.weight": post_quant_conv})
-    stack = _count(shapes, r"decoder\.time_res_stack\.(\d+)\.")
+    stack = _layers(shapes, "time_res_stack", "conv1")
     if stack != decoder_2d.num_res_blocks:
         raise ValueError(
             f"decoder.time_res_stack has {stack} blocks, but the 2D decoder {decoder_2d.num_res_blocks + 1} "
             f"ResBlocks a level (expected {decoder_2d.num_res_blocks} blocks)"
         )
-    try:
-        config = Emu3Config(
-            codebook_size=_shape(shapes, "quantize.embedding.weight")[0],
-            embed_dim=post_quant_conv[1],
-            z_channels=decoder_2d.z_channels,
-            ch=decoder_2d.ch,
-            ch_mult=decoder_2d.ch_mult,
-            num_res_blocks=decoder_2d.num_res_blocks,
-            attn_levels=decoder_2d.attn_levels,
-            temporal_downsample_factor=2 ** _count(shapes, r"decoder\.time_conv\.(\d+)\."),
-            out_ch=decoder_2d.out_ch,
-        )
-    except ValueError as error:
-        raise ValueError(f"the tensors describe no valid decoder: {error}") from None
+    config = Emu3Config(  # its ValueError says which knob is off
+        codebook_size=shapes["quantize.embedding.weight"][0],
+        embed_dim=post_quant_conv[1],
+        z_channels=decoder_2d.z_channels,
+        ch=decoder_2d.ch,
+        ch_mult=decoder_2d.ch_mult,
+        num_res_blocks=decoder_2d.num_res_blocks,
+        attn_levels=decoder_2d.attn_levels,
+        temporal_downsample_factor=2 ** _layers(shapes, "time_conv", "conv"),
+        out_ch=decoder_2d.out_ch,
+    )
     problems = mismatches(_expected_shapes(config), shapes)
     if problems:
         raise ValueError(f"the tensors do not fit one decoder ({problems[0]})")
     return config
 
 
-def _shape(shapes: Shapes, name: str) -> Sequence[int]:
-    if name not in shapes:
-        raise ValueError(f"missing tensor {name}")
-    return shapes[name]
-
-
-def _count(shapes: Shapes, pattern: str) -> int:
-    """1 + the highest index matched by `pattern`'s group, 0 when nothing matches."""
-    return 1 + max((int(m.group(1)) for name in shapes if (m := re.match(pattern, name))), default=-1)
+def _layers(shapes: Shapes, stack: str, conv: str) -> int:
+    """How many layers decoder.{stack} has: its numbered layers' `conv` kernels (a missing one
+    in between shows later, as a mismatch)."""
+    pattern = rf"decoder\.{stack}\.\d+\.{conv}\.conv\.weight"
+    return sum(1 for name in shapes if re.fullmatch(pattern, name))
 
 
 def _expected_shapes(config: Emu3Config) -> dict[str, tuple[int, ...]]:
