@@ -187,3 +187,80 @@ def cogvideox_preset(name: str) -> CogVideoXConfig:
     if name not in COGVIDEOX_PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {', '.join(COGVIDEOX_PRESETS)}")
     return CogVideoXConfig(**COGVIDEOX_PRESETS[name])
+
+
+@dataclass(frozen=True)
+class Emu3Config(JsonConfig):
+    """The Emu3 vision tokenizer's decoder: a causal temporal front end on the latent grid, then
+    the MoVQ 2D decoder per output frame (`decoder_2d`). Names are BAAI's (Emu3VisionVQConfig)."""
+
+    codebook_size: int = 32768
+    embed_dim: int = 4  # e: codebook vector size, channels of zq
+    # decoder input after post_quant_conv; z and zq run through the same temporal layers, so
+    # it equals embed_dim
+    z_channels: int = 4
+    ch: int = 256
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    # blocks of the temporal stack; the 2D decoder runs num_res_blocks + 1 ResBlocks per level
+    num_res_blocks: int = 2
+    attn_levels: tuple[int, ...] = (3,)  # levels whose ResBlocks are followed by attention (BAAI's attn_resolutions)
+    temporal_downsample_factor: int = 4  # 2 ** (temporal upsampling blocks): T latent frames decode to 4T
+    out_ch: int = 3
+    norm_groups: int = 32  # GroupNorm groups of the 2D decoder's SpatialNorms
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_levels", tuple(sorted(self.attn_levels)))
+        problems = []
+        try:
+            _ = self.decoder_2d  # the 2D decoder's own checks
+        except ValueError as error:
+            problems.append(str(error).removeprefix("invalid MoVQ config: "))
+        if self.codebook_size < 1:
+            problems.append("codebook_size must be positive")
+        if self.z_channels != self.embed_dim:
+            problems.append(f"z_channels {self.z_channels} must equal embed_dim {self.embed_dim}")
+        factor = self.temporal_downsample_factor
+        if factor < 1 or factor & (factor - 1):
+            problems.append(f"temporal_downsample_factor {factor} must be a power of 2")
+        elif factor.bit_length() - 1 > LIMITS["levels"]:
+            problems.append(f"temporal_downsample_factor {factor} is over {1 << LIMITS['levels']}")
+        if problems:
+            raise ValueError("invalid Emu3 config: " + "; ".join(problems))
+
+    @property
+    def decoder_2d(self) -> MovqConfig:
+        """The 2D MoVQ decoder that runs on every output frame (attention in the middle, no add_conv)."""
+        return MovqConfig(
+            ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks, attn_levels=self.attn_levels,
+            mid_attn=True, z_channels=self.z_channels, embed_dim=self.embed_dim, n_embed=self.codebook_size,
+            out_ch=self.out_ch, norm_groups=self.norm_groups,
+        )  # fmt: skip
+
+    @property
+    def factor(self) -> int:
+        """How many pixels one code spans along each spatial axis."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def time_doublings(self) -> int:
+        """Temporal upsampling blocks, each doubling the frames: log2(temporal_downsample_factor)."""
+        return self.temporal_downsample_factor.bit_length() - 1
+
+    @property
+    def n_codes(self) -> int:
+        """How many distinct integer codes are valid: [0, n_codes)."""
+        return self.codebook_size
+
+
+# BAAI/Emu3-VisionTokenizer's config.json (the tokenizer of Emu3-Gen, -Chat and -Stage1).
+EMU3_PRESETS: dict[str, dict] = {
+    "emu3": dict(codebook_size=32768, ch=256, ch_mult=(1, 2, 2, 4), num_res_blocks=2, temporal_downsample_factor=4),
+}
+
+
+def emu3_preset(name: str) -> Emu3Config:
+    """The published Emu3 vision tokenizer configuration called `name` (see EMU3_PRESETS)."""
+    if name not in EMU3_PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(EMU3_PRESETS)}")
+    return Emu3Config(**EMU3_PRESETS[name])
