@@ -51,7 +51,7 @@ def decode_once(side: str, frames: int, grid: int) -> dict:
     torch.manual_seed(0)
     codes = torch.randint(0, 32768, (1, frames, grid, grid))
     if side == "movq":
-        from movq_cli.checkpoints.emu3 import build
+        from movq_cli.checkpoints.building import build
         from movq_cli.models.emu3 import Emu3
 
         weights = Emu3(emu3_preset("emu3"))

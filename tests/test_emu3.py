@@ -16,6 +16,7 @@ from transformers import Emu3Config as Emu3LanguageModelConfig
 from transformers import Emu3ImageProcessor, Emu3VQVAE, Emu3VQVAEConfig
 
 from movq_cli.checkpoints import emu3 as checkpoint
+from movq_cli.checkpoints.building import build
 from movq_cli.errors import InputError
 from movq_cli.models.cogvideox import CogVideoX
 from movq_cli.models.config import EMU3_PRESETS, CogVideoXConfig, Emu3Config, emu3_preset
@@ -67,7 +68,7 @@ def reference_model(structure: dict, seed: int, encoder: bool = True) -> Emu3VQV
 def built(structure: dict, seed: int, encoder: bool = True) -> tuple[Emu3VQVAE, Emu3]:
     reference = reference_model(structure, seed, encoder)
     state = checkpoint.transformers_to_native(reference.state_dict())
-    return reference, checkpoint.build(checkpoint.infer_config(_shapes(state)), state)
+    return reference, build(checkpoint.infer_config(_shapes(state)), state)
 
 
 def _shapes(state: dict) -> dict:
@@ -198,8 +199,8 @@ def test_a_saved_transformers_model_loads_and_decodes_alike(small, tmp_path):
     reference, _ = small
     reference.save_pretrained(tmp_path)
     config = checkpoint.config_from_json(reference.config.to_dict())
-    state = checkpoint.to_native(load_file(tmp_path / "model.safetensors"))
-    model = checkpoint.build(config, state, source=tmp_path)
+    state = checkpoint.to_native(load_file(tmp_path / "model.safetensors"))[1]
+    model = build(config, state, source=tmp_path)
     clip = codes((1, 2, 3, 2), 64, seed=12)
     assert max_difference(streamed(model, clip, 1, per_call=4), expected(reference, clip)) <= 1e-4
 
@@ -212,7 +213,7 @@ def test_the_vision_tokenizer_inside_an_emu3_language_model_loads(small, prefix)
     state["lm_head.weight"] = torch.zeros(8, 4)
     assert checkpoint.is_emu3(list(state))
     lm_config = Emu3LanguageModelConfig(vq_config=reference.config.to_dict()).to_dict()
-    model = checkpoint.build(checkpoint.config_from_json(lm_config), checkpoint.to_native(state))
+    model = build(checkpoint.config_from_json(lm_config), checkpoint.to_native(state)[1])
     image = codes((1, 2, 2), 64, seed=13)
     assert max_difference(model.decode_image(image), expected(reference, image)) <= 1e-4
 
@@ -246,7 +247,7 @@ def test_native_names_are_baais_so_its_file_loads_without_its_encoder(small):
     assert state["decoder.mid.attn_1.q.weight"].shape == (128, 128, 1, 1)  # BAAI's 1x1 convolutions
     baai = {**state, "encoder.conv_in.weight": torch.zeros(32, 3, 3, 3), "quant_conv.conv.weight": torch.zeros(1)}
     assert checkpoint.is_emu3(list(baai)) and not checkpoint.is_transformers(list(baai))
-    loaded = checkpoint.build(model.config, checkpoint.to_native(baai))
+    loaded = build(model.config, checkpoint.to_native(baai)[1])
     image = codes((1, 3, 2), 64, seed=14)
     assert max_difference(loaded.decode_image(image), expected(reference, image)) <= 1e-4
 
@@ -254,7 +255,7 @@ def test_native_names_are_baais_so_its_file_loads_without_its_encoder(small):
 def test_built_model_owns_its_memory_and_its_batchnorm_statistics(small):
     reference, _ = small
     state = checkpoint.transformers_to_native(reference.state_dict())
-    model = checkpoint.build(checkpoint.infer_config(_shapes(state)), state)
+    model = build(checkpoint.infer_config(_shapes(state)), state)
     sources = {tensor.untyped_storage().data_ptr() for tensor in state.values()}
     owned = dict(chain(model.named_parameters(), model.named_buffers()))
     assert len(owned) == len(state)
@@ -271,7 +272,7 @@ def test_weights_that_do_not_fit_the_config_are_named(small):
     del state["decoder.time_conv.1.conv.conv.weight"]
     state["decoder.up.0.block.0.conv1.weight"] = torch.zeros(1, 1, 3, 3)
     with pytest.raises(InputError, match=r"time_conv\.1\.conv\.conv\.weight.*|up\.0\.block\.0\.conv1\.weight"):
-        checkpoint.build(model.config, state, source="emu3.safetensors")
+        build(model.config, state, source="emu3.safetensors")
 
 
 def test_is_emu3_claims_neither_the_bundled_2d_model_nor_cogvideox():

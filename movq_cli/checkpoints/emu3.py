@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
 from movq_cli.checkpoints import infer
-from movq_cli.checkpoints.cogvideox import mismatches
-from movq_cli.errors import InputError
+from movq_cli.checkpoints.shapes import Shapes
 from movq_cli.models.config import Emu3Config
-from movq_cli.models.emu3 import Emu3
-
-Shapes = Mapping[str, Sequence[int]]
 
 # Only Emu3 has a temporal stack in its decoder, in both layouts. (The 2D MoVQ's decoder starts at
 # decoder.conv_in.weight, which Emu3 has too; CogVideoX's at decoder.conv_in.conv.weight.)
@@ -78,10 +73,12 @@ def transformers_to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     return native
 
 
-def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An Emu3 state dict in either layout (prefixed or not) -> native names."""
-    names = [_unprefixed(name) for name in state]
-    return transformers_to_native(state) if is_transformers(names) else baai_to_native(state)
+def to_native(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """An Emu3 state dict in either layout (prefixed or not) -> its layout's name ("baai" or
+    "transformers") and the tensors in native names."""
+    if is_transformers([_unprefixed(name) for name in state]):
+        return "transformers", transformers_to_native(state)
+    return "baai", baai_to_native(state)
 
 
 def _unprefixed(name: str) -> str:
@@ -168,7 +165,9 @@ def infer_config(shapes: Shapes) -> Emu3Config:
         temporal_downsample_factor=2 ** _layers(shapes, "time_conv", "conv"),
         out_ch=decoder_2d.out_ch,
     )
-    problems = mismatches(_expected_shapes(config), shapes)
+    from movq_cli.checkpoints.building import expected_shapes, mismatches  # building knows every family
+
+    problems = mismatches(expected_shapes(config), shapes)
     if problems:
         raise ValueError(f"the tensors do not fit one decoder ({problems[0]})")
     return config
@@ -179,28 +178,3 @@ def _layers(shapes: Shapes, stack: str, conv: str) -> int:
     in between shows later, as a mismatch)."""
     pattern = rf"decoder\.{stack}\.\d+\.{conv}\.conv\.weight"
     return sum(1 for name in shapes if re.fullmatch(pattern, name))
-
-
-def _expected_shapes(config: Emu3Config) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return {name: tuple(tensor.shape) for name, tensor in Emu3(config).state_dict().items()}
-
-
-def build(config: Emu3Config, state: Mapping[str, torch.Tensor], source: Path | str = "weights") -> Emu3:
-    """An Emu3 for `config` holding the tensors of `state` (native names), checked name by name
-    and shape by shape (InputError names the tensors that do not fit). Every parameter and buffer,
-    BatchNorm's running statistics included, is memory of its own, never a view of `state`'s."""
-    expected = _expected_shapes(config)
-    problems = mismatches(expected, {name: tuple(tensor.shape) for name, tensor in state.items()})
-    if problems:
-        raise InputError(f"{source}: weights do not match the config ({'; '.join(problems)})")
-    with torch.device("meta"):
-        model = Emu3(config)
-    model.load_state_dict({name: _own(tensor) for name, tensor in state.items()}, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def _own(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of `tensor`; 2D kernels channels_last, the layout of the 2D decoder's activations."""
-    layout = torch.channels_last if tensor.dim() == 4 else torch.contiguous_format
-    return tensor.clone(memory_format=layout)
