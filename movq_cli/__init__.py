@@ -63,6 +63,9 @@ def decode(
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     chunk: int | None = None,
     fps: float | None = None,
     crf: int | None = None,
@@ -83,9 +86,11 @@ def decode(
     decoded on the model's device; one already there (a CUDA tensor) is not copied to the host.
 
     `frames` selects output frames (a slice or frame numbers), `key` the array of a file holding
-    several (nested dicts: "a.b"), `grid`
-    the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
-    "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
+    several (nested dicts: "a.b"), `grid` the frame shape of flat token rows; `tokens` ("emu3",
+    "lumina-mgpt") says `codes` holds the raw ids a generation returned (a vector, a batch (B, L)
+    or a list of them), each image in them a frame, `token_offset` the id of code 0 and `image`
+    picks one image; `fps`, `crf` and `encoder` (an MP4's H.264 encoder: "x264-veryfast", "nvenc",
+    ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes each frame (CogVideoX: each chunk) in spatial tiles, to the same pixels,
     in less memory; `source_numbers` names a folder's PNG frames by their number in the whole output
@@ -93,7 +98,7 @@ def decode(
     Returns what was written (frames, frame size, seconds)."""
     from movq_cli.pipeline import decode_to_file
 
-    clip = _clip(codes, key, grid)
+    clip = _clip(codes, key, grid, tokens, token_offset, image)
     return decode_to_file(
         model, clip, out, chunk=chunk, fps=fps, crf=crf, encoder=encoder, snap=snap, unscaled=unscaled,
         tile=_tile(tile), overwrite=overwrite, on_frames=on_frames, frames=frames, source_numbers=source_numbers,
@@ -107,6 +112,9 @@ def decode_frames(
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     chunk: int | None = None,
     snap: bool = False,
     unscaled: bool = False,
@@ -120,7 +128,7 @@ def decode_frames(
     from movq_cli.pipeline import decode_frames as decode_chunks
     from movq_cli.pipeline import plan
 
-    clip = _clip(codes, key, grid)
+    clip = _clip(codes, key, grid, tokens, token_offset, image)
     family, options = family_of(model), DecodeOptions(snap=snap, unscaled=unscaled, tile=_tile(tile))
     clip, options = family.conform(clip, options)
     family.check_memory(clip, options)  # before a selection of frames is read
@@ -139,6 +147,9 @@ def contact_sheet(
     columns: int | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
@@ -149,7 +160,8 @@ def contact_sheet(
     from movq_cli.preview import preview_to_file
 
     options = DecodeOptions(unscaled=unscaled, tile=_tile(tile))
-    return preview_to_file(model, _clip(codes, key, grid), Path(out), count, columns, overwrite, options)
+    clip = _clip(codes, key, grid, tokens, token_offset, image)
+    return preview_to_file(model, clip, Path(out), count, columns, overwrite, options)
 
 
 def encode(
@@ -176,15 +188,15 @@ def encode(
     )  # fmt: skip
 
 
-def _clip(codes, key: str | None, grid: tuple[int, int] | None):
-    """A code file, array or tensor as the pipeline's Codes."""
+def _clip(codes, key: str | None, grid: tuple[int, int] | None, tokens: str | None, token_offset, image):
+    """A code file, array or tensor (or, with `tokens`, token ids) as the pipeline's Codes."""
     from movq_cli.io import codes as codes_io
 
     if isinstance(codes, (str, Path)):
-        return codes_io.read(codes, key=key, grid=grid)
+        return codes_io.read(codes, key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image)
     if key is not None:
         raise ValueError(f"key={key!r} picks an array of a file; codes is already an array")
-    return codes_io.from_array(codes, grid=grid)
+    return codes_io.from_array(codes, grid=grid, tokens=tokens, token_offset=token_offset, image=image)
 
 
 def _tile(tile: int | tuple[int, int] | None) -> tuple[int, int] | None:

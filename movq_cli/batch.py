@@ -69,10 +69,13 @@ class FileReport:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """How each file is read (key, grid, frames) and written (the rest)."""
+    """How each file is read (key, grid, tokens, token_offset, image, frames) and written (the rest)."""
 
     key: str | None = None
     grid: tuple[int, int] | None = None
+    tokens: str | None = None  # a token stream's format (io.tokenstreams.FORMATS)
+    token_offset: int | None = None
+    image: int | None = None  # of a token stream
     frames: slice | None = None
     chunk: int | None = None
     fps: float | None = None  # None: the format's default
@@ -254,8 +257,11 @@ def largest_first(jobs: list[Job]) -> list[Job]:
 
 
 def read_clip(path: Path, options: BatchOptions) -> Codes:
-    """The code file at `path`, read with `options` (key, grid); `options.frames` is applied when decoding."""
-    return codes_io.read(path, key=options.key, grid=options.grid)
+    """The code file at `path`, read with `options` (key, grid, tokens, ...); `options.frames` applies when decoding."""
+    return codes_io.read(
+        path, key=options.key, grid=options.grid, tokens=options.tokens, token_offset=options.token_offset,
+        image=options.image,
+    )  # fmt: skip
 
 
 def decode_batch(

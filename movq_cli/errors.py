@@ -41,9 +41,11 @@ class OutOfMemory(RunError):
 KEYWORD_FLAGS = [
     (re.compile(r"\b(overwrite|snap|unscaled|latents)=True\b"), r"--\1"),
     (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
-    (re.compile(r"\b(key|grid|tile|chunk|frames)=\.\.\."), r"--\1"),
+    (re.compile(r"\btoken_offset=\.\.\."), r"--token-offset"),
+    (re.compile(r"\btoken_offset=(?=\S)"), r"--token-offset "),
+    (re.compile(r"\b(key|grid|tile|chunk|frames|tokens|image)=\.\.\."), r"--\1"),
     (re.compile(r"\b(grid|tile)=\((\w+), (\w+)\)"), r"--\1 \2x\3"),
-    (re.compile(r"\b(key|grid|tile|chunk|frames|fps|crf|encoder)=(?=\S)"), r"--\1 "),
+    (re.compile(r"\b(key|grid|tile|chunk|frames|fps|crf|encoder|tokens|image)=(?=\S)"), r"--\1 "),
 ]
 
 

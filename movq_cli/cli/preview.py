@@ -188,6 +188,7 @@ def show_first_frame(model, codes: Path, options) -> None:
     from movq_cli.terminal import draw
 
     first = plan(family_of(model), read_clip(codes, options), options.frames).numbers[0]
-    frames = decode_frames(codes, model, frames=[first], key=options.key, grid=options.grid, snap=options.snap,
+    frames = decode_frames(codes, model, frames=[first], key=options.key, grid=options.grid, tokens=options.tokens,
+                           token_offset=options.token_offset, image=options.image, snap=options.snap,
                            unscaled=options.unscaled, tile=options.tile)  # fmt: skip
     draw(next(frames), BACKGROUND)
