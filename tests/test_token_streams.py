@@ -82,6 +82,13 @@ def test_an_emu3_stream_gives_each_image_and_where_it_opens():
     assert np.array_equal(images[0].codes, FIRST) and np.array_equal(images[1].codes, SECOND)
 
 
+def test_the_ids_generated_after_an_emu3_prompt_give_the_image_it_opened():
+    generated = emu3_image(FIRST)[5:] + [151850]  # transformers: generate's output less the prompt, EOS last
+    images = tokenstreams.emu3(np.array(generated + BETWEEN + emu3_image(SECOND)))
+    assert [image.start for image in images] == [0, len(generated) + len(BETWEEN)]
+    assert np.array_equal(images[0].codes, FIRST) and np.array_equal(images[1].codes, SECOND)
+
+
 def test_a_lumina_stream_gives_each_image():
     first, second = grid(4, 8, 16384, 2), grid(8, 4, 16384, 3)
     stream = np.array(PROMPT + lumina_image(first) + BETWEEN + lumina_image(second) + AFTER)
@@ -305,3 +312,22 @@ def test_a_folder_of_streams_decodes_one_picture_each(lumina_model, tmp_path):
     assert result.exit_code == 0, result.output
     for k in range(2):
         assert np.array_equal(iio.imread(tmp_path / "out" / f"gen{k}.png"), iio.imread(tmp_path / f"ref{k}.png"))
+
+
+def test_the_api_decodes_token_streams_in_files_and_in_memory(lumina_model, tmp_path):
+    import movq_cli
+
+    codes = grid(4, 4, 16384, 12)
+    np.save(tmp_path / "codes.npy", codes)
+    model = movq_cli.load(lumina_model, "cpu")
+    expected = next(movq_cli.decode_frames(tmp_path / "codes.npy", model))
+    shifted = torch.tensor(PROMPT + lumina_image(codes, offset=200000) + AFTER)
+    frames = list(movq_cli.decode_frames([shifted], model, tokens="lumina-mgpt", token_offset=200000))
+    assert len(frames) == 1 and np.array_equal(frames[0], expected)
+    stream = save(tmp_path / "ids.npy", PROMPT + lumina_image(codes) + AFTER)
+    movq_cli.decode(stream, tmp_path / "out.png", model, tokens="lumina-mgpt")
+    assert np.array_equal(iio.imread(tmp_path / "out.png"), expected)
+    result = movq("decode", save(tmp_path / "shifted.npy", shifted), tmp_path / "cli.png", "--tokens", "lumina-mgpt",
+                  "--token-offset", "200000", "--weights", lumina_model, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(iio.imread(tmp_path / "cli.png"), expected)

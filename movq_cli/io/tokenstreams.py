@@ -63,24 +63,32 @@ class Image:
 
 
 def emu3(ids: np.ndarray, offset: int = EMU3_OFFSET) -> list[Image]:
-    """The images of an Emu3 token stream, in order. Raises InputError naming the token at fault."""
+    """The images of an Emu3 token stream, in order. Raises InputError naming the token at fault.
+
+    A stream that starts with a visual token is the ids generated after a prompt that opened the
+    image (transformers' generate output less the prompt): its first image starts at token 0."""
     images = []
+    if len(ids) and offset <= ids[0] < offset + EMU3_CODEBOOK:
+        images.append(Image(0, _emu3_rows(ids, 0, None, offset)))
     for start in _openings(ids, EMU3_IMAGE_START):
         image_token = _image_token(ids, start)
         size = _size_text(ids[start + 1 : image_token])
-        end_of_frame = _find(ids, EMU3_END_OF_FRAME, image_token + 1, EMU3_NAMES, "the image")
-        codes = _rows(
-            ids, image_token + 1, end_of_frame, EMU3_END_OF_LINE, offset, EMU3_CODEBOOK, EMU3_NAMES,
-            width=size and size[1],
-        )  # fmt: skip
-        if size and codes.shape[0] != size[0]:
-            raise InputError(
-                f"token {end_of_frame}: the size text says {size[0]}*{size[1]}, but the image has "
-                f"{codes.shape[0]} rows of {codes.shape[1]} codes"
-            )
-        _expect(ids, end_of_frame + 1, EMU3_IMAGE_END, EMU3_NAMES)
-        images.append(Image(start, codes))
+        images.append(Image(start, _emu3_rows(ids, image_token + 1, size, offset)))
     return images
+
+
+def _emu3_rows(ids: np.ndarray, begin: int, size: tuple[int, int] | None, offset: int) -> np.ndarray:
+    """The codes of the Emu3 image whose rows start at `begin`, `size` (H, W) where its text gave one,
+    checked to be closed by end-of-frame and <|image end|>."""
+    end_of_frame = _find(ids, EMU3_END_OF_FRAME, begin, EMU3_NAMES, "the image")
+    codes = _rows(ids, begin, end_of_frame, EMU3_END_OF_LINE, offset, EMU3_CODEBOOK, EMU3_NAMES, width=size and size[1])
+    if size and codes.shape[0] != size[0]:
+        raise InputError(
+            f"token {end_of_frame}: the size text says {size[0]}*{size[1]}, but the image has "
+            f"{codes.shape[0]} rows of {codes.shape[1]} codes"
+        )
+    _expect(ids, end_of_frame + 1, EMU3_IMAGE_END, EMU3_NAMES)
+    return codes
 
 
 def lumina_mgpt(ids: np.ndarray, offset: int = LUMINA_OFFSET) -> list[Image]:
