@@ -123,6 +123,8 @@ def test_a_list_of_generations_in_a_pt_or_safetensors_file(tmp_path):
     assert np.array_equal(codes_io.read(tmp_path / "list.pt", tokens="emu3").array, expected)
     torch.save({"ids": sequences, "prompt": torch.zeros(3)}, tmp_path / "dict.pt")
     assert np.array_equal(codes_io.read(tmp_path / "dict.pt", key="ids", tokens="emu3").array, expected)
+    with pytest.raises(InputError, match="holds float32 numbers; token ids are integers; choose the ids with key=NAME"):
+        codes_io.read(tmp_path / "dict.pt", tokens="emu3")
     save_file({f"ids.{k}": sequence for k, sequence in enumerate(sequences)}, tmp_path / "ids.safetensors")
     clip = codes_io.read(tmp_path / "ids.safetensors", key="ids", tokens="emu3")
     assert np.array_equal(clip.array, expected)  # ids.10 after ids.9, in the order saved

@@ -46,14 +46,10 @@ class Codes:
     stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
     numbers: Sequence[int] | None = None  # each frame's number in the file, once frames are selected
     in_memory: bool = False  # given as an array or tensor, not read from `path`
-    # read from a token stream (its format's name): each frame is a separate image, not a frame of
-    # one video, so a model with a time axis decodes each on its own (a clip of one frame)
-    tokens: str | None = None
-
-    @property
-    def images(self) -> bool:
-        """Whether the frames are separate images (from a token stream), not the frames of one clip."""
-        return self.tokens is not None
+    # each frame is a separate image, not a frame of one video (the images of a token stream): a
+    # model with a time axis decodes each on its own, as a clip of one frame
+    images: bool = False
+    tokens: str | None = None  # the token stream's format (tokenstreams.FORMATS), when read from one
 
     @property
     def is_latents(self) -> bool:
@@ -187,7 +183,8 @@ def _token_stream(
     for array in arrays:
         ids = array.detach().cpu().numpy() if _is_tensor(array) else _materialise(array)
         if ids.dtype.kind not in "iu":
-            raise InputError(f"{path} holds {ids.dtype} numbers; token ids are integers")
+            choose = "; choose the ids with key=NAME" if len(arrays) > 1 else ""
+            raise InputError(f"{path} holds {ids.dtype} numbers; token ids are integers{choose}")
         if ids.ndim not in (1, 2):
             raise InputError(f"{path}: token ids are a vector (L,) or a batch (B, L); got shape {ids.shape}")
         sequences += [ids] if ids.ndim == 1 else list(ids)
@@ -196,7 +193,7 @@ def _token_stream(
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     shape = tuple(arrays[0].shape) if len(arrays) == 1 else (len(arrays),)
-    return Codes(frames, path, shape, in_memory=in_memory, tokens=tokens)
+    return Codes(frames, path, shape, in_memory=in_memory, images=True, tokens=tokens)
 
 
 def _is_tensor(array) -> bool:
