@@ -185,7 +185,7 @@ EMU3_MALFORMED = {
     "an unterminated image": (E[: S + 15], S + 15, "the stream ends inside the image (expected 151847 (end-of-frame))"),
     "a size text wider than the rows": (_set(E, S + 3, qwen_text("6")[0]), S + 10, "row 0 ends after 5 codes, not 6 (as the size says)"),
     "a size text higher than the rows": (_set(E, S + 1, qwen_text("4")[0]), S + 23, "the size text says 4*5, but the image has 3 rows of 5 codes"),
-    "no image": (PROMPT + AFTER, None, "no Emu3 image in this token stream: no 151852 opens one"),
+    "no image": (PROMPT + AFTER, None, "no Emu3 image in this token stream: no 151852 (<|image start|>) opens one"),
 }  # fmt: skip
 
 L_IMAGE = grid(4, 8, 16384, 5)

@@ -123,11 +123,12 @@ class TokenFormat:
     parse: Callable[[np.ndarray, int], list[Image]]
     offset: int
     image_start: int  # the id that opens an image, named when a stream holds none
+    names: dict[int, str]  # its markers, named in messages
 
 
 FORMATS = {
-    "emu3": TokenFormat("Emu3", emu3, EMU3_OFFSET, EMU3_IMAGE_START),
-    "lumina-mgpt": TokenFormat("Lumina-mGPT", lumina_mgpt, LUMINA_OFFSET, LUMINA_IMAGE_START),
+    "emu3": TokenFormat("Emu3", emu3, EMU3_OFFSET, EMU3_IMAGE_START, EMU3_NAMES),
+    "lumina-mgpt": TokenFormat("Lumina-mGPT", lumina_mgpt, LUMINA_OFFSET, LUMINA_IMAGE_START, LUMINA_NAMES),
 }
 
 
@@ -263,7 +264,8 @@ def images(sequences: list[np.ndarray], tokens: str, offset: int | None = None) 
         except InputError as error:
             raise InputError(f"sequence {number}, {error}" if len(sequences) > 1 else str(error)) from None
     if not found:
-        raise InputError(f"no {stream.title} image in this token stream: no {stream.image_start} opens one")
+        opening = _name(stream.image_start, stream.names)
+        raise InputError(f"no {stream.title} image in this token stream: no {opening} opens one")
     return found
 
 
