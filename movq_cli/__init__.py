@@ -85,6 +85,9 @@ def decode(
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     chunk: int | None = None,
     fps: float | None = None,
     crf: int | None = None,
@@ -105,9 +108,11 @@ def decode(
     decoded on the model's device; one already there (a CUDA tensor) is not copied to the host.
 
     `frames` selects output frames (a slice or frame numbers), `key` the array of a file holding
-    several (nested dicts: "a.b"), `grid`
-    the frame shape of flat token rows; `fps`, `crf` and `encoder` (an MP4's H.264 encoder:
-    "x264-veryfast", "nvenc", ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
+    several (nested dicts: "a.b"), `grid` the frame shape of flat token rows; `tokens` ("emu3",
+    "lumina-mgpt") says `codes` holds the raw ids a generation returned (a vector, a batch (B, L)
+    or a list of them), each image in them a frame, `token_offset` the id of code 0 and `image`
+    picks one image; `fps`, `crf` and `encoder` (an MP4's H.264 encoder: "x264-veryfast", "nvenc",
+    ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes each frame (CogVideoX: each chunk) in spatial tiles, to the same pixels,
     in less memory; `source_numbers` names a folder's PNG frames by their number in the whole output
@@ -118,7 +123,7 @@ def decode(
     from movq_cli.models.family import DecodeOptions
     from movq_cli.pipeline import decode_to_file, prepare
 
-    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
     plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
     write = WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers)
     return decode_to_file(plan, out, write, on_frames)
@@ -131,6 +136,9 @@ def decode_frames(
     frames: slice | Sequence[int] | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     chunk: int | None = None,
     snap: bool = False,
     unscaled: bool = False,
@@ -145,7 +153,7 @@ def decode_frames(
     from movq_cli.pipeline import decode_frames as decode_chunks
     from movq_cli.pipeline import prepare
 
-    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
     plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
     for block in decode_chunks(plan):
         yield from block
@@ -160,6 +168,9 @@ def contact_sheet(
     columns: int | None = None,
     key: str | None = None,
     grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
     unscaled: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
@@ -170,7 +181,7 @@ def contact_sheet(
     from movq_cli.models.family import DecodeOptions
     from movq_cli.preview import preview_to_file
 
-    clip = read_clip(codes, ReadOptions(key=key, grid=grid))
+    clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
     options = DecodeOptions(unscaled=unscaled, tile=_tile(tile))
     return preview_to_file(model, clip, Path(out), count, columns, overwrite, options)
 

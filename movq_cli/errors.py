@@ -43,10 +43,13 @@ class OutOfMemory(RunError):
 
 # How the library names a keyword in a message, and how the command line spells it: the library
 # speaks to Python callers (overwrite=True), the CLI renders the same message with its flags.
-_VALUED = "key|grid|tile|chunk|frames|fps|crf|encoder|device|format|weights|config|workers"  # keywords with a value
+# keywords with a value
+_VALUED = "key|grid|tile|chunk|frames|fps|crf|encoder|device|format|weights|config|workers|tokens|image"
 KEYWORD_FLAGS = [
     (re.compile(r"\b(overwrite|snap|unscaled|latents|ray)=True\b"), r"--\1"),
     (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
+    (re.compile(r"\btoken_offset=\.\.\."), r"--token-offset"),
+    (re.compile(r"\btoken_offset=(?=\S)"), r"--token-offset "),
     (re.compile(rf"\b({_VALUED})=\.\.\."), r"--\1"),
     (re.compile(r"\b(grid|tile)=\((\w+), (\w+)\)"), r"--\1 \2x\3"),
     (re.compile(rf"\b({_VALUED})=(?=\S)"), r"--\1 "),

@@ -17,9 +17,12 @@ from movq_cli.cli.options import (
     DTYPE_NAMES,
     CodesArgument,
     GridOption,
+    ImageOption,
     JsonOption,
     KeyOption,
     QuietOption,
+    TokenOffsetOption,
+    TokensOption,
     WeightsArgument,
     parse_grid,
     typer_parser,
@@ -142,7 +145,8 @@ def info(
     epilog=(
         "Examples:\n\n"
         "  movq inspect clip.npy --weights movq.safetensors\n\n"
-        "  movq inspect tokens.npz --key tokens --grid 32x32 --json"
+        "  movq inspect tokens.npz --key tokens --grid 32x32 --json\n\n"
+        "  movq inspect generated.pt --tokens emu3"
     ),
 )
 def inspect(
@@ -158,6 +162,9 @@ def inspect(
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
+    tokens: TokensOption = None,
+    token_offset: TokenOffsetOption = None,
+    image: ImageOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Describe a code file: shape, reading, range, most used codes, NaN/Inf; and whether it fits a model."""
@@ -166,7 +173,7 @@ def inspect(
         from movq_cli.io import codes as codes_io
         from movq_cli.report import codes_report
 
-        clip = codes_io.read(codes, key=key, grid=grid)
+        clip = codes_io.read(codes, key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image)
         model = load(weights, "cpu") if weights is not None else None
         report = codes_report(clip, model)
     _print_codes_report(report, as_json)

@@ -25,11 +25,14 @@ from movq_cli.cli.options import (
     DtypeOption,
     FramesOption,
     GridOption,
+    ImageOption,
     KeyOption,
     OverwriteOption,
     QuietOption,
     ThreadsOption,
     TileOption,
+    TokenOffsetOption,
+    TokensOption,
     UnscaledOption,
     WeightsOption,
 )
@@ -55,6 +58,7 @@ BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
         "  movq decode clip.npy frames/ --weights movq.safetensors --device cuda:1 --dtype bf16\n\n"
         "  movq decode tokens.npy image.png --weights movq/ --grid 32x32\n\n"
         "  movq decode latents.npz clip.gif --weights movq/ --key latents --fps 12\n\n"
+        "  movq decode ids.npy images/ --weights movqgan_270M.ckpt --tokens lumina-mgpt\n\n"
         "  movq decode clip.npy first-second.mp4 --frames 0:24\n\n"
         "  movq decode codes/ 'more/**/*.npy' videos/ --skip-existing --json > report.jsonl\n\n"
         "  movq decode codes/ videos/ --device cuda:all --dtype bf16\n\n"
@@ -101,6 +105,9 @@ def decode(
     ] = None,
     grid: GridOption = None,
     key: KeyOption = None,
+    tokens: TokensOption = None,
+    token_offset: TokenOffsetOption = None,
+    image: ImageOption = None,
     frames: FramesOption = None,
     encoder: Annotated[
         str | None,
@@ -185,7 +192,9 @@ def decode(
         if workers is not None and not ray:
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
-            read=ReadOptions(key=key, grid=grid, frames=frames),
+            read=ReadOptions(
+                key=key, grid=grid, frames=frames, tokens=tokens, token_offset=token_offset, image=image
+            ),
             decode=DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=tile),
             write=WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers),
             skip_existing=skip_existing,

@@ -111,6 +111,22 @@ KeyOption = Annotated[
     str | None,
     typer.Option(help="Which array of an .npz, .pt or .safetensors file to read (nested dicts: a.b).", metavar="NAME"),
 ]
+TokensOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FORMAT",
+        help="The file holds the raw token ids a generation returned: emu3 or lumina-mgpt. Each image in them "
+        "becomes a frame.",
+    ),
+]
+TokenOffsetOption = Annotated[
+    int | None,
+    typer.Option(min=0, metavar="ID", help="With --tokens: the id of code 0 (default: the format's)."),
+]
+ImageOption = Annotated[
+    int | None,
+    typer.Option(min=0, metavar="K", help="With --tokens: only image K (from 0) of the stream."),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]

@@ -4,6 +4,8 @@
 memory-mapped and never unpickled; torch.save and .safetensors files are read by `tensorfiles`.
 Integer arrays become frames of codes (T, H, W); floating arrays become latents (T, e, H, W).
 Arrays and tensors already in memory (`from_array`) are taken as they are: a tensor stays on its device.
+With `tokens`, the file holds the raw ids a language model generated (`tokenstreams`): each image
+found in them becomes one frame.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from movq_cli.errors import InputError, first_line
-from movq_cli.io import tensorfiles
+from movq_cli.io import tensorfiles, tokenstreams
 from movq_cli.io.stored import FileSource, StoredArray, ZipMemberSource, open_regular
 
 # how the files start: .npy, and zip archives (.npz, and torch.save's format since torch 1.6)
@@ -44,6 +46,10 @@ class Codes:
     stored_shape: tuple[int, ...] = ()  # the array's shape in the file, before it became frames
     numbers: Sequence[int] | None = None  # each frame's number in the file, once frames are selected
     in_memory: bool = False  # given as an array or tensor, not read from `path`
+    # each frame is a separate image, not a frame of one video (the images of a token stream): a
+    # model with a time axis decodes each on its own, as a clip of one frame
+    images: bool = False
+    tokens: str | None = None  # the token stream's format (tokenstreams.FORMATS), when read from one
 
     @property
     def is_latents(self) -> bool:
@@ -98,6 +104,9 @@ class Codes:
         return replace(self, array=array, numbers=numbers)
 
     def describe(self) -> str:
+        if self.tokens is not None:
+            title = tokenstreams.FORMATS[self.tokens].title
+            return f"{title} token stream: {self.n_frames} image(s) of {self.grid[0]}x{self.grid[1]} codes"
         kind = f"latents x{self.array.shape[1]}" if self.is_latents else "codes"
         return f"{self.n_frames} frame(s) of {self.grid[0]}x{self.grid[1]} {kind}"
 
@@ -111,34 +120,69 @@ def _native(block: np.ndarray) -> np.ndarray:
 class ReadOptions:
     """How a clip is read: `key` picks the array of a file holding several (nested dicts: "a.b"),
     `grid` shapes flat token rows into frames, `frames` picks output frames (a slice or frame
-    numbers; None: all), which the decode reads no more of than it needs."""
+    numbers; None: all), which the decode reads no more of than it needs; `tokens`,
+    `token_offset` and `image` read the token ids a generation returned (see `read`)."""
 
     key: str | None = None
     grid: tuple[int, int] | None = None
     frames: slice | Sequence[int] | None = None
+    tokens: str | None = None  # the generator whose token ids the file holds (tokenstreams.FORMATS)
+    token_offset: int | None = None  # the id of code 0 in those ids (None: the generator's)
+    image: int | None = None  # only this image of the token stream
 
 
 def read_clip(source, options: ReadOptions = ReadOptions()) -> Codes:
     """A code file (a path), or an array or tensor (`from_array`), as a clip, read with `options`
     (their `frames` are chosen when the decode is prepared)."""
+    tokens = dict(tokens=options.tokens, token_offset=options.token_offset, image=options.image)
     if isinstance(source, (str, Path)):
-        return read(source, key=options.key, grid=options.grid)
+        return read(source, key=options.key, grid=options.grid, **tokens)
     if options.key is not None:
         raise ValueError(f"key={options.key!r} picks an array of a file; the codes are already an array")
-    return from_array(source, grid=options.grid)
+    return from_array(source, grid=options.grid, **tokens)
 
 
-def read(path: str | Path, key: str | None = None, grid: tuple[int, int] | None = None) -> Codes:
-    """Open a code file and shape it into frames. Raises InputError on anything unusable."""
+def read(
+    path: str | Path,
+    key: str | None = None,
+    grid: tuple[int, int] | None = None,
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
+) -> Codes:
+    """Open a code file and shape it into frames. Raises InputError on anything unusable.
+
+    With `tokens` ("emu3", "lumina-mgpt": `tokenstreams.FORMATS`) the file holds token ids a
+    generation returned (a vector, a batch (B, L), or a list of them in a .pt or .safetensors
+    file: `key` names it, or every tensor of the file is read): each image in them becomes a
+    frame, or with `image` only image number `image`; `token_offset` is the id of code 0."""
     path = Path(path)
+    if tokens is not None:
+        return _token_stream(_open_arrays(path, key), path, grid, tokens, token_offset, image, in_memory=False)
+    _refuse_token_options(token_offset, image)
     array = _open_array(path, key)
     _check_dtype(array, path)
     return Codes(_as_frames(array, grid, path), path, tuple(array.shape))
 
 
-def from_array(array, grid: tuple[int, int] | None = None, name: str = "codes") -> Codes:
+def from_array(
+    array,
+    grid: tuple[int, int] | None = None,
+    name: str = "codes",
+    tokens: str | None = None,
+    token_offset: int | None = None,
+    image: int | None = None,
+) -> Codes:
     """A numpy array or a torch tensor (on any device, left there) shaped into frames as a file's
-    array would be, called `name` in messages. Raises InputError on anything unusable."""
+    array would be, called `name` in messages; with `tokens`, token ids as `read` takes them (also
+    a list of vectors). Raises InputError on anything unusable."""
+    if tokens is not None:
+        arrays = list(array) if isinstance(array, (list, tuple)) else [array]
+        for each in arrays:
+            if not isinstance(each, np.ndarray) and not _is_tensor(each):
+                raise TypeError(f"{name} must be numpy arrays or torch tensors of token ids, not {type(each).__name__}")
+        return _token_stream(arrays, Path(name), grid, tokens, token_offset, image, in_memory=True)
+    _refuse_token_options(token_offset, image)
     if not isinstance(array, np.ndarray) and not _is_tensor(array):
         raise TypeError(f"{name} must be a file path, a numpy array or a torch tensor, not {type(array).__name__}")
     path = Path(name)
@@ -146,6 +190,36 @@ def from_array(array, grid: tuple[int, int] | None = None, name: str = "codes") 
     if _is_tensor(array):
         array = array.detach()
     return Codes(_as_frames(array, grid, path), path, tuple(array.shape), in_memory=True)
+
+
+def _refuse_token_options(token_offset: int | None, image: int | None) -> None:
+    if token_offset is not None or image is not None:
+        given = "token_offset=..." if token_offset is not None else "image=..."
+        raise InputError(f"{given} is for token streams; say which generator wrote them with tokens=...")
+
+
+def _token_stream(
+    arrays: list, path: Path, grid, tokens: str, token_offset: int | None, image: int | None, in_memory: bool
+) -> Codes:
+    """The images in the token ids `arrays` (vectors or batches (B, L)) as a clip of frames."""
+    tokenstreams.token_format(tokens)
+    if grid is not None:
+        raise InputError(f"grid=... is for flat rows of codes; with tokens={tokens} each image's rows give its grid")
+    sequences = []
+    for array in arrays:
+        ids = array.detach().cpu().numpy() if _is_tensor(array) else _materialise(array)
+        if ids.dtype.kind not in "iu":
+            choose = "; choose the ids with key=NAME" if len(arrays) > 1 else ""
+            raise InputError(f"{path} holds {ids.dtype} numbers; token ids are integers{choose}")
+        if ids.ndim not in (1, 2):
+            raise InputError(f"{path}: token ids are a vector (L,) or a batch (B, L); got shape {ids.shape}")
+        sequences += [ids] if ids.ndim == 1 else list(ids)
+    try:
+        frames = tokenstreams.stack(tokenstreams.images(sequences, tokens, token_offset), image)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+    shape = tuple(arrays[0].shape) if len(arrays) == 1 else (len(arrays),)
+    return Codes(frames, path, shape, in_memory=in_memory, images=True, tokens=tokens)
 
 
 def _is_tensor(array) -> bool:
@@ -183,6 +257,18 @@ def _open_array(path: Path, key: str | None) -> np.ndarray | StoredArray:
     if magic.startswith(ZIP_MAGIC) or magic[:1] == b"\x80" or tensorfiles.is_safetensors(magic):
         return tensorfiles.read_tensor_file(path, key, safetensors=tensorfiles.is_safetensors(magic))
     raise InputError(f"{path} is not a .npy or .npz file, nor a torch.save (.pt) or .safetensors one")
+
+
+def _open_arrays(path: Path, key: str | None) -> list[np.ndarray | StoredArray]:
+    """The arrays of a token stream file: the one of a .npy or .npz (`key`: its member), or those of
+    a .pt or .safetensors file that `key` names (a tensor, or every tensor of a list or dict saved
+    under that name; no key: every tensor in the file)."""
+    with open_regular(path) as file:
+        magic = file.read(9)
+    safetensors = tensorfiles.is_safetensors(magic)
+    if safetensors or magic[:1] == b"\x80" or (magic.startswith(ZIP_MAGIC) and tensorfiles.is_torch_zip(path)):
+        return tensorfiles.read_tensor_list(path, key, safetensors=safetensors)
+    return [_open_array(path, key)]
 
 
 def _open_npy(path: Path) -> np.ndarray | StoredArray:

@@ -58,6 +58,30 @@ def read_tensor_file(path: Path, key: str | None, safetensors: bool) -> np.ndarr
     return found() if callable(found) else _as_numpy(found, path)
 
 
+def read_tensor_list(path: Path, key: str | None, safetensors: bool) -> list[np.ndarray | StoredArray]:
+    """The tensors named `key` in a .safetensors or torch.save file: the one of that name, or every
+    one under it (a list or dict saved as `key`), in the order they were saved (a .safetensors
+    file: by name, numbers in order); without a key, every tensor in the file."""
+    every = _safetensors_arrays(path) if safetensors else _pickled_tensors(path)
+    if safetensors:
+        every = dict(sorted(every.items(), key=lambda item: _name_order(item[0])))
+    tensors = every
+    if key is not None and key in every:
+        tensors = {key: every[key]}
+    elif key is not None:
+        tensors = {name: tensor for name, tensor in every.items() if name.startswith(f"{key}.")}
+        if not tensors:
+            raise InputError(f"{path} has no tensor or list of tensors {key!r} (it has: {_listing(every) or 'none'})")
+    if not tensors:
+        raise InputError(f"{path} holds no tensors")
+    return [found() if callable(found) else _as_numpy(found, path) for found in tensors.values()]
+
+
+def _name_order(name: str) -> list[tuple[int, int | str]]:
+    """A sort key for dotted names that puts "ids.2" before "ids.10"."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in name.split(".")]
+
+
 def choose(named: Mapping, key: str | None, path: Path, noun: str, listing: str) -> str:
     """`key`, checked to name one of `named` (the arrays or tensors of the file `path`, listed as
     `listing`); without a key, the only name there is."""
