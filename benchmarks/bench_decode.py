@@ -47,8 +47,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from movq_cli.checkpoints import reading, weights
 from movq_cli.checkpoints.bundled import default_weights
 from movq_cli.models.config import MovqConfig, preset
+from movq_cli.models.family import to_pixels
 from movq_cli.models.fastconv import use_winograd
-from movq_cli.pipeline import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("decode", "cli", "whole-process", "clip-memory")  # in the order they run

@@ -90,8 +90,7 @@ def peak_resident() -> int:
 def frame_job(name: str, pixels: int, device: torch.device, tile: int | None, keep: Path | None) -> dict:
     """One frame of `pixels` x `pixels` in this fresh process: seconds, the peak memory above the
     memory held before (bytes) and the estimate; with `keep`, its uint8 pixels are saved there."""
-    from movq_cli.models.family import DecodeOptions, family_of
-    from movq_cli.pipeline import to_pixels
+    from movq_cli.models.family import DecodeOptions, family_of, to_pixels
 
     model = load(name, device)
     family = family_of(model)

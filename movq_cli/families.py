@@ -16,14 +16,24 @@ from dataclasses import dataclass, field
 import torch
 
 from movq_cli.checkpoints import cogvideox as cogvideox_checkpoints
+from movq_cli.checkpoints import emu3 as emu3_checkpoints
 from movq_cli.checkpoints import layouts as movq_checkpoints
 from movq_cli.checkpoints.infer import infer_config as infer_movq_config
 from movq_cli.models import family as decoding
 from movq_cli.models.cogvideox import CogVideoX, use_fast_paths
-from movq_cli.models.config import COGVIDEOX_PRESETS, PRESETS, CogVideoXConfig, JsonConfig, MovqConfig
+from movq_cli.models.config import (
+    COGVIDEOX_PRESETS,
+    EMU3_PRESETS,
+    PRESETS,
+    CogVideoXConfig,
+    Emu3Config,
+    JsonConfig,
+    MovqConfig,
+)
+from movq_cli.models.emu3 import Emu3
 from movq_cli.models.movq import Movq
 
-Model = Movq | CogVideoX  # what `movq_cli.load` returns: a model of one of the families below
+Model = Movq | CogVideoX | Emu3  # what `movq_cli.load` returns: a model of one of the families below
 State = dict[str, torch.Tensor]
 Shapes = Mapping[str, Sequence[int]]
 
@@ -87,7 +97,21 @@ COGVIDEOX = ModelFamily(
     infer_config=cogvideox_checkpoints.infer_config,
     ready=lambda model: use_fast_paths(model, True),
 )
-FAMILIES = (COGVIDEOX, MOVQ)  # in the order they are asked: the family of last resort last
+EMU3 = ModelFamily(
+    name="emu3",
+    layouts=("baai", "transformers"),
+    config=Emu3Config,
+    presets=EMU3_PRESETS,
+    model=Emu3,
+    decoding=decoding.Emu3Video,
+    recognise=emu3_checkpoints.is_emu3,
+    to_native=emu3_checkpoints.to_native,
+    claims_json=lambda values: values.get("model_type") in emu3_checkpoints.MODEL_TYPES,
+    from_json=emu3_checkpoints.config_from_json,
+    infer_config=emu3_checkpoints.infer_config,
+    channels_last=True,
+)
+FAMILIES = (COGVIDEOX, EMU3, MOVQ)  # in the order they are asked: the family of last resort last
 
 
 def named(name: str) -> ModelFamily:

@@ -37,12 +37,6 @@ class DecodeResult:
     seconds: float
 
 
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Decoder output (B, 3, H, W) -> (B, H, W, 3) uint8: round(clamp((x + 1) / 2, 0, 1) * 255)."""
-    pixels = (images.float() + 1).div_(2).clamp_(0, 1).mul_(255).round_()
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1)
-
-
 class HostCopy:
     """A chunk of device pixels on its way to host memory.
 
@@ -109,9 +103,9 @@ def prepare(
     family = family_of(model)
     clip, options = family.conform(clip, options)
     family.check_memory(clip, options)
-    keep, total = None, family.output_frames(clip.n_frames)
+    keep, total = None, family.output_frames(clip)
     frames = frames(total) if callable(frames) else frames
-    if family.independent_frames:
+    if family.independent(clip):
         clip = clip if frames is None else clip.select(frames)
         numbers = [clip.frame_number(i) for i in range(clip.n_frames)]
     else:
@@ -144,7 +138,7 @@ def _pixel_chunks(plan: Plan) -> Iterator[torch.Tensor]:
     blocks = (family.to_device(clip.frames(start, start + n)) for start, n in zip(starts, plan.chunks, strict=True))
     first = 0  # the output number of the next frame out of the decoder
     for images in family.stream(blocks, plan.options):
-        pixels = to_pixels(images)
+        pixels = family.to_pixels(images)
         if plan.keep is None:
             yield pixels
         else:

@@ -143,7 +143,7 @@ def test_hub_ids_are_told_from_paths(name, expected):
 
 
 def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
-    folders, files = reading.PIPELINE_FOLDERS, reading.DIFFUSERS_WEIGHTS
+    folders, files = reading.PIPELINE_FOLDERS, reading.WEIGHTS_FILES
     assert hub.fetch_command(hub.parse(KANDINSKY), folders, files) == (
         f"hf download {KANDINSKY} --include 'movq/*' --include 'vae/*' "
         "--include config.json --include 'diffusion_pytorch_model.*'"

@@ -24,6 +24,8 @@ TELLTALE = "decoder.time_res_stack.0.conv1.conv.weight"
 # What precedes the vision tokenizer's names in transformers' Emu3 language-model repositories
 # (`model.vqmodel.` once transformers has mapped them at load time), longest first
 PREFIXES = ("model.vqmodel.", "vqmodel.")
+# config.json's model_type: BAAI's vision tokenizer, transformers' Emu3VQVAE, an Emu3 language model (its vq_config)
+MODEL_TYPES = ("Emu3VisionVQ", "emu3_vqgan", "emu3")
 # The parts of the model the decoder reads
 DECODER_ROOTS = ("decoder.", "quantize.", "post_quant_conv.")
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from movq_cli.checkpoints.layouts import find_prefix, model_name
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.errors import InputError, RunError
 
@@ -132,11 +133,15 @@ def _model_folder(files: _Files, folders: Sequence[str], weights_files: Sequence
 
 
 def _shards(weights: Path) -> list[str]:
-    """The shard files a sharded checkpoint's index (NAME.safetensors.index.json) names; none for a plain file."""
+    """The shard files of a sharded checkpoint's index (NAME.safetensors.index.json) that hold
+    model tensors (of an Emu3 language model, the vision tokenizer's: not the language model's
+    gigabytes); none for a plain file."""
     if not weights.name.endswith(".index.json"):
         return []
     try:
-        return sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        weight_map = json.loads(weights.read_text())["weight_map"]
+        prefix = find_prefix(list(weight_map))
+        return sorted({shard for name, shard in weight_map.items() if model_name(name, prefix, encoder=True)})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []  # reading the checkpoint reports the damaged index
 

@@ -33,13 +33,16 @@ Config = JsonConfig  # a family's config (movq_cli.families)
 
 CONFIG_KEY = "movq_config"
 FAMILY_KEY = "movq_family"  # the model family of a native file ("cogvideox", ...); absent in 2D MoVQ ones
-DIFFUSERS_WEIGHTS = (
+# the weights file of a model folder, in the order looked for: diffusers' names, then transformers'
+WEIGHTS_FILES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.safetensors.index.json",  # sharded: the index names the shard of each tensor
     "diffusion_pytorch_model.fp16.safetensors",
     "diffusion_pytorch_model.fp16.safetensors.index.json",
     "diffusion_pytorch_model.bf16.safetensors",
     "diffusion_pytorch_model.bin",
+    "model.safetensors",  # transformers' save_pretrained, and BAAI's Emu3-VisionTokenizer
+    "model.safetensors.index.json",  # an Emu3 language model's shards: only those holding its tokenizer are read
 )
 INDEX_SUFFIX = ".index.json"
 PIPELINE_FOLDERS = ("movq", "vae")  # where diffusers pipelines keep the model: Kandinsky, CogVideoX
@@ -110,7 +113,7 @@ def _named(name: str) -> Path:
     hub_id = hub.parse(name)
     if hub_id is None:
         raise InputError(f"weights not found: {name}")
-    return hub.fetch(hub_id, PIPELINE_FOLDERS, DIFFUSERS_WEIGHTS)
+    return hub.fetch(hub_id, PIPELINE_FOLDERS, WEIGHTS_FILES)
 
 
 def _locate_folder(folder: Path) -> Located:
@@ -121,15 +124,15 @@ def _locate_folder(folder: Path) -> Located:
     config_file = folder / "config.json"
     if not config_file.exists():
         raise InputError(
-            f"{folder}: a weights folder needs config.json (a diffusers VQModel or AutoencoderKLCogVideoX folder)"
+            f"{folder}: a weights folder needs config.json (a diffusers or transformers model folder)"
         )
-    for name in DIFFUSERS_WEIGHTS:
+    for name in WEIGHTS_FILES:
         if (folder / name).exists():
             _check_regular(folder / name)
             if name.endswith(".safetensors"):
                 _metadata(folder / name)
             return Located(folder / name, _config_json(config_file), "config.json")
-    raise InputError(f"{folder}: no {' or '.join(DIFFUSERS_WEIGHTS)}")
+    raise InputError(f"{folder}: no {' or '.join(WEIGHTS_FILES)}")
 
 
 def _check_regular(path: Path) -> None:
@@ -256,7 +259,9 @@ def read_tensors(
 
 def shards(path: Path) -> dict[Path, list[str]]:
     """The safetensors files holding a checkpoint, each with the names of its tensors: the file
-    itself, or for a sharded checkpoint's index (NAME.safetensors.index.json) every shard it names."""
+    itself, or for a sharded checkpoint's index (NAME.safetensors.index.json) every shard it names
+    that holds a model tensor, with those (an Emu3 language model's index names many shards, of
+    which one or two hold its vision tokenizer: only those need to be there)."""
     if not path.name.endswith(INDEX_SUFFIX):
         try:
             with safe_open(path, framework="pt") as file:
@@ -265,9 +270,11 @@ def shards(path: Path) -> dict[Path, list[str]]:
             raise InputError(f"{path}: not a readable safetensors file ({error})") from None
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
+        selected = _model_names(list(weight_map), path, encoder=True)
         shards: dict[Path, list[str]] = {}
         for name, shard in weight_map.items():
-            shards.setdefault(path.parent / shard, []).append(name)
+            if name in selected:
+                shards.setdefault(path.parent / shard, []).append(name)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path}: not a readable index of shards ({first_line(error)})") from None
     missing = [str(shard) for shard in shards if not shard.is_file()]

@@ -192,9 +192,7 @@ def decode(
         if workers is not None and not ray:
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
-            read=ReadOptions(
-                key=key, grid=grid, frames=frames, tokens=tokens, token_offset=token_offset, image=image
-            ),
+            read=ReadOptions(key=key, grid=grid, frames=frames, tokens=tokens, token_offset=token_offset, image=image),
             decode=DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=tile),
             write=WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers),
             skip_existing=skip_existing,

@@ -43,16 +43,22 @@ UNKNOWN_SCALE = (
 class DecodeOptions:
     """How a clip is decoded. Each family refuses what has no meaning for it."""
 
-    chunk: int | None = None  # 2D: frames per decoder call (None: from the device's memory)
+    chunk: int | None = None  # 2D: frames per decoder call (None: from the device's memory); Emu3: latent frames
     snap: bool = False  # 2D: snap latents to their nearest codebook rows
     unscaled: bool = False  # 3D: latents are already divided by the model's scaling_factor
     tile: tuple[int, int] | None = None  # decode each frame (3D: chunk) in spatial tiles of (rows, columns) pixels
+    per_clip: bool = False  # Emu3: each latent frame is a clip of its own (BAAI's autoencode.py), nothing carried
+    images: bool = False  # Emu3: each frame is an image of its own (a token stream's), frame 0 of its clip
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Decoder output (B, 3, H, W) -> (B, H, W, 3) uint8: round(clamp((x + 1) / 2, 0, 1) * 255)."""
+    pixels = (images.float() + 1).div_(2).clamp_(0, 1).mul_(255).round_()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class Family(ABC):
     """A loaded model, seen by the pipeline."""
-
-    independent_frames: bool  # whether each output frame depends on its own input frame only
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -68,8 +74,17 @@ class Family(ABC):
         return grid[0] * self.config.factor, grid[1] * self.config.factor
 
     @abstractmethod
-    def output_frames(self, n_frames: int) -> int:
-        """How many frames `n_frames` frames of the file decode to."""
+    def independent(self, clip: Codes) -> bool:
+        """Whether each output frame of `clip` is one file frame's alone (a selection then reads only those)."""
+
+    @abstractmethod
+    def output_frames(self, clip: Codes) -> int:
+        """How many frames `clip` decodes to."""
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoded images (n, 3, H, W) about [-1, 1] -> uint8 (n, H, W, 3) on their device, as the
+        model's own pipeline makes them (`to_pixels`, unless the family says otherwise)."""
+        return to_pixels(images)
 
     @abstractmethod
     def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
@@ -118,10 +133,11 @@ class Family(ABC):
 class MovqFrames(Family):
     """The 2D MoVQ: frames decode independently, in chunks of any size."""
 
-    independent_frames = True
+    def independent(self, clip: Codes) -> bool:
+        return True
 
-    def output_frames(self, n_frames: int) -> int:
-        return n_frames
+    def output_frames(self, clip: Codes) -> int:
+        return clip.n_frames
 
     def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
         chunk = chunk or auto_chunk(self.config, clip.grid, self.device, self.dtype)
@@ -182,6 +198,8 @@ class MovqFrames(Family):
             raise InputError("snap=True needs a codebook, and this model has none")
         if options.unscaled:
             raise InputError("unscaled=True is for CogVideoX latents; MoVQ latents are decoded as they are")
+        if options.per_clip:
+            raise InputError("per_clip=True is for Emu3 codes; a 2D MoVQ decodes every frame on its own")
 
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
         tile = None if options.tile is None else self.tile_latents(options)
@@ -197,10 +215,11 @@ class MovqFrames(Family):
 class CogVideoXVideo(Family):
     """CogVideoX: latent frames decode in the model's chunk schedule, with causal state carried between chunks."""
 
-    independent_frames = False
+    def independent(self, clip: Codes) -> bool:
+        return False
 
-    def output_frames(self, n_frames: int) -> int:
-        return self.model.output_frames(n_frames)
+    def output_frames(self, clip: Codes) -> int:
+        return self.model.output_frames(clip.n_frames)
 
     def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
         if chunk is not None:
@@ -265,6 +284,8 @@ class CogVideoXVideo(Family):
         codes_io.check_fits(clip, self.config.latent_channels, None)
         if options.snap:
             raise InputError("snap=True needs a codebook, and CogVideoX has none")
+        if options.per_clip:
+            raise InputError("per_clip=True is for Emu3 codes; CogVideoX latents are one clip")
 
     def chunk_bytes(self, grid: tuple[int, int], latent_frames: int) -> int:
         """A generous estimate of the activation memory one chunk of `latent_frames` needs."""
@@ -288,6 +309,67 @@ class CogVideoXVideo(Family):
         tile = None if options.tile is None else self.tile_latents(options)
         for frames in self.model.decode_stream(chunks(), tile=tile):
             yield frames[0].movedim(1, 0)  # (1, 3, T, H, W) -> (T, 3, H, W)
+
+
+class Emu3Video(Family):
+    """Emu3: codes (T, h, w) are one clip's T latent frames, decoded a chunk at a time with each
+    causal convolution's past carried, into 4T frames; with `per_clip` each latent frame is a
+    clip of its own (what BAAI's autoencode.py encodes a video into). The images of a token
+    stream decode each on its own, to frame 0 of its clip, as Emu3's image decoding does; so does
+    a file of one latent frame (h, w) read as an image. Pixels are truncated, as Emu3's processor
+    makes them (`Emu3.to_pixels`)."""
+
+    def independent(self, clip: Codes) -> bool:
+        return clip.images
+
+    def output_frames(self, clip: Codes) -> int:
+        return clip.n_frames if clip.images else self.model.output_frames(clip.n_frames)
+
+    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+        return clip, replace(options, images=clip.images)
+
+    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+        if clip.images:
+            chunk = chunk or 1
+            return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
+        return self.model.schedule(clip.n_frames, chunk) if chunk else self.model.schedule(clip.n_frames)
+
+    @cached_property
+    def weight_bytes(self) -> int:
+        return sum(parameter.nbytes for parameter in self.model.parameters())
+
+    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
+        if options.tile is not None:
+            raise InputError("tile=... is for 2D MoVQ and CogVideoX models; Emu3 decodes whole frames")
+        # the 2D decoder takes one frame at a time; a chunk's frames wait beside it
+        frames = (
+            1 if clip.images else self.config.temporal_downsample_factor * max(self.chunk_sizes(clip, options.chunk))
+        )
+        rows, cols = self.frame_size(clip.grid)
+        waiting = frames * self.config.out_ch * rows * cols * self.dtype.itemsize
+        whole = call_bytes(frame_bytes(self.config.decoder_2d, clip.grid, self.dtype, self.device), self.weight_bytes)
+        check_fits_in_memory(whole + waiting, f"a frame of {_grid(clip)}", self.device)
+
+    def check(self, clip: Codes, options: DecodeOptions) -> None:
+        if clip.is_latents:
+            raise InputError(f"{clip.path}: Emu3 decodes integer codes, (T, h, w) or (h, w); these are latents")
+        codes_io.check_fits(clip, self.config.embed_dim, self.config.codebook_size)
+        if options.snap:
+            raise InputError("snap=True is for a 2D MoVQ's latents; Emu3 decodes codes")
+        if options.unscaled:
+            raise InputError("unscaled=True is for CogVideoX latents; Emu3 decodes codes")
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.to_pixels(images)
+
+    def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
+        if options.images:
+            for codes in blocks:
+                yield self.model.decode_image(codes)
+            return
+        clip = (codes[None] for codes in blocks)  # (t, h, w) -> (1, t, h, w): one clip, chunk by chunk
+        for frames in self.model.decode_stream(clip, independent=options.per_clip):
+            yield frames[0].transpose(0, 1)  # (1, 3, 4t, H, W) -> (4t, 3, H, W)
 
 
 def family_of(model: torch.nn.Module) -> Family:
