@@ -94,6 +94,7 @@ def decode(
     encoder: str | None = None,
     snap: bool = False,
     unscaled: bool = False,
+    per_clip: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
     source_numbers: bool = False,
@@ -115,7 +116,8 @@ def decode(
     ...) set how a video is written; `snap` snaps a MoVQ's latents to its codebook, `unscaled`
     says CogVideoX latents are already divided by the scaling factor, `tile` (pixels: 256 or
     (240, 360)) decodes each frame (CogVideoX: each chunk) in spatial tiles, to the same pixels,
-    in less memory; `source_numbers` names a folder's PNG frames by their number in the whole output
+    in less memory; `per_clip` decodes each of Emu3's latent frames as a clip of its own (codes
+    BAAI's autoencode.py made); `source_numbers` names a folder's PNG frames by their number in the whole output
     (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
     Returns what was written (frames, frame size, seconds)."""
     from movq_cli.io.codes import ReadOptions, read_clip
@@ -124,7 +126,12 @@ def decode(
     from movq_cli.pipeline import decode_to_file, prepare
 
     clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
-    plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
+    plan = prepare(
+        model,
+        clip,
+        frames,
+        DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
+    )
     write = WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers)
     return decode_to_file(plan, out, write, on_frames)
 
@@ -142,6 +149,7 @@ def decode_frames(
     chunk: int | None = None,
     snap: bool = False,
     unscaled: bool = False,
+    per_clip: bool = False,
     tile: int | tuple[int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """The frames of `codes` (a code file, an array or a tensor, as `decode` takes them), decoded a
@@ -154,7 +162,12 @@ def decode_frames(
     from movq_cli.pipeline import prepare
 
     clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
-    plan = prepare(model, clip, frames, DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile)))
+    plan = prepare(
+        model,
+        clip,
+        frames,
+        DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
+    )
     for block in decode_chunks(plan):
         yield from block
 
@@ -172,6 +185,7 @@ def contact_sheet(
     token_offset: int | None = None,
     image: int | None = None,
     unscaled: bool = False,
+    per_clip: bool = False,
     tile: int | tuple[int, int] | None = None,
     overwrite: bool = False,
 ) -> PreviewResult:
@@ -182,7 +196,7 @@ def contact_sheet(
     from movq_cli.preview import preview_to_file
 
     clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
-    options = DecodeOptions(unscaled=unscaled, tile=_tile(tile))
+    options = DecodeOptions(unscaled=unscaled, tile=_tile(tile), per_clip=per_clip)
     return preview_to_file(model, clip, Path(out), count, columns, overwrite, options)
 
 

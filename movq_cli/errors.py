@@ -47,7 +47,7 @@ class OutOfMemory(RunError):
 _VALUED = "key|grid|tile|chunk|frames|fps|crf|encoder|device|format|weights|config|workers|tokens|image"
 KEYWORD_FLAGS = [
     (re.compile(r"\b(overwrite|snap|unscaled|latents|ray)=True\b"), r"--\1"),
-    (re.compile(r"\bsource_numbers=True\b"), r"--source-numbers"),
+    (re.compile(r"\b(source_numbers|per_clip)=True\b"), lambda m: "--" + m.group(1).replace("_", "-")),
     (re.compile(r"\btoken_offset=\.\.\."), r"--token-offset"),
     (re.compile(r"\btoken_offset=(?=\S)"), r"--token-offset "),
     (re.compile(rf"\b({_VALUED})=\.\.\."), r"--\1"),

@@ -123,9 +123,7 @@ def _locate_folder(folder: Path) -> Located:
             break
     config_file = folder / "config.json"
     if not config_file.exists():
-        raise InputError(
-            f"{folder}: a weights folder needs config.json (a diffusers or transformers model folder)"
-        )
+        raise InputError(f"{folder}: a weights folder needs config.json (a diffusers or transformers model folder)")
     for name in WEIGHTS_FILES:
         if (folder / name).exists():
             _check_regular(folder / name)

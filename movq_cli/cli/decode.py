@@ -28,6 +28,7 @@ from movq_cli.cli.options import (
     ImageOption,
     KeyOption,
     OverwriteOption,
+    PerClipOption,
     QuietOption,
     ThreadsOption,
     TileOption,
@@ -120,6 +121,7 @@ def decode(
     ] = None,
     snap: Annotated[bool, typer.Option("--snap", help="Snap latents to their nearest codebook rows.")] = False,
     unscaled: UnscaledOption = False,
+    per_clip: PerClipOption = False,
     tile: TileOption = None,
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help=f"Output of each file in a batch: {BATCH_FORMATS}.")
@@ -193,7 +195,7 @@ def decode(
             raise InputError("--workers is for --ray; on one machine, list the devices: --device cpu,cpu or cuda:all")
         options = BatchOptions(
             read=ReadOptions(key=key, grid=grid, frames=frames, tokens=tokens, token_offset=token_offset, image=image),
-            decode=DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=tile),
+            decode=DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=tile, per_clip=per_clip),
             write=WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers),
             skip_existing=skip_existing,
             fail_fast=fail_fast,

@@ -154,3 +154,11 @@ TileOption = Annotated[
         parser=typer_parser(parse_tile),
     ),
 ]
+PerClipOption = Annotated[
+    bool,
+    typer.Option(
+        "--per-clip",
+        help="Emu3: each latent frame is a clip of its own, as BAAI's autoencode.py encodes a video "
+        "(4 frames a clip, nothing carried between them); default: one clip, as Emu3VQVAE.decode takes (1, T, h, w).",
+    ),
+]
