@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from movq_cli import families
 from movq_cli.checkpoints.building import build
 from movq_cli.checkpoints.layouts import ENCODER_ROOTS
 from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
@@ -23,7 +24,7 @@ from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.checkpoints.reading import Checkpoint, read_checkpoint, shards
 from movq_cli.errors import InputError
 from movq_cli.io.codes import Codes
-from movq_cli.models.config import CogVideoXConfig, MovqConfig
+from movq_cli.models.config import MovqConfig
 from movq_cli.models.family import DecodeOptions, family_of
 from movq_cli.pipeline import prepare
 
@@ -40,8 +41,9 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
     """
     checkpoint = read_checkpoint(path, encoder=True)
     config = checkpoint.config
-    if isinstance(config, CogVideoXConfig):
-        return _video_info(checkpoint, grid)
+    family = families.of_config(config)
+    if family is not families.MOVQ:
+        return _decoder_info(checkpoint, grid, family.name)
     encoder_state = {name: t for name, t in checkpoint.state.items() if name.startswith(ENCODER_ROOTS)}
     decoder_state = {name: t for name, t in checkpoint.state.items() if name not in encoder_state}
     problem = None
@@ -74,14 +76,27 @@ def checkpoint_info(path: str | Path, grid: tuple[int, int]) -> dict:
     }
 
 
-def _video_info(checkpoint: Checkpoint, grid: tuple[int, int]) -> dict:
-    """`checkpoint_info` of a CogVideoX VAE: the decoder is what movq reads; encoders are not used."""
+# what `info` says of each family's config beyond what every family has
+_FAMILY_FACTS = {
+    "cogvideox": lambda config: {
+        "scaling_factor": config.scaling_factor, "temporal_compression": config.temporal_compression_ratio,
+    },
+    "emu3": lambda config: {
+        "codebook_size": config.codebook_size, "valid_codes": config.n_codes,
+        "temporal_compression": config.temporal_downsample_factor,
+        "attention": {"mid": True, "levels": list(config.attn_levels)},
+    },
+}  # fmt: skip
+
+
+def _decoder_info(checkpoint: Checkpoint, grid: tuple[int, int], family: str) -> dict:
+    """`checkpoint_info` of a model movq reads the decoder of only (CogVideoX, Emu3): encoders are not used."""
     config = checkpoint.config
     build(config, checkpoint.state, source=checkpoint.path)  # checks every tensor
     decoder = _sizes(checkpoint.state.values())
     return {
         "path": str(checkpoint.path),
-        "family": "cogvideox",
+        "family": family,
         "layout": checkpoint.layout,
         "config_source": checkpoint.config_source,
         "config": asdict(config),
@@ -90,9 +105,8 @@ def _video_info(checkpoint: Checkpoint, grid: tuple[int, int]) -> dict:
         "decoder": decoder,
         "encoder": {"present": False, "tensors": 0, "parameters": 0, "problem": None},
         "dtypes": _stored_dtypes(checkpoint),
-        "scaling_factor": config.scaling_factor,
+        **_FAMILY_FACTS[family](config),
         "factor": config.factor,
-        "temporal_compression": config.temporal_compression_ratio,
         "grid": list(grid),
         "frame_size": [grid[0] * config.factor, grid[1] * config.factor],
     }

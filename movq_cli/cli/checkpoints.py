@@ -136,6 +136,8 @@ def info(
         where = [f"level {level}" for level in attention["levels"]] + (["middle"] if attention["mid"] else [])
         rows["codebook"] = "none (latents only)" if report["codebook_size"] is None else str(report["codebook_size"])
         rows["downsampling"] = f"x{report['factor']}"
+        if "temporal_compression" in report:  # Emu3: 4 frames a latent frame
+            rows["downsampling"] += f" in space, x{report['temporal_compression']} in time"
         rows["attention"] = ", ".join(where) or "none"
         rows[f"frame for {grid[0]}x{grid[1]} codes"] = f"{height}x{width} pixels"
     _print_table(rows)
