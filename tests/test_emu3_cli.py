@@ -12,6 +12,7 @@ import torch
 from conftest import assert_one_line_error, movq
 from safetensors.torch import save_file
 from test_emu3 import SMALL, randomize
+from test_hub import cache, cache_repo, model_files, no_network  # noqa: F401, F811 (fixtures)
 from test_token_streams import emu3_image
 from transformers import Emu3VQVAE, Emu3VQVAEConfig
 
@@ -96,7 +97,7 @@ def test_per_clip_codes_decode_each_latent_frame_as_its_own_clip(reference, baai
 def test_an_image_decodes_to_frame_0_of_its_clip(reference, baai_folder, tmp_path):
     codes = np.random.default_rng(3).integers(0, SMALL_CODES, (2, 3))
     np.save(tmp_path / "image.npy", codes)
-    result = movq("decode", tmp_path / "image.npy", tmp_path / "image.png", "-w", baai_folder, "--frames", "0")
+    result = movq("decode", tmp_path / "image.npy", tmp_path / "image.png", "-w", baai_folder)
     assert result.exit_code == 0, result.output
     assert_same_pixels(iio.imread(tmp_path / "image.png")[None], pixels(reference, codes[None]))
 
@@ -137,6 +138,24 @@ def test_a_language_model_folder_needs_only_the_shards_that_hold_its_tokenizer(r
     codes = np.random.default_rng(6).integers(0, SMALL_CODES, (1, 2, 2))
     got = np.stack(list(movq_cli.decode_frames(codes, movq_cli.load(folder))))  # shard 1 is not there
     assert_same_pixels(got, pixels(reference, codes[None]))
+
+
+def test_hub_ids_of_the_tokenizer_and_of_a_language_model_decode_alike(reference, baai_folder, cache, tmp_path):  # noqa: F811
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    vision = {f"vqmodel.{name}": tensor.contiguous() for name, tensor in reference.state_dict().items()}
+    save_file(vision, lm / "model-00004-of-00004.safetensors")
+    weight_map = {"lm_head.weight": "model-00001-of-00004.safetensors"} | dict.fromkeys(vision, "model-00004-of-00004.safetensors")
+    (lm / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (lm / "config.json").write_text(json.dumps({"model_type": "emu3", "vq_config": reference.config.to_dict()}))
+    cache_repo(cache, "BAAI/Emu3-VisionTokenizer", model_files(baai_folder))
+    cache_repo(cache, "BAAI/Emu3-Gen-hf", model_files(lm))  # the language model's shards are not there
+    codes = np.random.default_rng(7).integers(0, SMALL_CODES, (2, 2, 2))
+    decoded = [
+        np.stack(list(movq_cli.decode_frames(codes, movq_cli.load(weights))))
+        for weights in (baai_folder, "BAAI/Emu3-VisionTokenizer", "BAAI/Emu3-Gen-hf")
+    ]
+    assert np.array_equal(decoded[0], decoded[1]) and np.array_equal(decoded[1], decoded[2])
 
 
 def test_info_and_inspect_describe_an_emu3_tokenizer(baai_folder, tmp_path):

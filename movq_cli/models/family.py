@@ -326,6 +326,9 @@ class Emu3Video(Family):
         return clip.n_frames if clip.images else self.model.output_frames(clip.n_frames)
 
     def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+        """A file of one frame (h, w) holds an image, as Emu3VQVAE.decode takes 3-d codes."""
+        if len(clip.stored_shape) == 2 and not clip.is_latents:
+            clip = replace(clip, images=True)
         return clip, replace(options, images=clip.images)
 
     def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
