@@ -118,3 +118,18 @@ def test_the_api_exports_its_model_result_and_error_types(tmp_path):
     assert isinstance(model, movq.Model)
     result = movq.decode(np.zeros((1, 4, 4), dtype=np.int64), tmp_path / "one.png", model)
     assert isinstance(result, movq.DecodeResult) and result.frame_size == (16, 16)
+
+
+def test_the_readme_lists_every_keyword_of_every_function():
+    import inspect
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## From Python") :]
+    section = " ".join(section[: section.index("\n## ")].split())
+    for function in (movq.load, movq.decode, movq.decode_frames, movq.contact_sheet, movq.encode):
+        listed = re.search(rf"`{function.__name__}\(([^`]*)\)`", section)
+        assert listed, function.__name__
+        names = [re.split(r"[=*]", word.strip())[0] for word in listed.group(1).split(",")]
+        assert [n for n in names if n] == list(inspect.signature(function).parameters), function.__name__
