@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from movq_cli.errors import InputError, OutOfMemory, run_errors
-from movq_cli.io.codes import Codes
+from movq_cli.io.codes import Clip
 from movq_cli.io.writers import WriteOptions, Writer, get_writer, writer_class
 from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
 
@@ -73,7 +73,7 @@ class Plan:
     (file frames per decoder call), and which output frames it keeps (None: every one)."""
 
     family: Family
-    clip: Codes
+    clip: Clip
     options: DecodeOptions
     chunks: list[int]
     numbers: list[int]  # the output frames, numbered as in the whole output
@@ -91,7 +91,7 @@ class Plan:
 
 def prepare(
     model: torch.nn.Module,
-    clip: Codes,
+    clip: Clip,
     frames: slice | Sequence[int] | Callable[[int], Sequence[int]] | None = None,
     options: DecodeOptions = DecodeOptions(),
 ) -> Plan:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from movq_cli.errors import InputError
-from movq_cli.io.codes import Codes
+from movq_cli.io.codes import Clip
 from movq_cli.io.writers import WRITERS, WriteOptions, get_writer
 from movq_cli.models.family import DecodeOptions
 from movq_cli.pipeline import Plan, decode_frames, prepare
@@ -99,13 +99,13 @@ class Chosen:
 
 
 def decode_chosen(
-    model: torch.nn.Module, clip: Codes, count: int = 8, options: DecodeOptions = DecodeOptions()
+    model: torch.nn.Module, clip: Clip, count: int = 8, options: DecodeOptions = DecodeOptions()
 ) -> Chosen:
     """Check `clip` and decode `count` evenly spaced frames of it (only those, where frames are independent)."""
     return _decode(_choose(model, clip, count, options))
 
 
-def _choose(model: torch.nn.Module, clip: Codes, count: int, options: DecodeOptions) -> Plan:
+def _choose(model: torch.nn.Module, clip: Clip, count: int, options: DecodeOptions) -> Plan:
     """The plan of a decode of `count` evenly spaced frames of `clip`."""
     return prepare(model, clip, lambda total: frame_numbers(total, count), options)
 
@@ -114,7 +114,7 @@ def _decode(plan: Plan) -> Chosen:
     return Chosen(np.concatenate(list(decode_frames(plan))), plan.numbers, plan.total)
 
 
-def sheet_of(model: torch.nn.Module, clip: Codes, count: int = 8, columns: int | None = None,
+def sheet_of(model: torch.nn.Module, clip: Clip, count: int = 8, columns: int | None = None,
              options: DecodeOptions = DecodeOptions()) -> tuple[np.ndarray, Chosen]:  # fmt: skip
     """The contact sheet (H, W, 3) of `count` evenly spaced frames of `clip`, and those frames."""
     chosen = decode_chosen(model, clip, count, options)
@@ -137,7 +137,7 @@ def write_picture(picture: np.ndarray, output: Path, overwrite: bool = False) ->
 
 def preview_to_file(
     model: torch.nn.Module,
-    clip: Codes,
+    clip: Clip,
     output: Path,
     count: int = 8,
     columns: int | None = None,

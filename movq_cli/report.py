@@ -23,7 +23,7 @@ from movq_cli.checkpoints.pickled import SUFFIXES as PICKLE_SUFFIXES
 from movq_cli.checkpoints.pickled import read_pickled
 from movq_cli.checkpoints.reading import Checkpoint, read_checkpoint, shards
 from movq_cli.errors import InputError
-from movq_cli.io.codes import Codes
+from movq_cli.io.codes import Clip
 from movq_cli.models.config import MovqConfig
 from movq_cli.models.family import DecodeOptions, family_of
 from movq_cli.pipeline import prepare
@@ -139,7 +139,7 @@ def frame_size(config: MovqConfig, grid: tuple[int, int]) -> list[int]:
     return [grid[0] * config.factor, grid[1] * config.factor]
 
 
-def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
+def codes_report(codes: Clip, model: torch.nn.Module | None = None) -> dict:
     """Shape, value statistics and, given a loaded `model`, whether `codes` fits it and why not,
     and the frames it would decode to."""
     report = {
@@ -169,7 +169,7 @@ def codes_report(codes: Codes, model: torch.nn.Module | None = None) -> dict:
     return report
 
 
-def code_stats(codes: Codes) -> dict:
+def code_stats(codes: Clip) -> dict:
     """Range, number of distinct codes and the most used ones (code, count)."""
     counts: Counter[int] = Counter()
     for _, _, block in codes.pieces():
@@ -179,7 +179,7 @@ def code_stats(codes: Codes) -> dict:
     return {"min": min(counts), "max": max(counts), "distinct": len(counts), "top": [list(item) for item in top]}
 
 
-def latent_stats(codes: Codes) -> dict:
+def latent_stats(codes: Clip) -> dict:
     """Channels, range of the finite values, and how many values are NaN or infinite."""
     low, high, nans, infinities = np.inf, -np.inf, 0, 0
     for _, _, block in codes.pieces():

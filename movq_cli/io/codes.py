@@ -37,7 +37,7 @@ DAMAGED = (ValueError, TypeError, OverflowError, OSError, EOFError, SyntaxError,
 
 
 @dataclass(frozen=True)
-class Codes:
+class Clip:
     """A clip of codes (T, H, W) or latents (T, e, H, W): in memory (a numpy array, or a torch
     tensor on any device) or still in its file."""
 
@@ -90,7 +90,7 @@ class Codes:
         """The number in the file of this clip's frame `index`."""
         return index if self.numbers is None else self.numbers[index]
 
-    def select(self, frames: slice | Sequence[int]) -> Codes:
+    def select(self, frames: slice | Sequence[int]) -> Clip:
         """Some of the frames: a slice stays a lazy view of the file; a list of frame numbers is read now.
 
         Raises InputError when nothing is selected."""
@@ -131,7 +131,7 @@ class ReadOptions:
     image: int | None = None  # only this image of the token stream
 
 
-def read_clip(source, options: ReadOptions = ReadOptions()) -> Codes:
+def read_clip(source, options: ReadOptions = ReadOptions()) -> Clip:
     """A code file (a path), or an array or tensor (`from_array`), as a clip, read with `options`
     (their `frames` are chosen when the decode is prepared)."""
     tokens = dict(tokens=options.tokens, token_offset=options.token_offset, image=options.image)
@@ -149,7 +149,7 @@ def read(
     tokens: str | None = None,
     token_offset: int | None = None,
     image: int | None = None,
-) -> Codes:
+) -> Clip:
     """Open a code file and shape it into frames. Raises InputError on anything unusable.
 
     With `tokens` ("emu3", "lumina-mgpt": `tokenstreams.FORMATS`) the file holds token ids a
@@ -162,7 +162,7 @@ def read(
     _refuse_token_options(token_offset, image)
     array = _open_array(path, key)
     _check_dtype(array, path)
-    return Codes(_as_frames(array, grid, path), path, tuple(array.shape))
+    return Clip(_as_frames(array, grid, path), path, tuple(array.shape))
 
 
 def from_array(
@@ -172,7 +172,7 @@ def from_array(
     tokens: str | None = None,
     token_offset: int | None = None,
     image: int | None = None,
-) -> Codes:
+) -> Clip:
     """A numpy array or a torch tensor (on any device, left there) shaped into frames as a file's
     array would be, called `name` in messages; with `tokens`, token ids as `read` takes them (also
     a list of vectors). Raises InputError on anything unusable."""
@@ -189,7 +189,7 @@ def from_array(
     _check_dtype(array, path)
     if _is_tensor(array):
         array = array.detach()
-    return Codes(_as_frames(array, grid, path), path, tuple(array.shape), in_memory=True)
+    return Clip(_as_frames(array, grid, path), path, tuple(array.shape), in_memory=True)
 
 
 def _refuse_token_options(token_offset: int | None, image: int | None) -> None:
@@ -200,7 +200,7 @@ def _refuse_token_options(token_offset: int | None, image: int | None) -> None:
 
 def _token_stream(
     arrays: list, path: Path, grid, tokens: str, token_offset: int | None, image: int | None, in_memory: bool
-) -> Codes:
+) -> Clip:
     """The images in the token ids `arrays` (vectors or batches (B, L)) as a clip of frames."""
     tokenstreams.token_format(tokens)
     if grid is not None:
@@ -219,7 +219,7 @@ def _token_stream(
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     shape = tuple(arrays[0].shape) if len(arrays) == 1 else (len(arrays),)
-    return Codes(frames, path, shape, in_memory=in_memory, images=True, tokens=tokens)
+    return Clip(frames, path, shape, in_memory=in_memory, images=True, tokens=tokens)
 
 
 def _is_tensor(array) -> bool:
@@ -404,7 +404,7 @@ def _rows_to_grid(rows: np.ndarray, height: int, width: int, path: Path) -> np.n
     return rows.reshape(rows.shape[0], height, width)
 
 
-def check_fits(codes: Codes, channels: int, n_codes: int | None) -> None:
+def check_fits(codes: Clip, channels: int, n_codes: int | None) -> None:
     """Raise InputError unless every frame can be decoded by a model that takes latents of
     `channels` channels and integer codes in [0, n_codes) (None: no integer codes).
 

@@ -27,7 +27,7 @@ import torch
 from movq_cli.device import LIVE_ACTIVATIONS, auto_chunk
 from movq_cli.errors import InputError
 from movq_cli.io import codes as codes_io
-from movq_cli.io.codes import Codes
+from movq_cli.io.codes import Clip
 from movq_cli.io.stored import StoredArray
 from movq_cli.memory import check_fits_in_memory, device_memory, gib
 from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
@@ -74,11 +74,11 @@ class Family(ABC):
         return grid[0] * self.config.factor, grid[1] * self.config.factor
 
     @abstractmethod
-    def independent(self, clip: Codes) -> bool:
+    def independent(self, clip: Clip) -> bool:
         """Whether each output frame of `clip` is one file frame's alone (a selection then reads only those)."""
 
     @abstractmethod
-    def output_frames(self, clip: Codes) -> int:
+    def output_frames(self, clip: Clip) -> int:
         """How many frames `clip` decodes to."""
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
@@ -87,14 +87,14 @@ class Family(ABC):
         return to_pixels(images)
 
     @abstractmethod
-    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+    def chunk_sizes(self, clip: Clip, chunk: int | None) -> list[int]:
         """File frames per decoder call, covering the clip; `chunk` None: the family's choice."""
 
     @abstractmethod
-    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
+    def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
         """Raise InputError when the device has too little memory for a chunk of `clip` (from its shape alone)."""
 
-    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+    def conform(self, clip: Clip, options: DecodeOptions) -> tuple[Clip, DecodeOptions]:
         """The clip in the layout the family decodes, and how to take it, where a file holds it
         another way its users know (the clip as it is, elsewhere)."""
         return clip, options
@@ -104,7 +104,7 @@ class Family(ABC):
         return None
 
     @abstractmethod
-    def check(self, clip: Codes, options: DecodeOptions) -> None:
+    def check(self, clip: Clip, options: DecodeOptions) -> None:
         """Raise InputError unless every frame of `clip` decodes with `options` (its memory is
         `check_memory`'s, asked first, so that an absurd frame size is refused before its codes are scanned)."""
 
@@ -133,13 +133,13 @@ class Family(ABC):
 class MovqFrames(Family):
     """The 2D MoVQ: frames decode independently, in chunks of any size."""
 
-    def independent(self, clip: Codes) -> bool:
+    def independent(self, clip: Clip) -> bool:
         return True
 
-    def output_frames(self, clip: Codes) -> int:
+    def output_frames(self, clip: Clip) -> int:
         return clip.n_frames
 
-    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+    def chunk_sizes(self, clip: Clip, chunk: int | None) -> list[int]:
         chunk = chunk or auto_chunk(self.config, clip.grid, self.device, self.dtype)
         return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
 
@@ -147,7 +147,7 @@ class MovqFrames(Family):
     def weight_bytes(self) -> int:
         return sum(parameter.nbytes for parameter in self.model.parameters())
 
-    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
+    def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
         if options.tile is None:
             whole = call_bytes(frame_bytes(self.config, clip.grid, self.dtype, self.device), self.weight_bytes)
             try:
@@ -192,7 +192,7 @@ class MovqFrames(Family):
         host, _ = self.tiled_bytes(grid, (side, side))
         return f"tile={side * self.config.factor} decodes it in tiles, to the same pixels ({gib(host)} in host memory)"
 
-    def check(self, clip: Codes, options: DecodeOptions) -> None:
+    def check(self, clip: Clip, options: DecodeOptions) -> None:
         codes_io.check_fits(clip, self.config.embed_dim, self.config.n_codes)
         if options.snap and not self.model.has_codebook:
             raise InputError("snap=True needs a codebook, and this model has none")
@@ -215,13 +215,13 @@ class MovqFrames(Family):
 class CogVideoXVideo(Family):
     """CogVideoX: latent frames decode in the model's chunk schedule, with causal state carried between chunks."""
 
-    def independent(self, clip: Codes) -> bool:
+    def independent(self, clip: Clip) -> bool:
         return False
 
-    def output_frames(self, clip: Codes) -> int:
+    def output_frames(self, clip: Clip) -> int:
         return self.model.output_frames(clip.n_frames)
 
-    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+    def chunk_sizes(self, clip: Clip, chunk: int | None) -> list[int]:
         if chunk is not None:
             raise InputError(
                 "chunk=... has no use for CogVideoX latents: the model's chunks (2 latent frames, 3 first "
@@ -229,7 +229,7 @@ class CogVideoXVideo(Family):
             )
         return self.model.schedule(clip.n_frames)
 
-    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
+    def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
         largest_chunk = max(self.model.schedule(clip.n_frames))
         whole = self.chunk_bytes(clip.grid, largest_chunk)
         if options.tile is None:
@@ -245,7 +245,7 @@ class CogVideoXVideo(Family):
         check_fits_in_memory(self.chunk_bytes((rows, cols), largest_chunk), tile, self.device)
         check_fits_in_memory(2 * whole // LIVE_ACTIVATIONS, f"a tiled chunk of {_grid(clip)}", torch.device("cpu"))
 
-    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+    def conform(self, clip: Clip, options: DecodeOptions) -> tuple[Clip, DecodeOptions]:
         """Latents in the VAE's own layout, channels first (C, F, h, w), become (F, C, h, w).
 
         What `vae._encode` returns, and the CogVideoX fine-tuning scripts save as video_latents/*.pt,
@@ -273,7 +273,7 @@ class CogVideoXVideo(Family):
             return "tile=256 decodes each chunk in tiles, to the same pixels"
         return "try a smaller tile=..."
 
-    def check(self, clip: Codes, options: DecodeOptions) -> None:
+    def check(self, clip: Clip, options: DecodeOptions) -> None:
         if not clip.is_latents:
             raise InputError(
                 f"{clip.path}: CogVideoX decodes latents, (F, C, h, w) or (1, F, C, h, w) floats; "
@@ -319,19 +319,19 @@ class Emu3Video(Family):
     a file of one latent frame (h, w) read as an image. Pixels are truncated, as Emu3's processor
     makes them (`Emu3.to_pixels`)."""
 
-    def independent(self, clip: Codes) -> bool:
+    def independent(self, clip: Clip) -> bool:
         return clip.images
 
-    def output_frames(self, clip: Codes) -> int:
+    def output_frames(self, clip: Clip) -> int:
         return clip.n_frames if clip.images else self.model.output_frames(clip.n_frames)
 
-    def conform(self, clip: Codes, options: DecodeOptions) -> tuple[Codes, DecodeOptions]:
+    def conform(self, clip: Clip, options: DecodeOptions) -> tuple[Clip, DecodeOptions]:
         """A file of one frame (h, w) holds an image, as Emu3VQVAE.decode takes 3-d codes."""
         if len(clip.stored_shape) == 2 and not clip.is_latents:
             clip = replace(clip, images=True)
         return clip, replace(options, images=clip.images)
 
-    def chunk_sizes(self, clip: Codes, chunk: int | None) -> list[int]:
+    def chunk_sizes(self, clip: Clip, chunk: int | None) -> list[int]:
         if clip.images:
             chunk = chunk or 1
             return [min(chunk, clip.n_frames - start) for start in range(0, clip.n_frames, chunk)]
@@ -341,7 +341,7 @@ class Emu3Video(Family):
     def weight_bytes(self) -> int:
         return sum(parameter.nbytes for parameter in self.model.parameters())
 
-    def check_memory(self, clip: Codes, options: DecodeOptions = DecodeOptions()) -> None:
+    def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
         if options.tile is not None:
             raise InputError("tile=... is for 2D MoVQ and CogVideoX models; Emu3 decodes whole frames")
         # the 2D decoder takes one frame at a time; a chunk's frames wait beside it
@@ -353,7 +353,7 @@ class Emu3Video(Family):
         whole = call_bytes(frame_bytes(self.config.decoder_2d, clip.grid, self.dtype, self.device), self.weight_bytes)
         check_fits_in_memory(whole + waiting, f"a frame of {_grid(clip)}", self.device)
 
-    def check(self, clip: Codes, options: DecodeOptions) -> None:
+    def check(self, clip: Clip, options: DecodeOptions) -> None:
         if clip.is_latents:
             raise InputError(f"{clip.path}: Emu3 decodes integer codes, (T, h, w) or (h, w); these are latents")
         codes_io.check_fits(clip, self.config.embed_dim, self.config.codebook_size)
@@ -382,7 +382,7 @@ def family_of(model: torch.nn.Module) -> Family:
     return families.of_model(model).decoding(model)
 
 
-def _grid(clip: Codes) -> str:
+def _grid(clip: Clip) -> str:
     kind = "latents" if clip.is_latents else "codes"
     return f"{clip.grid[0]}x{clip.grid[1]} {kind}"
 
