@@ -163,6 +163,7 @@ def codes_report(codes: Clip, model: torch.nn.Module | None = None) -> dict:
             report.update(fits=True, reason=None)
         except InputError as error:
             report.update(fits=False, reason=str(error))
+        report["decoding"] = family.decoding(codes)
         report["output_frames"] = family.output_frames(codes)
         report["frame_size"] = list(family.frame_size(codes.grid))  # [height, width], as named below
         report["height"], report["width"] = report["frame_size"]

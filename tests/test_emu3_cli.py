@@ -168,6 +168,9 @@ def test_info_and_inspect_describe_an_emu3_tokenizer(baai_folder, tmp_path):
     assert inspected.exit_code == 0, inspected.output
     report = json.loads(inspected.stdout)
     assert report["output_frames"] == 8 and report["frame_size"] == [16, 24] and report["fits"] is True
+    assert report["decoding"].startswith("one clip of 2 latent frame(s)") and "per_clip=True" in report["decoding"]
+    table = movq("inspect", tmp_path / "clip.npy", "-w", baai_folder)
+    assert table.exit_code == 0 and "--per-clip" in " ".join(table.stdout.split())
 
 
 def test_what_emu3_cannot_decode_is_one_line(baai_folder, tmp_path):

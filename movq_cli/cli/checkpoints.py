@@ -27,6 +27,7 @@ from movq_cli.cli.options import (
     parse_grid,
     typer_parser,
 )
+from movq_cli.errors import as_flags
 
 stdout = Console(highlight=False)
 
@@ -202,6 +203,8 @@ def _print_codes_report(report: dict, as_json: bool) -> None:
         rows["fits the model"] = "yes" if report["fits"] else f"no: {report['reason']}"
         height, width = report["frame_size"]
         rows["decodes to"] = f"{report['output_frames']} frame(s) of {height}x{width}"
+        if report["decoding"]:
+            rows["decoded as"] = as_flags(report["decoding"])
     _print_table(rows)
 
 

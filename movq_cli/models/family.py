@@ -81,6 +81,10 @@ class Family(ABC):
     def output_frames(self, clip: Clip) -> int:
         """How many frames `clip` decodes to."""
 
+    def decoding(self, clip: Clip) -> str | None:
+        """How `clip` will be decoded, where the family can read it more than one way (None: one way)."""
+        return None
+
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded images (n, 3, H, W) about [-1, 1] -> uint8 (n, H, W, 3) on their device, as the
         model's own pipeline makes them (`to_pixels`, unless the family says otherwise)."""
@@ -330,6 +334,14 @@ class Emu3Video(Family):
         if len(clip.stored_shape) == 2 and not clip.is_latents:
             clip = replace(clip, images=True)
         return clip, replace(options, images=clip.images)
+
+    def decoding(self, clip: Clip) -> str:
+        if clip.images:
+            return f"{clip.n_frames} image(s), each frame 0 of its clip"
+        return (
+            f"one clip of {clip.n_frames} latent frame(s), as Emu3VQVAE.decode takes (1, T, h, w); codes that "
+            "BAAI's autoencode.py made are a clip per latent frame: decode those with per_clip=True"
+        )
 
     def chunk_sizes(self, clip: Clip, chunk: int | None) -> list[int]:
         if clip.images:
