@@ -127,3 +127,36 @@ def test_the_last_chunk_keeps_no_causal_past(small):
     _, model = small
     peak, _ = peak_bytes(model, latents(3, 16, 24, seed=1))
     assert peak <= 5.5 * 16 * 9 * 64 * 96 * 4
+
+
+def test_tiles_are_normalized_by_the_norms_own_scale_and_shift(small, monkeypatch):
+    """Tiling folds its gathered statistics into SpatialNorm3D.scale_shift, as the whole-chunk
+    path does: a change there reaches both paths alike."""
+    from movq_cli.models.cogvideox import SpatialNorm3D
+
+    _, model = small
+    z = latents(3, 4, 6, seed=12)
+    before = stream(model, z, (2, 3))
+    scale_shift = SpatialNorm3D.scale_shift
+
+    def shifted(self, *args, **kwargs):
+        scale, shift = scale_shift(self, *args, **kwargs)
+        return scale, shift + 0.5
+
+    monkeypatch.setattr(SpatialNorm3D, "scale_shift", shifted)
+    untiled, tiled = stream(model, z), stream(model, z, (2, 3))
+    assert (tiled - before).abs().max().item() > 0.1
+    assert (tiled - untiled).abs().max().item() <= 1e-4
+
+
+def test_tiles_take_their_causal_past_from_the_convolutions_own_cache_code(small, monkeypatch):
+    from movq_cli.models.cogvideox import CausalConv3d
+
+    _, model = small
+    z = latents(5, 4, 6, seed=13)
+    past = CausalConv3d.past
+    monkeypatch.setattr(CausalConv3d, "past", lambda self, *args, **kwargs: past(self, *args, **kwargs) * 0)
+    untiled, tiled = stream(model, z), stream(model, z, (2, 2))
+    assert (tiled - untiled).abs().max().item() <= 1e-4
+    monkeypatch.undo()
+    assert (stream(model, z, (2, 2)) - tiled).abs().max().item() > 0.01
