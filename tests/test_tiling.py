@@ -160,3 +160,18 @@ def test_tiles_take_their_causal_past_from_the_convolutions_own_cache_code(small
     assert (tiled - untiled).abs().max().item() <= 1e-4
     monkeypatch.undo()
     assert (stream(model, z, (2, 2)) - tiled).abs().max().item() > 0.01
+
+
+@pytest.mark.parametrize(("structure", "frames"), [("small", 1), ("small", 3), ("small", 5), ("real", 4)])
+def test_the_chunk_estimate_covers_the_tensors_a_chunk_holds(small, structure, frames):
+    """footprint.chunk_bytes before its fixed terms: never below the peak of tensor storage,
+    at most 1.5x above it, with and without the causal past kept for a next chunk."""
+    from movq_cli.models import footprint
+
+    config = CogVideoXConfig(**(SMALL if structure == "small" else REAL))
+    _, model = small if structure == "small" else built(REAL, seed=1)
+    peak, _ = peak_bytes(model, latents(frames, 16, 24, seed=1))
+    schedule = model.schedule(frames)
+    peaks = [max(footprint.chunk_peaks(config, (16, 24), t, keeps=len(schedule) > 1)) for t in schedule]
+    estimate = footprint.MARGIN * max(peaks) * 4
+    assert peak <= estimate <= 1.5 * peak
