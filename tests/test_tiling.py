@@ -175,3 +175,15 @@ def test_the_chunk_estimate_covers_the_tensors_a_chunk_holds(small, structure, f
     peaks = [max(footprint.chunk_peaks(config, (16, 24), t, keeps=len(schedule) > 1)) for t in schedule]
     estimate = footprint.MARGIN * max(peaks) * 4
     assert peak <= estimate <= 1.5 * peak
+
+
+@pytest.mark.slow
+def test_a_tile_is_normalized_in_place_in_its_convolutions_padded_input(small):
+    """One tile as large as the frame shows what a tile holds beyond the bands: its padded input,
+    normalized there in place, the convolution's output and the shortcut's (4.3 A); a tile that
+    made the norm's output, its scale, shift and products apart, and joined the past to it, held 7.3 A."""
+    _, model = small
+    z = latents(3, 16, 24, seed=1)
+    peak, tiled = peak_bytes(model, z, (16, 24))
+    assert peak <= 4.6 * 16 * 9 * 64 * 96 * 4
+    assert (tiled - stream(model, z)).abs().max().item() <= 1e-4
