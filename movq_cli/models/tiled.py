@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models import norms
 from movq_cli.models.cogvideox import (
     Cache,
     CausalConv3d,
@@ -91,10 +92,7 @@ def group_affine(norm: nn.GroupNorm, parts: Iterator[torch.Tensor]) -> tuple[tor
         m2 = m2 + variance * part_count + delta**2 * (count * part_count / total)
         mean = mean + delta * (part_count / total)
         count = total
-    rstd = torch.rsqrt(m2 / count + norm.eps)
-    per_group = norm.num_channels // groups
-    scale = rstd.repeat_interleave(per_group, 1) * norm.weight.double()
-    return scale.float(), (norm.bias.double() - mean.repeat_interleave(per_group, 1) * scale).float()
+    return norms.group_affine(norm, mean, m2 / count)
 
 
 def apply_affine(x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
