@@ -56,10 +56,9 @@ def _onednn(x: torch.Tensor) -> bool:
     )
 
 
-def empty_channels_last(like: torch.Tensor, size: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
-    """A new (B, C, T, H, W) tensor of `like`'s dtype, channels innermost (channels_last_3d)."""
-    device = like.device if device is None else device
-    return torch.empty(size, dtype=like.dtype, device=device, memory_format=torch.channels_last_3d)
+def empty_channels_last(like: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """A new (B, C, T, H, W) tensor of `like`'s dtype and device, channels innermost (channels_last_3d)."""
+    return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=torch.channels_last_3d)
 
 
 class CausalConv3d(nn.Module):
@@ -248,14 +247,17 @@ class ResnetBlock3D(nn.Module):
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
         if self.fast and _inplace():
-            # each norm writes its activation straight into the next conv's time-padded input
-            h = self.conv1.forward_padded(self.norm1.activate_padded(x, zq, self.conv1.context), cache)
-            h = self.conv2.forward_padded(self.norm2.activate_padded(h, zq, self.conv2.context), cache)
+            h = self._convolutions_fast(x, zq, cache)
         else:
             h = self.conv1(silu(self.norm1(x, zq)), cache)
             h = self.conv2(silu(self.norm2(h, zq)), cache)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return h.add_(shortcut) if _inplace() else h + shortcut
+
+    def _convolutions_fast(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
+        # each norm writes its activation straight into the next conv's time-padded input
+        h = self.conv1.forward_padded(self.norm1.activate_padded(x, zq, self.conv1.context), cache)
+        return self.conv2.forward_padded(self.norm2.activate_padded(h, zq, self.conv2.context), cache)
 
 
 class Upsample3D(nn.Module):

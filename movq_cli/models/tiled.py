@@ -3,8 +3,9 @@
 The decoder runs layer by layer. Each layer's whole activation stays in `store` (host memory
 when decoding on a GPU); only one tile of it at a time, with the border its 3x3 kernels need,
 goes to the device. Every GroupNorm gathers its statistics from all the tiles first (one pass
-of per-tile means and variances, combined exactly) and becomes the affine map per channel that
-norms.affine gives, x * a + b; each tile is then normalized with it. The convolutions see the
+of per-tile means and variances, combined exactly) and becomes the affine map per channel,
+x * a + b (norms.group_affine, as for a whole activation); each tile is then normalized with it,
+a CogVideoX tile by its norm's own scale_shift and modulate. The convolutions see the
 same neighbours as untiled ones, so tiled frames equal untiled frames to float rounding: no
 seams, no blending, and no change of the output with the tile size. An attention (2D) takes
 the whole activation at once: in every published MoVQ it runs at latent resolution only.
@@ -16,6 +17,8 @@ convolution frees each band of its input once the last tile that reads it is don
 holds its input and its output at most; a ResBlock's 1x1x1 shortcut is taken in its first
 convolution's pass, into the bands that its second convolution then adds to, so that its input
 is freed as early, and a ResBlock without one adds its second convolution to its input in place.
+A tile is copied into a buffer with room for its causal past (CausalConv3d.past fills it) and
+normalized there in place, so that it holds its padded input and its convolutions' outputs only.
 The stream's last chunk keeps no causal past (cogvideox.FinalCache).
 """
 
