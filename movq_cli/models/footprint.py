@@ -11,14 +11,19 @@ Each layer's peak is the activations alive while it runs, counted as the code ma
   `scaled_dot_product_attention` picks builds the matrix, one block of it (attention.py);
 - the last convolution holds its input, the norm's output and the three output channels.
 
-The largest layer, times MARGIN, plus a quarter of the weights and OVERHEAD, is the estimate.
-The walk does not see what the allocator and oneDNN keep aside: freed activations of 32 MiB or
-less stay in the allocator's heap, where the next ones do not always fit, and oneDNN reorders
-weights and keeps workspaces; at small frames this varies from run to run (46 and 85 MiB for a
-256x256 frame of the bundled model). benchmarks/bench_large_frames.py measures the estimate
-against the peak resident memory of real decodes (benchmarks/results-large-frames-cpu-epyc-
-2026-12-06.txt: 1.23x to 1.42x of the measured peak over frames of 256 to 2048 pixels, the
-Kandinsky 2.2 layout and the bundled model).
+A CogVideoX chunk is walked the same way (chunk_peaks): its norms write into the next
+convolution's input padded by two past frames, and a chunk that a next one follows keeps two
+input frames of every causal convolution.
+
+The largest layer, times MARGIN, plus a quarter of the weights, OVERHEAD and HEAP, is the
+estimate. The walk does not see what the allocator and oneDNN keep aside: freed activations of
+32 MiB or less stay in the allocator's heap, where the next ones do not always fit (HEAP), and
+oneDNN reorders weights and keeps workspaces (OVERHEAD); at small frames this varies from run
+to run (46 to 95 MiB for a 256x256 frame of the bundled model). benchmarks/bench_large_frames.py
+measures the estimate against the peak resident memory of real decodes (benchmarks/results-
+large-frames-cpu-epyc-2026-12-06.txt: 1.29x to 1.46x of the measured peak over frames of 512 to
+2048 pixels, the Kandinsky 2.2 layout and the bundled model, 1.38x and 1.58x at 256 pixels where
+the fixed terms weigh most; 1.39x for a 128x128 CogVideoX-2b chunk, 2.09x for a 64x64 one).
 """
 
 from __future__ import annotations
