@@ -145,8 +145,10 @@ def decode(side: str, setup: Setup, latents: torch.Tensor, sink: BinaryIO | None
         count = video.shape[2]
     else:
         dtype = torch.bfloat16 if side == "movq-bf16" else torch.float32
+        # no other reference to the file's tensors: the model holds the weights once, as movq's loader leaves them
         state = {name: tensor.to(device, dtype) for name, tensor in load_file(setup.files / "movq.safetensors").items()}
         model: CogVideoX = build(CogVideoXConfig(**setup.structure), state)
+        del state
         chunks = (chunk.to(dtype) for chunk in torch.split(latents, model.schedule(frames), dim=2))
         count, seconds = 0, 0.0
         sync(device)

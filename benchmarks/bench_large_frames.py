@@ -7,8 +7,9 @@
 
 Sections (`--only` picks some):
 
-- estimate: for each model (the Kandinsky 2.2 layout with random weights, the bundled model) and
-  frame size, one frame decodes in a fresh process; its peak memory above what it held before the
+- estimate: for each model (the Kandinsky 2.2 layout with random weights, the bundled model; and
+  with `--models cogvideox-2b` CogVideoX-2b's structure with random weights, a clip of 3 latent
+  frames, one chunk of 9 frames) and frame size, one frame (chunk) decodes in a fresh process; its peak memory above what it held before the
   decode (peak resident memory on the CPU, VmHWM after resetting it; peak CUDA memory allocated on
   a GPU) against movq's estimate (models/footprint.py). The estimate must never be below the
   measured peak and at most 1.5x above it.
@@ -40,11 +41,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from movq_cli.models.config import preset  # noqa: E402
-from movq_cli.models.footprint import call_bytes, frame_bytes  # noqa: E402
+from movq_cli.models.footprint import call_bytes, chunk_bytes, frame_bytes  # noqa: E402
 from movq_cli.models.movq import Movq  # noqa: E402
 
 SECTIONS = ("estimate", "tile", "cogvideox")
-MODELS = ("kandinsky-2.2", "default")
+MODELS = ("kandinsky-2.2", "default", "cogvideox-2b")
+VIDEO_FRAMES = 3  # latent frames of a CogVideoX clip in the estimate section: one chunk, 9 frames
 
 
 def cpu_name() -> str:
@@ -60,7 +62,17 @@ def describe(device: torch.device) -> str:
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
-def load(name: str, device: torch.device) -> Movq:
+def load(name: str, device: torch.device) -> torch.nn.Module:
+    if name == "cogvideox-2b":  # the released structure, random weights
+        from bench_cogvideox import RELEASED
+
+        from movq_cli.checkpoints.building import build
+        from movq_cli.models.cogvideox import CogVideoX
+        from movq_cli.models.config import CogVideoXConfig
+
+        torch.manual_seed(0)
+        config = CogVideoXConfig(**RELEASED)
+        return build(config, CogVideoX(config).state_dict()).to(device)
     if name == "default":
         import movq_cli
 
@@ -95,9 +107,14 @@ def frame_job(name: str, pixels: int, device: torch.device, tile: int | None, ke
     model = load(name, device)
     family = family_of(model)
     grid = pixels // model.config.factor
-    latents = torch.randn(1, model.config.embed_dim, grid, grid, generator=torch.Generator().manual_seed(pixels))
-    options = DecodeOptions(tile=None if tile is None else (tile, tile))
-    next(family.stream([latents[:, :, :8, :8].to(device)], options))  # kernels and derived weights made once
+    video = name == "cogvideox-2b"
+    generator = torch.Generator().manual_seed(pixels)
+    if video:  # one chunk of latent frames, (t, C, h, w) as in a file
+        latents = torch.randn(VIDEO_FRAMES, model.config.latent_channels, grid, grid, generator=generator)
+    else:
+        latents = torch.randn(1, model.config.embed_dim, grid, grid, generator=generator)
+    options = DecodeOptions(tile=None if tile is None else (tile, tile), unscaled=video)
+    next(family.stream([latents[..., :8, :8].to(device)], options))  # kernels and derived weights made once
     latents = latents.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -114,8 +131,11 @@ def frame_job(name: str, pixels: int, device: torch.device, tile: int | None, ke
     else:
         peak = peak_resident() - before
     seconds = time.perf_counter() - start
-    weights = sum(parameter.nbytes for parameter in model.parameters())
-    estimate = call_bytes(frame_bytes(model.config, (grid, grid), torch.float32, device), weights)
+    if video:  # what Video.check_memory compares: a clip of one chunk keeps no causal past
+        estimate = chunk_bytes(model.config, (grid, grid), VIDEO_FRAMES, torch.float32, keeps=False)
+    else:
+        weights = sum(parameter.nbytes for parameter in model.parameters())
+        estimate = call_bytes(frame_bytes(model.config, (grid, grid), torch.float32, device), weights)
     if keep is not None:
         np.save(keep, images.numpy())
     return {"seconds": seconds, "peak": peak, "estimate": estimate}
@@ -228,7 +248,7 @@ def main() -> None:
     parser.add_argument("--video-tile", type=int, default=128, help="cogvideox: movq's --tile in pixels")
     parser.add_argument("--tiled-only", action="store_true", help="cogvideox: movq --tile alone (not untiled)")
     parser.add_argument("--compare", action="store_true", help="cogvideox: keep the frames and compare the pixels")
-    parser.add_argument("--models", help=f"estimate: models, of {','.join(MODELS)} (default: both)")
+    parser.add_argument("--models", help=f"estimate: models, of {','.join(MODELS)} (default: the first two)")
     parser.add_argument("--job", choices=("frame",), help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
@@ -248,7 +268,7 @@ def main() -> None:
     print(f"# python benchmarks/bench_large_frames.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# torch {torch.__version__}, {describe(device)}", flush=True)
     if "estimate" in sections:
-        estimate_section(args.models.split(",") if args.models else list(MODELS), sizes, args.device, args.rounds)
+        estimate_section(args.models.split(",") if args.models else list(MODELS[:2]), sizes, args.device, args.rounds)
     if "tile" in sections:
         tile_section(args.tile_frame or (512 if args.quick else 1024), args.device)
     if "cogvideox" in sections:

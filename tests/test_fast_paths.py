@@ -342,3 +342,134 @@ def test_group_norm_as_an_affine_map_equals_group_norm(shape):
         got = x.double() * a[expand].double() + b[expand].double()
         expected = norm.double()(x.double().contiguous())
     assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["inference", "grad"])
+def test_the_2d_upsampling_block_plain_equals_fast(mode):
+    """The plain path upsamples x2 and convolves, as the original code does; the fast one folds
+    the upsampling into four 2x2 convolutions (fastconv)."""
+    from movq_cli.models.movq import Upsample
+
+    torch.manual_seed(5)
+    block = Upsample(24)
+    x = torch.randn(2, 24, 7, 5)
+    with torch.inference_mode() if mode == "inference" else torch.enable_grad():
+        fast = block(x)
+        block.fast = False
+        plain = block(x)
+    up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(plain, torch.nn.functional.conv2d(up, block.conv.weight, block.conv.bias, padding=1))
+    assert plain.shape == fast.shape == (2, 24, 14, 10)
+    assert (fast - plain).abs().max().item() <= 1e-5
+
+
+def test_a_2d_model_with_plain_upsampling_decodes_the_same_pictures(small_folder):
+    from movq_cli.models.movq import Upsample
+
+    model = weights.load(small_folder[0])
+    codes = torch.randint(0, 64, (2, 6, 6), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        fast = model.decode_codes(codes)
+        blocks = [module for module in model.modules() if isinstance(module, Upsample)]
+        for block in blocks:
+            block.fast = False
+        plain = model.decode_codes(codes)
+    assert blocks
+    assert (fast - plain).abs().max().item() <= 1e-4
+
+
+# CogVideoX: each block's fast path against its plain one, on its own.
+VIDEO = dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8, temporal_compression_ratio=4)
+
+
+def _video_blocks():
+    from movq_cli.models.cogvideox import CogVideoX
+    from movq_cli.models.config import CogVideoXConfig
+
+    torch.manual_seed(7)
+    model = CogVideoX(CogVideoXConfig(**VIDEO)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    return model.decoder
+
+
+def _both_ways(block, call):
+    """call(block) with every fast flag of block on, then off: (fast, plain)."""
+    from movq_cli.models.cogvideox import use_fast_paths
+
+    use_fast_paths(block, True)
+    with torch.inference_mode():
+        fast = call(block)
+    use_fast_paths(block, False)
+    with torch.inference_mode():
+        plain = call(block)
+    use_fast_paths(block, True)
+    return fast, plain
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_every_cogvideox_block_plain_equals_fast(frames):
+    decoder = _video_blocks()
+    zq = torch.randn(1, 16, frames, 3, 4, generator=torch.Generator().manual_seed(frames))
+    x = torch.randn(1, 32, frames, 6, 8, generator=torch.Generator().manual_seed(10 + frames))
+    resnet = decoder.up_blocks[1].resnets[0]  # 32 -> 16 channels: with a shortcut convolution
+    cases = {
+        "causal convolution": (decoder.conv_in, lambda conv: conv(zq, {})),
+        "spatial norm": (resnet.norm1, lambda norm: norm(x, zq)),
+        "resnet": (resnet, lambda block: block(x, zq, {})),
+        "upsampling in time and space": (decoder.up_blocks[0].upsamplers[0], lambda up: up(x)),
+        "upsampling in space": (decoder.up_blocks[1].upsamplers[0], lambda up: up(x[:, :16])),
+        "middle": (decoder.mid_block, lambda mid: mid(x, zq, {})),
+    }
+    for name, (block, call) in cases.items():
+        fast, plain = _both_ways(block, call)
+        assert fast.shape == plain.shape, name
+        assert (fast - plain).abs().max().item() <= 1e-5, name
+
+
+def test_a_causal_convolution_carries_the_same_past_on_both_paths():
+    decoder = _video_blocks()
+    first, second = torch.randn(1, 16, 6, 3, 4, generator=torch.Generator().manual_seed(3)).split([3, 3], dim=2)
+
+    def two_chunks(conv):
+        cache = {}
+        frames = torch.cat([conv(first, cache), conv(second, cache)], dim=2)
+        return frames, cache[conv]
+
+    (fast, fast_past), (plain, plain_past) = _both_ways(decoder.conv_in, two_chunks)
+    assert torch.equal(fast_past, plain_past) and torch.equal(plain_past, second[:, :, -2:])
+    assert (fast - plain).abs().max().item() <= 1e-5
+
+
+def test_a_causal_convolution_takes_its_path_from_its_flag_not_the_layout(monkeypatch):
+    from movq_cli.models.cogvideox import use_fast_paths
+
+    conv = _video_blocks().conv_in
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(1) or onednn(*args))
+    contiguous = torch.randn(1, 16, 3, 3, 4)
+    with torch.inference_mode():
+        conv(contiguous, {})  # fast, whatever the layout of its input
+        assert calls and torch.backends.mkldnn.is_available()
+        calls.clear()
+        use_fast_paths(conv, False)
+        conv(contiguous.contiguous(memory_format=torch.channels_last_3d), {})
+    assert not calls
+
+
+def test_the_fast_flag_is_set_on_every_block_with_a_fast_path():
+    from movq_cli.models.cogvideox import FAST_BLOCKS, use_fast_paths
+
+    decoder = _video_blocks()
+    use_fast_paths(decoder, False)
+    blocks = [module for module in decoder.modules() if isinstance(module, FAST_BLOCKS)]
+    assert {type(block).__name__ for block in blocks} >= {
+        "CausalConv3d",
+        "SpatialNorm3D",
+        "ResnetBlock3D",
+        "Upsample3D",
+    }
+    assert not any(block.fast for block in blocks)

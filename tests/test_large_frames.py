@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -173,3 +175,31 @@ def test_the_bundled_model_decodes_a_frame_whose_attention_matrix_would_not_fit(
     monkeypatch.setattr(movq_cli.memory, "device_memory", lambda device: 4 << 30)
     result = movq_cli.decode(tmp_path / "codes.npy", tmp_path / "frame.png", movq_cli.load("default"))
     assert result.frame_size == (768, 768) and (tmp_path / "frame.png").stat().st_size > 0
+
+
+def test_a_small_frames_estimate_counts_what_the_allocators_heap_keeps():
+    """The bundled model at 256x256 (64x64 codes): 34 MiB of live activations, but peaks of 46
+    to 95 MiB of resident memory from run to run, freed blocks staying in glibc's heap
+    (benchmarks/results-large-frames-cpu-epyc-2026-12-06.txt): the estimate covers the highest."""
+    model = movq_cli.load("default")
+    weights = sum(parameter.nbytes for parameter in model.parameters())
+    estimate = footprint.call_bytes(footprint.frame_bytes(model.config, (64, 64), torch.float32), weights)
+    assert footprint.call_bytes(0, 0) == footprint.OVERHEAD + footprint.HEAP
+    assert estimate >= 95 << 20
+
+
+def test_a_cogvideox_clip_of_one_chunk_is_estimated_without_a_causal_past(monkeypatch):
+    from movq_cli.models.cogvideox import CogVideoX
+    from movq_cli.models.config import CogVideoXConfig
+
+    config = CogVideoXConfig(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8)
+    with torch.device("meta"):
+        family = family_of(CogVideoX(config))
+    asked = []
+    monkeypatch.setattr(movq_cli.models.family, "check_fits_in_memory", lambda size, *_: asked.append(size))
+    for frames in (3, 5):
+        clip = SimpleNamespace(n_frames=frames, grid=(30, 45), is_latents=True)
+        family.check_memory(clip)
+    one_chunk, two_chunks = asked
+    assert one_chunk == footprint.chunk_bytes(config, (30, 45), 3, torch.float32, keeps=False)
+    assert two_chunks == footprint.chunk_bytes(config, (30, 45), 3, torch.float32, keeps=True) > one_chunk

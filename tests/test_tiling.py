@@ -128,3 +128,63 @@ def test_the_last_chunk_keeps_no_causal_past(small):
     _, model = small
     peak, _ = peak_bytes(model, latents(3, 16, 24, seed=1))
     assert peak <= 5.5 * 16 * 9 * 64 * 96 * 4
+
+
+def test_tiles_are_normalized_by_the_norms_own_scale_and_shift(small, monkeypatch):
+    """Tiling folds its gathered statistics into SpatialNorm3D.scale_shift, as the whole-chunk
+    path does: a change there reaches both paths alike."""
+    from movq_cli.models.cogvideox import SpatialNorm3D
+
+    _, model = small
+    z = latents(3, 4, 6, seed=12)
+    before = stream(model, z, (2, 3))
+    scale_shift = SpatialNorm3D.scale_shift
+
+    def shifted(self, *args, **kwargs):
+        scale, shift = scale_shift(self, *args, **kwargs)
+        return scale, shift + 0.5
+
+    monkeypatch.setattr(SpatialNorm3D, "scale_shift", shifted)
+    untiled, tiled = stream(model, z), stream(model, z, (2, 3))
+    assert (tiled - before).abs().max().item() > 0.1
+    assert (tiled - untiled).abs().max().item() <= 1e-4
+
+
+def test_tiles_take_their_causal_past_from_the_convolutions_own_cache_code(small, monkeypatch):
+    from movq_cli.models.cogvideox import CausalConv3d
+
+    _, model = small
+    z = latents(5, 4, 6, seed=13)
+    past = CausalConv3d.past
+    monkeypatch.setattr(CausalConv3d, "past", lambda self, *args, **kwargs: past(self, *args, **kwargs) * 0)
+    untiled, tiled = stream(model, z), stream(model, z, (2, 2))
+    assert (tiled - untiled).abs().max().item() <= 1e-4
+    monkeypatch.undo()
+    assert (stream(model, z, (2, 2)) - tiled).abs().max().item() > 0.01
+
+
+@pytest.mark.parametrize(("structure", "frames"), [("small", 1), ("small", 3), ("small", 5), ("real", 4)])
+def test_the_chunk_estimate_covers_the_tensors_a_chunk_holds(small, structure, frames):
+    """footprint.chunk_bytes before its fixed terms: never below the peak of tensor storage,
+    at most 1.5x above it, with and without the causal past kept for a next chunk."""
+    from movq_cli.models import footprint
+
+    config = CogVideoXConfig(**(SMALL if structure == "small" else REAL))
+    _, model = small if structure == "small" else built(REAL, seed=1)
+    peak, _ = peak_bytes(model, latents(frames, 16, 24, seed=1))
+    schedule = model.schedule(frames)
+    peaks = [max(footprint.chunk_peaks(config, (16, 24), t, keeps=len(schedule) > 1)) for t in schedule]
+    estimate = footprint.MARGIN * max(peaks) * 4
+    assert peak <= estimate <= 1.5 * peak
+
+
+@pytest.mark.slow
+def test_a_tile_is_normalized_in_place_in_its_convolutions_padded_input(small):
+    """One tile as large as the frame shows what a tile holds beyond the bands: its padded input,
+    normalized there in place, the convolution's output and the shortcut's (4.3 A); a tile that
+    made the norm's output, its scale, shift and products apart, and joined the past to it, held 7.3 A."""
+    _, model = small
+    z = latents(3, 16, 24, seed=1)
+    peak, tiled = peak_bytes(model, z, (16, 24))
+    assert peak <= 4.6 * 16 * 9 * 64 * 96 * 4
+    assert (tiled - stream(model, z)).abs().max().item() <= 1e-4

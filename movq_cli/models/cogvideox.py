@@ -45,8 +45,9 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x, inplace=_inplace())
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last_3d)
+def keeps(cache: Cache) -> bool:
+    """Whether a chunk leaves its causal convolutions' last input frames in `cache` for a next one."""
+    return not isinstance(cache, FinalCache)
 
 
 def _onednn(x: torch.Tensor) -> bool:
@@ -55,7 +56,8 @@ def _onednn(x: torch.Tensor) -> bool:
     )
 
 
-def _empty_channels_last(like: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+def empty_channels_last(like: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """A new (B, C, T, H, W) tensor of `like`'s dtype and device, channels innermost (channels_last_3d)."""
     return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=torch.channels_last_3d)
 
 
@@ -66,6 +68,8 @@ class CausalConv3d(nn.Module):
     the cache holds them, else copies of the first frame. Space is padded with zeros.
     """
 
+    fast = True
+
     def __init__(self, c_in: int, c_out: int, kernel: int = 3) -> None:
         super().__init__()
         self.context = kernel - 1  # past frames each output frame sees
@@ -75,30 +79,43 @@ class CausalConv3d(nn.Module):
         if self.context == 0:
             return self.conv(x)
         assert cache is not None, "a causal convolution over time needs the stream's cache"
-        if _channels_last(x):  # cat would lose the layout, and the first chunk's past is an expanded frame
-            batch, channels, frames, height, width = x.shape
-            padded = _empty_channels_last(x, (batch, channels, self.context + frames, height, width))
-            padded[:, :, self.context :] = x
-            return self.forward_padded(padded, cache)
+        if self.fast:
+            return self._forward_fast(x, cache)
+        padded = torch.cat([self.past(cache, x), x], dim=2)
+        self.keep(cache, padded)
+        return self.conv(padded)
+
+    def past(self, cache: Cache, x: torch.Tensor, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        """The `context` frames before x, which is the part (`rows`, `cols`) of a whole frame: the
+        previous chunk's last input frames there, or, in a video's first chunk, x's first frame repeated."""
         past = cache.get(self)
         if past is None:
-            past = x[:, :, :1].expand(-1, -1, self.context, -1, -1)
-        return self._convolve(torch.cat([past, x], dim=2), cache)
+            return x[:, :, :1].expand(-1, -1, self.context, -1, -1)
+        return past[..., rows, cols]
+
+    def keep(self, cache: Cache, padded: torch.Tensor) -> None:
+        """Leave the last `context` frames of this chunk's padded input for the next chunk."""
+        if keeps(cache):
+            # a copy, not a view: a view would keep the whole padded chunk alive until the next one
+            cache[self] = padded[:, :, -self.context :].clone()
+
+    def _forward_fast(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        # cat would lose the channels_last layout: x goes behind free room for its past instead
+        batch, channels, frames, height, width = x.shape
+        padded = empty_channels_last(x, (batch, channels, self.context + frames, height, width))
+        padded[:, :, self.context :] = x
+        return self.forward_padded(padded, cache)
 
     def forward_padded(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
         """forward(x) for x = padded[:, :, context:], the front `context` frames of `padded` being
         free: they are filled with the past here, so x is never copied to be padded."""
-        past = cache.get(self)
-        if past is None:
-            past = padded[:, :, self.context : self.context + 1].expand(-1, -1, self.context, -1, -1)
-        padded[:, :, : self.context] = past
-        return self._convolve(padded, cache)
+        padded[:, :, : self.context] = self.past(cache, padded[:, :, self.context :])
+        self.keep(cache, padded)
+        return self.convolve(padded)
 
-    def _convolve(self, padded: torch.Tensor, cache: Cache) -> torch.Tensor:
-        if not isinstance(cache, FinalCache):
-            # a copy, not a view: a view would keep the whole padded chunk alive until the next one
-            cache[self] = padded[:, :, -self.context :].clone()
-        if _channels_last(padded) and _inplace() and _onednn(padded):
+    def convolve(self, padded: torch.Tensor) -> torch.Tensor:
+        """The convolution of an input already padded in time."""
+        if self.fast and _inplace() and _onednn(padded):
             # PyTorch sends inputs of few rows (all the latent-resolution ones) to an im2col kernel
             # that ignores the layout and is 3x slower than oneDNN on them
             conv = self.conv
@@ -150,8 +167,8 @@ class SpatialNorm3D(nn.Module):
         self.conv_b = CausalConv3d(zq_channels, channels, kernel=1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        if self.fast and _channels_last(f):
-            return self._normalize_modulate(f, zq, out=None)
+        if self.fast:
+            return self._forward_fast(f, zq, out=None)
         zq = fit_latents(zq, f.shape[-3:])
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
@@ -159,33 +176,35 @@ class SpatialNorm3D(nn.Module):
         """silu(self(f, zq)) written after `room` free frames at the front, for a causal conv's
         forward_padded: (B, C, room + T, H, W), channels_last_3d. Inference only."""
         batch, channels, frames, height, width = f.shape
-        padded = _empty_channels_last(f, (batch, channels, room + frames, height, width))
-        out = self._normalize_modulate(f, zq, out=padded[:, :, room:])
+        padded = empty_channels_last(f, (batch, channels, room + frames, height, width))
+        out = self._forward_fast(f, zq, out=padded[:, :, room:])
         F.silu(out, inplace=True)
         return padded
 
-    def _normalize_modulate(self, f: torch.Tensor, zq: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        """self(f, zq) for a channels_last_3d f, into `out` (None: a new tensor, or GroupNorm's own output)."""
-        if norms.folds(f):  # GroupNorm as a per-channel affine map, folded into the scale and shift
-            return self._modulate(f, zq, torch.empty_like(f) if out is None else out, norms.affine(self.norm_layer, f))
-        normed = self.norm_layer(f)
-        if out is None:
-            out = normed if _inplace() else torch.empty_like(normed)
-        return self._modulate(normed, zq, out)
-
-    def _modulate(
-        self, normed: torch.Tensor, zq: torch.Tensor, out: torch.Tensor, affine: tuple | None = None
-    ) -> torch.Tensor:
-        """out = normed * conv_y(zq) + conv_b(zq) for channels_last_3d normed and out; with
-        `affine` (a, b), `normed` is the norm's input and (normed * a + b) is taken instead.
+    def _forward_fast(self, f: torch.Tensor, zq: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """self(f, zq) into `out` (None: a new tensor, or GroupNorm's own output).
 
         conv_y and conv_b are 1x1x1, so they commute with nearest upsampling: computed at latent
-        resolution and broadcast over each block of pixels, they give the same numbers without
-        the full-size upsampled zq, scale and shift. Channels are innermost in every operand,
-        so the one fused pass runs over contiguous channels.
+        resolution and broadcast over each block of pixels (`modulate`), they give the same
+        numbers without the full-size upsampled zq, scale and shift.
         """
-        batch, channels, frames, height, width = normed.shape
-        rows, cols = zq.shape[-2:]
+        if norms.folds(f):  # GroupNorm as a per-channel affine map, folded into the scale and shift
+            normed, affine = f, norms.affine(self.norm_layer, f)
+            out = torch.empty_like(f) if out is None else out
+        else:
+            normed, affine = self.norm_layer(f), None
+            if out is None:
+                out = normed if _inplace() else torch.empty_like(normed)
+        scale, shift = (t.to(f.dtype) for t in self.scale_shift(zq, f.shape[2], affine))
+        return modulate(normed, scale, shift, out)
+
+    def scale_shift(
+        self, zq: torch.Tensor, frames: int, affine: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv_y(zq) and conv_b(zq) for an activation of `frames` frames, at zq's resolution: each
+        (B, frames, h, w, C), float32. With the GroupNorm as an affine map (a, b) of its input
+        (norms.affine, or statistics gathered tile by tile), the norm is folded in:
+        (x * a + b) * scale + shift = x * (a * scale) + (b * scale + shift)."""
         # A 1x1x1 conv is a linear map of the channels: both in one product over (B, t, h, w, C) latents.
         # In float32, because CPU matmuls this thin are 10x slower in bfloat16.
         weight = torch.cat([self.conv_y.conv.weight, self.conv_b.conv.weight]).flatten(1).float()
@@ -193,14 +212,26 @@ class SpatialNorm3D(nn.Module):
         index = torch.tensor(latent_frame_of(frames, zq.shape[2]), device=zq.device)
         both = F.linear(zq.permute(0, 2, 3, 4, 1).float(), weight, bias).index_select(1, index)
         scale, shift = both.chunk(2, dim=-1)
-        if affine is not None:  # (x * a + b) * scale + shift = x * (a * scale) + (b * scale + shift)
+        if affine is not None:
             a, b = (t[:, None, None, None, :] for t in affine)
             scale, shift = scale * a, torch.addcmul(shift, scale, b)
-        scale, shift = (t.to(normed.dtype)[:, :, :, None, :, None] for t in (scale, shift))
-        shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
-        blocks = normed.permute(0, 2, 3, 4, 1).view(shape)
-        torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
-        return out
+        return scale, shift
+
+
+def modulate(f: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = f * scale + shift for f (B, C, T, H, W) and scale, shift (B, T, h, w, C), each of
+    their values broadcast over a block of (H / h, W / w) pixels; out may be f itself.
+
+    Channels are innermost in scale and shift, and in f and out when they are channels_last_3d,
+    so the one fused pass runs over contiguous channels.
+    """
+    batch, channels, frames, height, width = f.shape
+    rows, cols = scale.shape[2:4]
+    shape = (batch, frames, rows, height // rows, cols, width // cols, channels)
+    scale, shift = (t[:, :, :, None, :, None] for t in (scale, shift))
+    blocks = f.permute(0, 2, 3, 4, 1).view(shape)
+    torch.addcmul(shift, blocks, scale, out=out.permute(0, 2, 3, 4, 1).view(shape))
+    return out
 
 
 class ResnetBlock3D(nn.Module):
@@ -215,15 +246,18 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
-        if self.fast and _inplace() and _channels_last(x):
-            # each norm writes its activation straight into the next conv's time-padded input
-            h = self.conv1.forward_padded(self.norm1.activate_padded(x, zq, self.conv1.context), cache)
-            h = self.conv2.forward_padded(self.norm2.activate_padded(h, zq, self.conv2.context), cache)
+        if self.fast and _inplace():
+            h = self._convolutions_fast(x, zq, cache)
         else:
             h = self.conv1(silu(self.norm1(x, zq)), cache)
             h = self.conv2(silu(self.norm2(h, zq)), cache)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return h.add_(shortcut) if _inplace() else h + shortcut
+
+    def _convolutions_fast(self, x: torch.Tensor, zq: torch.Tensor, cache: Cache) -> torch.Tensor:
+        # each norm writes its activation straight into the next conv's time-padded input
+        h = self.conv1.forward_padded(self.norm1.activate_padded(x, zq, self.conv1.context), cache)
+        return self.conv2.forward_padded(self.norm2.activate_padded(h, zq, self.conv2.context), cache)
 
 
 class Upsample3D(nn.Module):
@@ -328,7 +362,7 @@ class Decoder3D(nn.Module):
         h = self.mid_block(self.conv_in(z, cache), zq, cache)
         for block in self.up_blocks:
             h = block(h, zq, cache)
-        if self.fast and _inplace() and _channels_last(h):
+        if self.fast and _inplace():
             return self.conv_out.forward_padded(self.norm_out.activate_padded(h, zq, self.conv_out.context), cache)
         return self.conv_out(silu(self.norm_out(h, zq)), cache)
 
@@ -419,14 +453,18 @@ class CogVideoX(nn.Module):
 
 
 def use_fast_paths(model: nn.Module, enabled: bool) -> None:
-    """Switch every fast path of `model` on or off; off, it computes exactly diffusers' way.
+    """Set the `fast` flag of every block of `model`; off, it computes exactly diffusers' way.
 
     On, the 3D kernels are also stored channels innermost like the activations, which spares
     oneDNN a reorder of every kernel at every call; off, they are stored as diffusers has them.
     """
     layout = torch.channels_last_3d if enabled else torch.contiguous_format
     for module in model.modules():
-        if "fast" in type(module).__dict__:
+        if isinstance(module, FAST_BLOCKS):
             module.fast = enabled
         if isinstance(module, nn.Conv3d) and module.weight.device.type != "meta":
             module.weight.data = module.weight.data.contiguous(memory_format=layout)
+
+
+# The blocks with a fast path beside the plain one, each choosing by its `fast` flag.
+FAST_BLOCKS = (CausalConv3d, SpatialNorm3D, ResnetBlock3D, Upsample3D, Decoder3D, CogVideoX)

@@ -30,7 +30,7 @@ from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Clip
 from movq_cli.io.stored import StoredArray
 from movq_cli.memory import check_fits_in_memory, device_memory, gib
-from movq_cli.models.footprint import call_bytes, frame_bytes, tiled_bytes
+from movq_cli.models.footprint import call_bytes, chunk_bytes, frame_bytes, tiled_bytes
 
 UNKNOWN_SCALE = (
     "these CogVideoX weights came without their config.json, so how the latents are scaled is unknown "
@@ -234,8 +234,8 @@ class CogVideoXVideo(Family):
         return self.model.schedule(clip.n_frames)
 
     def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
-        largest_chunk = max(self.model.schedule(clip.n_frames))
-        whole = self.chunk_bytes(clip.grid, largest_chunk)
+        schedule = self.model.schedule(clip.n_frames)
+        whole = self.chunk_bytes(clip.grid, max(schedule), keeps=len(schedule) > 1)
         if options.tile is None:
             try:
                 check_fits_in_memory(whole, f"a chunk of {_grid(clip)}", self.device)
@@ -246,7 +246,7 @@ class CogVideoXVideo(Family):
         # tiled: a tile (and its border) on the device; two whole activations in host memory
         rows, cols = (min(size, count + 2) for size, count in zip(self.tile_latents(options), clip.grid, strict=True))
         tile = f"a tile of {rows * self.config.factor}x{cols * self.config.factor} pixels"
-        check_fits_in_memory(self.chunk_bytes((rows, cols), largest_chunk), tile, self.device)
+        check_fits_in_memory(self.chunk_bytes((rows, cols), max(schedule), len(schedule) > 1), tile, self.device)
         check_fits_in_memory(2 * whole // LIVE_ACTIVATIONS, f"a tiled chunk of {_grid(clip)}", torch.device("cpu"))
 
     def conform(self, clip: Clip, options: DecodeOptions) -> tuple[Clip, DecodeOptions]:
@@ -291,18 +291,10 @@ class CogVideoXVideo(Family):
         if options.per_clip:
             raise InputError("per_clip=True is for Emu3 codes; CogVideoX latents are one clip")
 
-    def chunk_bytes(self, grid: tuple[int, int], latent_frames: int) -> int:
-        """A generous estimate of the activation memory one chunk of `latent_frames` needs."""
-        widths = tuple(reversed(self.config.block_out_channels))  # decode order
-        frames, rows, cols = latent_frames, grid[0], grid[1]
-        largest = 0
-        for level, width in enumerate(widths):  # each up block's output, after its upsampling
-            if level < len(widths) - 1:
-                rows, cols = 2 * rows, 2 * cols
-                if level < self.config.time_doublings:
-                    frames = 2 * frames
-            largest = max(largest, width * rows * cols * frames)
-        return LIVE_ACTIVATIONS * largest * self.dtype.itemsize
+    def chunk_bytes(self, grid: tuple[int, int], latent_frames: int, keeps: bool = False) -> int:
+        """The memory one chunk of `latent_frames` needs at its peak; `keeps`: it keeps a causal
+        past for a next chunk (see footprint.chunk_bytes)."""
+        return chunk_bytes(self.config, grid, latent_frames, self.dtype, keeps)
 
     def stream(self, blocks: Iterable[torch.Tensor], options: DecodeOptions) -> Iterator[torch.Tensor]:
         def chunks() -> Iterator[torch.Tensor]:

@@ -11,14 +11,19 @@ Each layer's peak is the activations alive while it runs, counted as the code ma
   `scaled_dot_product_attention` picks builds the matrix, one block of it (attention.py);
 - the last convolution holds its input, the norm's output and the three output channels.
 
-The largest layer, times MARGIN, plus a quarter of the weights and OVERHEAD, is the estimate.
-The walk does not see what the allocator and oneDNN keep aside: freed activations of 32 MiB or
-less stay in the allocator's heap, where the next ones do not always fit, and oneDNN reorders
-weights and keeps workspaces; at small frames this varies from run to run (46 and 85 MiB for a
-256x256 frame of the bundled model). benchmarks/bench_large_frames.py measures the estimate
-against the peak resident memory of real decodes (benchmarks/results-large-frames-cpu-epyc-
-2026-12-06.txt: 1.23x to 1.42x of the measured peak over frames of 256 to 2048 pixels, the
-Kandinsky 2.2 layout and the bundled model).
+A CogVideoX chunk is walked the same way (chunk_peaks): its norms write into the next
+convolution's input padded by two past frames, and a chunk that a next one follows keeps two
+input frames of every causal convolution.
+
+The largest layer, times MARGIN, plus a quarter of the weights, OVERHEAD and HEAP, is the
+estimate. The walk does not see what the allocator and oneDNN keep aside: freed activations of
+32 MiB or less stay in the allocator's heap, where the next ones do not always fit (HEAP), and
+oneDNN reorders weights and keeps workspaces (OVERHEAD); at small frames this varies from run
+to run (46 to 95 MiB for a 256x256 frame of the bundled model). benchmarks/bench_large_frames.py
+measures the estimate against the peak resident memory of real decodes (benchmarks/results-
+large-frames-cpu-epyc-2026-12-06.txt: 1.29x to 1.46x of the measured peak over frames of 512 to
+2048 pixels, the Kandinsky 2.2 layout and the bundled model, 1.38x and 1.58x at 256 pixels where
+the fixed terms weigh most; 1.39x for a 128x128 CogVideoX-2b chunk, 2.09x for a 64x64 one).
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ from collections.abc import Iterator
 import torch
 
 from movq_cli.models.attention import builds_matrix
-from movq_cli.models.config import MovqConfig
+from movq_cli.models.config import CogVideoXConfig, MovqConfig
 
 MARGIN = 1.4
 OVERHEAD = 32 << 20
+# glibc serves allocations of up to 32 MiB (its largest mmap threshold) from its heap and keeps
+# what is freed there mapped, for later allocations that do not always fit in the holes: a
+# small frame's peak resident memory rises above its live tensors by up to this much (the
+# bundled model at 256x256: peaks of 46 to 95 MiB from run to run, for 34 MiB of live activations).
+HEAP = 32 << 20
 CPU = torch.device("cpu")
 
 
@@ -132,8 +142,9 @@ def frame_bytes(config: MovqConfig, grid: tuple[int, int], dtype: torch.dtype, d
 
 def call_bytes(activations: int, weight_bytes: int) -> int:
     """The peak memory of one decoder call whose activations need `activations` bytes, beyond
-    the model's `weight_bytes` of weights themselves: what torch keeps aside besides."""
-    return activations + weight_bytes // 4 + OVERHEAD
+    the model's `weight_bytes` of weights themselves: what torch keeps aside besides, and what
+    the C allocator's heap holds beyond the live tensors."""
+    return activations + weight_bytes // 4 + OVERHEAD + HEAP
 
 
 def largest_activation(config: MovqConfig, grid: tuple[int, int]) -> int:
@@ -157,3 +168,56 @@ def tiled_bytes(
         return call_bytes(int(MARGIN * max(map(sum, peaks)) * dtype.itemsize), weight_bytes), 0
     host = int(MARGIN * max(store for store, _ in peaks) * dtype.itemsize)
     return host, call_bytes(int(MARGIN * max(tile for _, tile in peaks) * dtype.itemsize), weight_bytes)
+
+
+def video_resblock(c_in: int, c_out: int, frames: int) -> int:
+    """Values per position (of one frame) a CogVideoX ResBlock holds at its peak, over `frames`
+    frames: x, its norm's output padded by two past frames and the convolution's output; then x,
+    that output, the second norm's padded output and the second convolution's."""
+    first = c_in * frames + c_in * (frames + 2) + c_out * frames
+    second = c_in * frames + c_out * frames + c_out * (frames + 2) + c_out * frames
+    return max(first, second)
+
+
+def chunk_peaks(config: CogVideoXConfig, grid: tuple[int, int], latent_frames: int, keeps: bool = True) -> list[int]:
+    """Values held at the peak of each layer of the CogVideoX decoder, for one chunk of
+    `latent_frames` latent frames of `grid` latents decoded whole; with `keeps` (a chunk that a
+    next one follows), also the two input frames each causal convolution keeps for the next chunk.
+
+    Each norm's scale and shift (SpatialNorm3D.scale_shift) are made at latent resolution: four
+    values per channel and frame of the latents, which count at the lowest resolution only.
+    """
+    widths = tuple(reversed(config.block_out_channels))  # decode order: lowest resolution first
+    frames, area, latent_area = latent_frames, grid[0] * grid[1], grid[0] * grid[1]
+    kept = 0  # the past frames kept so far
+    peaks = [area * (config.latent_channels * (frames + 2) + widths[0] * frames)]  # conv_in
+    kept += keeps * 2 * config.latent_channels * area
+
+    def resblock(c_in: int, c_out: int) -> int:
+        nonlocal kept
+        kept += keeps * 2 * (c_in + c_out) * area
+        return area * video_resblock(c_in, c_out, frames) + 4 * max(c_in, c_out) * frames * latent_area + kept
+
+    peaks += [resblock(widths[0], widths[0]) for _ in range(2)]  # the middle block
+    for level, width in enumerate(widths):
+        for j in range(config.layers_per_block + 1):
+            peaks.append(resblock(widths[max(level - 1, 0)] if j == 0 else width, width))
+        if level == len(widths) - 1:
+            break
+        # per frame: the input, the input padded, four phases and the output (fastconv.UpsampleConv3x3);
+        # doubling time, the frames' outputs are then copied into the doubled chunk
+        doubled = frames if level >= config.time_doublings or frames == 1 else 2 * frames - frames % 2
+        peaks.append(area * width * max(upsample(1) * frames, frames + 4 * frames + 4 * doubled) + kept)
+        frames, area = doubled, 4 * area
+    kept += keeps * 2 * widths[-1] * area
+    peaks.append(area * (widths[-1] * (2 * frames + 2) + config.out_channels * frames) + kept)  # norm_out, conv_out
+    return peaks
+
+
+def chunk_bytes(
+    config: CogVideoXConfig, grid: tuple[int, int], latent_frames: int, dtype: torch.dtype, keeps: bool = True
+) -> int:
+    """The memory one CogVideoX chunk of `latent_frames` latent frames of `grid` latents needs at
+    its peak, decoded whole, beyond its weights (`keeps`: see chunk_peaks): the largest layer
+    times MARGIN, and what torch keeps aside besides (call_bytes)."""
+    return call_bytes(int(MARGIN * max(chunk_peaks(config, grid, latent_frames, keeps)) * dtype.itemsize), 0)

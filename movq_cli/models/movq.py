@@ -149,14 +149,20 @@ class Attention(nn.Module):
 
 
 class Upsample(nn.Module):
-    """conv3x3(nearest_upsample_x2(x)); the convolution does the upsampling itself (see fastconv)."""
+    """conv3x3(nearest_upsample_x2(x)). Fast (the default): the convolution does the upsampling
+    itself, as four 2x2 convolutions at x's own size (fastconv.UpsampleConv3x3)."""
+
+    fast = True
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = UpsampleConv3x3(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        if self.fast:
+            return self.conv(x)
+        upsampled = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.conv2d(upsampled, self.conv.weight, self.conv.bias, padding=1)
 
 
 class Middle(nn.Module):

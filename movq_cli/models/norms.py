@@ -45,11 +45,16 @@ def affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     count = x[0].numel() // groups
     mean = sums.view(batch, groups, -1).sum(-1) / count
     variance = (squares.view(batch, groups, -1).sum(-1) / count - mean**2).clamp_min(0)
-    rstd = torch.rsqrt(variance + norm.eps)
-    per_group = channels // groups
-    mean, rstd = mean.repeat_interleave(per_group, 1), rstd.repeat_interleave(per_group, 1)
+    return group_affine(norm, mean, variance)
+
+
+def group_affine(norm: nn.GroupNorm, mean: torch.Tensor, variance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (B, C) float32, with norm(x) == x * a + b, for an x whose groups have `mean`
+    and `variance` (B, groups), float64: however they were gathered (whole, or tile by tile)."""
+    per_group = norm.num_channels // norm.num_groups
+    rstd = torch.rsqrt(variance + norm.eps).repeat_interleave(per_group, 1)
     scale = rstd * norm.weight.double()
-    return scale.float(), (norm.bias.double() - mean * scale).float()
+    return scale.float(), (norm.bias.double() - mean.repeat_interleave(per_group, 1) * scale).float()
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:

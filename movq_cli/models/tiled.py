@@ -3,8 +3,9 @@
 The decoder runs layer by layer. Each layer's whole activation stays in `store` (host memory
 when decoding on a GPU); only one tile of it at a time, with the border its 3x3 kernels need,
 goes to the device. Every GroupNorm gathers its statistics from all the tiles first (one pass
-of per-tile means and variances, combined exactly) and becomes the affine map per channel that
-norms.affine gives, x * a + b; each tile is then normalized with it. The convolutions see the
+of per-tile means and variances, combined exactly) and becomes the affine map per channel,
+x * a + b (norms.group_affine, as for a whole activation); each tile is then normalized with it,
+a CogVideoX tile by its norm's own scale_shift and modulate. The convolutions see the
 same neighbours as untiled ones, so tiled frames equal untiled frames to float rounding: no
 seams, no blending, and no change of the output with the tile size. An attention (2D) takes
 the whole activation at once: in every published MoVQ it runs at latent resolution only.
@@ -16,6 +17,8 @@ convolution frees each band of its input once the last tile that reads it is don
 holds its input and its output at most; a ResBlock's 1x1x1 shortcut is taken in its first
 convolution's pass, into the bands that its second convolution then adds to, so that its input
 is freed as early, and a ResBlock without one adds its second convolution to its input in place.
+A tile is copied into a buffer with room for its causal past (CausalConv3d.past fills it) and
+normalized there in place, so that it holds its padded input and its convolutions' outputs only.
 The stream's last chunk keeps no causal past (cogvideox.FinalCache).
 """
 
@@ -27,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movq_cli.models import norms
 from movq_cli.models.cogvideox import (
     Cache,
     CausalConv3d,
     Decoder3D,
-    FinalCache,
     ResnetBlock3D,
     SpatialNorm3D,
-    latent_frame_of,
+    keeps,
+    modulate,
 )
 from movq_cli.models.movq import Attention, Decoder, ResBlock, SpatialNorm
 
@@ -61,6 +65,21 @@ class Region(tuple):
         )
 
 
+def runs(tile: slice, grown: slice, scale: int, first: int) -> Iterator[tuple[slice, slice]]:
+    """A grown tile's rows (or columns) in runs of whole latents, for an activation `scale` times
+    the latents' size: (pixels in the grown tile, latents counted from latent `first`) for the
+    border before the tile, the tile and the border after it."""
+    offset = tile.start - grown.start
+    if offset:
+        yield slice(0, offset), slice(grown.start // scale - first, grown.start // scale - first + 1)
+    yield slice(offset, offset + tile.stop - tile.start), slice(tile.start // scale - first, tile.stop // scale - first)
+    if grown.stop > tile.stop:
+        yield (
+            slice(offset + tile.stop - tile.start, grown.stop - grown.start),
+            slice(tile.stop // scale - first, tile.stop // scale - first + 1),
+        )
+
+
 def group_affine(norm: nn.GroupNorm, parts: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b), each (B, C) float32, with norm(x) == x * a + b channel by channel, for the x whose
     tiles are `parts`: as norms.affine gives it, from each tile's per-group mean and variance
@@ -76,10 +95,7 @@ def group_affine(norm: nn.GroupNorm, parts: Iterator[torch.Tensor]) -> tuple[tor
         m2 = m2 + variance * part_count + delta**2 * (count * part_count / total)
         mean = mean + delta * (part_count / total)
         count = total
-    rstd = torch.rsqrt(m2 / count + norm.eps)
-    per_group = norm.num_channels // groups
-    scale = rstd.repeat_interleave(per_group, 1) * norm.weight.double()
-    return scale.float(), (norm.bias.double() - mean.repeat_interleave(per_group, 1) * scale).float()
+    return norms.group_affine(norm, mean, m2 / count)
 
 
 def apply_affine(x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -122,6 +138,17 @@ class Bands:
         for index, inside, within in self._pieces(rows):
             self._band(index)[..., inside, cols] = value[..., within, :]
 
+    def read(self, rows: slice, cols: slice, into: torch.Tensor) -> None:
+        """into = self[..., rows, cols], without a copy of the bands joined."""
+        for index, inside, within in self._pieces(rows):
+            into[..., within, :].copy_(self._band(index)[..., inside, cols])
+
+    def add(self, key: tuple, value: torch.Tensor) -> None:
+        """self[key] += value, in the bands themselves."""
+        _, rows, cols = key
+        for index, inside, within in self._pieces(rows):
+            self._band(index)[..., inside, cols] += value[..., within, :]
+
     def release(self, row: int) -> None:
         """Free every band that ends at or above `row`."""
         while self.released < min(row // self.step, len(self.bands)):
@@ -154,6 +181,13 @@ class Tiles:
 
     def part(self, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         return x[..., rows, cols].to(self.device)
+
+    def read(self, x, rows: slice, cols: slice, into: torch.Tensor) -> None:
+        """Copy x[..., rows, cols] into the device tensor `into`, band by band."""
+        if isinstance(x, Bands):
+            x.read(rows, cols, into)
+        else:
+            into.copy_(x[..., rows, cols])
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype):
         """A new activation of `shape` in the store."""
@@ -293,18 +327,24 @@ class TiledChunk(Tiles):
         h = self.conv(block.conv1, x, norm=block.norm1, shortcut=(block.conv_shortcut, out))
         return self.conv(block.conv2, h, norm=block.norm2, out=out)
 
-    def normalize(
-        self, norm: SpatialNorm3D, x: torch.Tensor, affine, rows: slice, cols: slice, scale: int
-    ) -> torch.Tensor:
-        """silu(norm(x)) of the part x at (rows, cols) of an activation `scale` times the latents'
-        size, with the whole activation's statistics."""
-        # the latents at each pixel of the part, as fit_latents gives them to the untiled norm
-        frames = torch.tensor(latent_frame_of(x.shape[2], self.zq.shape[2]), device=self.device)
-        row_index = torch.arange(rows.start, rows.stop, device=self.device) // scale
-        col_index = torch.arange(cols.start, cols.stop, device=self.device) // scale
-        zq = self.zq.index_select(2, frames).index_select(3, row_index).index_select(4, col_index)
-        out = (apply_affine(x, affine).to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
-        return F.silu(out, inplace=True)
+    def normalize(self, norm: SpatialNorm3D, part: torch.Tensor, affine, region: Region, scale: int) -> None:
+        """part = silu(norm(part)), in place, for the grown tile `part` of `region` in an activation
+        `scale` times the latents' size, with the whole activation's statistics `affine`: the
+        norm's own scale and shift at latent resolution, applied by its own `modulate` to the
+        tile's whole latents and to each one-pixel border, which lies in the latents beside them."""
+        _, _, grown_rows, grown_cols = region
+        first_row, first_col = grown_rows.start // scale, grown_cols.start // scale
+        latents = self.zq[
+            ..., first_row : (grown_rows.stop - 1) // scale + 1, first_col : (grown_cols.stop - 1) // scale + 1
+        ]
+        factors, shifts = norm.scale_shift(latents, part.shape[2], affine)
+        for pixel_rows, latent_rows in runs(region[0], grown_rows, scale, first_row):
+            for pixel_cols, latent_cols in runs(region[1], grown_cols, scale, first_col):
+                piece = part[..., pixel_rows, pixel_cols]
+                modulate(
+                    piece, factors[:, :, latent_rows, latent_cols], shifts[:, :, latent_rows, latent_cols], out=piece
+                )
+        F.silu(part, inplace=True)
 
     def conv(
         self,
@@ -319,36 +359,42 @@ class TiledChunk(Tiles):
         is read, unless not `consume`. `shortcut` (module, bands): also write module(x) into bands;
         `out`: add the result to what it holds, rather than into new bands."""
         affine = self.affine(norm.norm_layer, x) if norm is not None else None
-        batch, _, frames, height, width = x.shape
-        scale = height // self.zq.shape[-2]
+        batch, channels, frames, height, width = x.shape
         adding = out is not None
         if out is None:
             out = self.empty((batch, conv.conv.out_channels, frames, height, width), x.dtype)
-        past, context = self.cache.get(conv), conv.context
-        keep = not isinstance(self.cache, FinalCache)  # a later chunk reads this one's last frames
+        context = conv.context
+        keep = keeps(self.cache)  # a later chunk reads this chunk's last input frames
         if keep:
-            new_past = torch.empty((batch, x.shape[1], context, height, width), dtype=x.dtype, device=self.store)
+            new_past = torch.empty((batch, channels, context, height, width), dtype=x.dtype, device=self.store)
         for region in self.regions(x):
             rows, cols, grown_rows, grown_cols = region
-            part = self.part(x, grown_rows, grown_cols)
+            size = (
+                batch,
+                channels,
+                context + frames,
+                grown_rows.stop - grown_rows.start,
+                grown_cols.stop - grown_cols.start,
+            )
+            padded = torch.empty(size, dtype=x.dtype, device=self.device, memory_format=torch.channels_last_3d)
+            part = padded[:, :, context:]
+            self.read(x, grown_rows, grown_cols, into=part)
             if norm is not None:
-                part = self.normalize(norm, part, affine, grown_rows, grown_cols, scale)
-            if past is None:  # the video's first chunk: its first frame stands for the past
-                before = part[:, :, :1].expand(-1, -1, context, -1, -1)
-            else:
-                before = self.part(past, grown_rows, grown_cols)
-            padded = torch.cat([before, part], dim=2)
+                self.normalize(norm, part, affine, region, height // self.zq.shape[-2])
+            padded[:, :, :context] = conv.past(self.cache, part, grown_rows, grown_cols)
             inner_rows, inner_cols = region.inner
             if keep:
                 new_past[..., rows, cols] = padded[:, :, -context:, inner_rows, inner_cols].to(self.store)
             if shortcut is not None:
                 module, into = shortcut
                 into[..., rows, cols] = module(self.part(x, rows, cols)).to(self.store)
-            result = conv.conv(padded)[..., inner_rows, inner_cols]
+            result = conv.convolve(padded)[..., inner_rows, inner_cols].to(self.store)
+            del padded, part
             if adding:
-                result = result + self.part(out, rows, cols)
-            out[..., rows, cols] = result.to(self.store)
-            del part, padded, before
+                out.add((..., rows, cols), result)
+            else:
+                out[..., rows, cols] = result
+            del result
             if consume:
                 self.done(x, region)
         if keep:
