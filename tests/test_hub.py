@@ -146,7 +146,7 @@ def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
     folders, files = reading.PIPELINE_FOLDERS, reading.WEIGHTS_FILES
     assert hub.fetch_command(hub.parse(KANDINSKY), folders, files) == (
         f"hf download {KANDINSKY} --include 'movq/*' --include 'vae/*' "
-        "--include config.json --include 'diffusion_pytorch_model.*'"
+        "--include config.json --include 'diffusion_pytorch_model.*' --include 'model.*'"
     )
     assert (
         hub.fetch_command(hub.parse("o/n/movq@v2"), folders, files)
@@ -156,7 +156,7 @@ def test_the_fetch_command_fits_the_installed_huggingface_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "__version__", "0.23.4")
     assert hub.fetch_command(hub.parse("o/n/movq"), folders, files) == "huggingface-cli download o/n --include 'movq/*'"
     assert hub.fetch_command(hub.parse("o/n"), folders, files).endswith(
-        "--include 'movq/*' 'vae/*' config.json 'diffusion_pytorch_model.*'"
+        "--include 'movq/*' 'vae/*' config.json 'diffusion_pytorch_model.*' 'model.*'"
     )
 
 

@@ -215,6 +215,12 @@ def _hub_errors(hub_id: HubId, not_cached: str) -> Iterator[None]:
         raise RunError(f"cannot fetch {hub_id} into {cache_dir()}: {error.strerror or _first_line(error)}") from None
 
 
+def _file_patterns(weights_files: Sequence[str]) -> list[str]:
+    """Patterns for the weights files a model folder may hold: one per name before its first dot
+    ("diffusion_pytorch_model.*", "model.*"; a language model's shards are fetched once its index says which)."""
+    return [f"{stem}.*" for stem in dict.fromkeys(name.split(".")[0] for name in weights_files)]
+
+
 def fetch_command(hub_id: HubId, folders: Sequence[str], weights_files: Sequence[str]) -> str:
     """The shell command that downloads what `hub_id` names into the Hub cache, for the huggingface_hub installed."""
     program = _cli()
@@ -226,7 +232,7 @@ def fetch_command(hub_id: HubId, folders: Sequence[str], weights_files: Sequence
     if hub_id.filename is None:
         patterns = []
         for folder in _searched(hub_id, folders):
-            patterns += [f"{folder}/*"] if folder else ["config.json", os.path.commonprefix(weights_files) + "*"]
+            patterns += [f"{folder}/*"] if folder else ["config.json", *_file_patterns(weights_files)]
         if program == "huggingface-cli":  # it takes every pattern after one --include
             words += ["--include", *patterns]
         else:
