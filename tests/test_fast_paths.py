@@ -8,7 +8,7 @@ import torch
 from conftest import SMALL_CONFIG, codes_to_zq, diffusers_decode, psnr, to_pixels
 
 from movq_cli.checkpoints import weights
-from movq_cli.models.movq import Movq, SpatialNorm, use_fast_spatial_norm
+from movq_cli.models.movq import Movq, SpatialNorm, Upsample, use_fast_paths
 
 
 def test_loaded_models_run_channels_last_and_match_the_contiguous_reference(small_folder):
@@ -70,16 +70,16 @@ def test_fast_spatial_norm_equals_the_plain_formula(case, memory_format, mode):
     assert (fast - plain).abs().max().item() <= 1e-5
 
 
-def test_a_model_with_plain_spatial_norms_decodes_the_same_pictures(small_folder):
+def test_a_model_with_every_block_plain_decodes_the_same_pictures(small_folder):
     folder, reference = small_folder
     model = weights.load(folder)
     codes = torch.randint(0, 64, (2, 6, 5), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         fast = model.decode_codes(codes)
-        use_fast_spatial_norm(model, False)
+        use_fast_paths(model, False)
         plain = model.decode_codes(codes)
-    norms = [module for module in model.modules() if isinstance(module, SpatialNorm)]
-    assert norms and not any(norm.fast for norm in norms)
+    blocks = [module for module in model.modules() if isinstance(module, (SpatialNorm, Upsample))]
+    assert {type(block) for block in blocks} == {SpatialNorm, Upsample} and not any(block.fast for block in blocks)
     assert (fast - plain).abs().max().item() <= 1e-5
     assert (plain - diffusers_decode(reference, codes_to_zq(reference, codes))).abs().max().item() <= 1e-4
 

@@ -33,7 +33,7 @@ class SpatialNorm(nn.Module):
     """GroupNorm(f) * conv_y(zq) + conv_b(zq), with zq brought to f's size by nearest.
 
     Two paths give the same numbers: the plain formula, which documents the math and is what
-    the fast path is tested against, and the fast one (the default; `use_fast_spatial_norm`
+    the fast path is tested against, and the fast one (the default; `use_fast_paths`
     switches it off).
     """
 
@@ -95,10 +95,11 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(f)
 
 
-def use_fast_spatial_norm(model: nn.Module, enabled: bool) -> None:
-    """Switch the fast form of every SpatialNorm in `model` on or off (off: the plain formula)."""
+def use_fast_paths(model: nn.Module, enabled: bool) -> None:
+    """Switch the fast form of every block of `model` that has one (SpatialNorm, Upsample) on or
+    off; off, each computes its plain formula."""
     for module in model.modules():
-        if isinstance(module, SpatialNorm):
+        if isinstance(module, FAST_BLOCKS):
             module.fast = enabled
 
 
@@ -163,6 +164,9 @@ class Upsample(nn.Module):
             return self.conv(x)
         upsampled = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return F.conv2d(upsampled, self.conv.weight, self.conv.bias, padding=1)
+
+
+FAST_BLOCKS = (SpatialNorm, Upsample)  # the blocks with a fast path beside their plain one
 
 
 class Middle(nn.Module):
