@@ -52,7 +52,12 @@ class SpatialNorm(nn.Module):
         zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
         if self.conv is not None:
             zq = self.conv(zq)
-        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+        return self.modulate(self.norm_layer(f), zq)
+
+    def modulate(self, normed: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+        """normed * conv_y(zq) + conv_b(zq), for a zq at normed's size (through `conv`, if any): the
+        formula after the group statistics, which a tile shares (models/tiled.py)."""
+        return normed * self.conv_y(zq) + self.conv_b(zq)
 
     def _fast_forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
         """The formula without materialising the upsampled zq or a full-size scale and shift.

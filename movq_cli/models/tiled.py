@@ -265,7 +265,7 @@ class TiledFrame(Tiles):
             row_index = torch.arange(rows.start, rows.stop, device=self.device) * self.zq.shape[-2] // size[0]
             col_index = torch.arange(cols.start, cols.stop, device=self.device) * self.zq.shape[-1] // size[1]
             zq = self.zq.index_select(2, row_index).index_select(3, col_index)
-        out = (apply_affine(x, affine).to(x.dtype) * norm.conv_y(zq) + norm.conv_b(zq)).contiguous()
+        out = norm.modulate(apply_affine(x, affine).to(x.dtype), zq).contiguous()
         return F.silu(out, inplace=True)
 
     def conv(
