@@ -120,18 +120,13 @@ def decode(
     BAAI's autoencode.py made); `source_numbers` names a folder's PNG frames by their number in the whole output
     (frames=slice(None, None, 10): 00000.png, 00010.png, ...); `on_frames(n)` hears progress.
     Returns what was written (frames, frame size, seconds)."""
-    from movq_cli.io.codes import ReadOptions, read_clip
     from movq_cli.io.writers import WriteOptions
-    from movq_cli.models.family import DecodeOptions
-    from movq_cli.pipeline import decode_to_file, prepare
+    from movq_cli.pipeline import decode_to_file
 
-    clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
-    plan = prepare(
-        model,
-        clip,
-        frames,
-        DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
-    )
+    plan = _prepare(
+        codes, model, frames, dict(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image),
+        dict(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
+    )  # fmt: skip
     write = WriteOptions(fps=fps, crf=crf, encoder=encoder, overwrite=overwrite, source_numbers=source_numbers)
     return decode_to_file(plan, out, write, on_frames)
 
@@ -156,18 +151,12 @@ def decode_frames(
     chunk at a time: (H, W, 3) uint8 arrays in order.
 
     Everything is checked before the first frame is decoded; memory stays flat however long the clip."""
-    from movq_cli.io.codes import ReadOptions, read_clip
-    from movq_cli.models.family import DecodeOptions
     from movq_cli.pipeline import decode_frames as decode_chunks
-    from movq_cli.pipeline import prepare
 
-    clip = read_clip(codes, ReadOptions(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image))
-    plan = prepare(
-        model,
-        clip,
-        frames,
-        DecodeOptions(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
-    )
+    plan = _prepare(
+        codes, model, frames, dict(key=key, grid=grid, tokens=tokens, token_offset=token_offset, image=image),
+        dict(chunk=chunk, snap=snap, unscaled=unscaled, tile=_tile(tile), per_clip=per_clip),
+    )  # fmt: skip
     for block in decode_chunks(plan):
         yield from block
 
@@ -222,6 +211,15 @@ def encode(
         model, footage, Path(out), model_device(model), chunk=chunk, latents=latents, overwrite=overwrite,
         on_frames=on_frames,
     )  # fmt: skip
+
+
+def _prepare(codes, model: Model, frames, read: dict, decode: dict):
+    """`codes` read with the `read` keywords, prepared for `model` to decode `frames` with the `decode` ones."""
+    from movq_cli.io.codes import ReadOptions, read_clip
+    from movq_cli.models.family import DecodeOptions
+    from movq_cli.pipeline import prepare
+
+    return prepare(model, read_clip(codes, ReadOptions(**read)), frames, DecodeOptions(**decode))
 
 
 def _tile(tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
