@@ -389,3 +389,15 @@ def test_the_schedule_cuts_any_clip_into_chunks():
     assert Emu3.schedule(3, 8) == [3]
     with pytest.raises(ValueError, match="chunk 0"):
         Emu3.schedule(3, 0)
+
+
+def test_a_stream_decodes_each_latent_frames_four_frames_in_one_call_of_the_2d_decoder(small):
+    _, model = small
+    batches = []
+    hook = model.decoder.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    try:
+        frames = torch.cat(list(model.decode_stream(torch.split(codes((1, 3, 2, 2), 64, seed=9), 1, dim=1))), dim=2)
+    finally:
+        hook.remove()
+    assert frames.shape[2] == 12
+    assert batches == [4, 4, 4]

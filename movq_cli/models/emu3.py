@@ -36,6 +36,10 @@ Cache = dict[nn.Module, torch.Tensor]
 # the temporal layers are tiny (4 channels at code resolution), so the smallest chunk costs
 # nothing and keeps what a chunk holds (its 4 output frames) least.
 CHUNK = 1
+# Output frames per call of the 2D decoder in a stream: a latent frame's 4 at once. One frame a call
+# left the convolutions at small grids with too little work each (at 8x8 codes, half the speed of
+# four frames a call on a 2-core EPYC); its activations are still those of a few frames, whatever T.
+FRAMES_PER_CALL = 4
 
 
 class CausalConv3d(nn.Module):
@@ -157,7 +161,7 @@ class Emu3(nn.Module):
         quant = self.quantize.lookup(codes)
         return self.decoder.temporal(self.post_quant_conv(quant, cache), quant, cache)
 
-    def pictures(self, z: torch.Tensor, zq: torch.Tensor, frames_per_call: int = 1) -> torch.Tensor:
+    def pictures(self, z: torch.Tensor, zq: torch.Tensor, frames_per_call: int = FRAMES_PER_CALL) -> torch.Tensor:
         """z and zq (B, C, T, h, w) -> images (B, out, T, H, W): the 2D decoder on
         `frames_per_call` frames at a time, so that its activations stay those of a few frames."""
         batch, _, frames, rows, cols = z.shape
@@ -180,7 +184,7 @@ class Emu3(nn.Module):
 
     @torch.inference_mode()
     def decode_stream(
-        self, chunks: Iterable[torch.Tensor], independent: bool = False, frames_per_call: int = 1
+        self, chunks: Iterable[torch.Tensor], independent: bool = False, frames_per_call: int = FRAMES_PER_CALL
     ) -> Iterator[torch.Tensor]:
         """Chunks of one clip's codes (1, t, h, w), int64 on the model's device, -> each chunk's
         frames (1, out, 4t, H, W), about [-1, 1], in the model's dtype, as soon as they are decoded.
