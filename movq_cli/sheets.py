@@ -32,6 +32,7 @@ body { font: 14px system-ui, sans-serif; margin: 1em; background: #111; color: #
 a { color: #8cf; }
 table { border-collapse: collapse; }
 td, th { padding: 4px 8px; border-bottom: 1px solid #333; text-align: left; vertical-align: top; }
+td:first-child { max-width: 24em; overflow-wrap: anywhere; }
 tbody tr { content-visibility: auto; contain-intrinsic-size: auto 200px; }
 img { max-width: 512px; height: auto; }
 video { max-width: 256px; height: auto; }

@@ -6,12 +6,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ANSWER_SECONDS = 120  # a page that never settles fails its test instead of hanging the suite
 
 
 class Browser:
@@ -51,6 +53,8 @@ class Browser:
 
     def _read(self) -> dict:
         while b"\0" not in self.buffer:
+            if not select.select([self.replies], [], [], ANSWER_SECONDS)[0]:
+                raise RuntimeError(f"chromium did not answer in {ANSWER_SECONDS} s")
             chunk = os.read(self.replies, 1 << 16)
             if not chunk:
                 raise RuntimeError("chromium closed the pipe")
