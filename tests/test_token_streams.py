@@ -97,6 +97,20 @@ def test_a_lumina_stream_gives_each_image():
     assert np.array_equal(images[0].codes, first) and np.array_equal(images[1].codes, second)
 
 
+def test_lumina_size_tokens_are_checked_against_the_rows_whatever_id_n_grid_units_has():
+    """The id of <reserved{8800 + n}> is derived, not published: size tokens at another base
+    still read by their rows, while a pair that disagrees with the rows' shape is refused."""
+    codes = grid(8, 4, 16384, 6)
+    shifted = lumina_image(codes)
+    shifted[1:3] = [shifted[1] + 40, shifted[2] + 40]
+    (image,) = tokenstreams.lumina_mgpt(np.array(shifted))
+    assert np.array_equal(image.codes, codes)
+    swapped = lumina_image(codes)
+    swapped[1:3] = swapped[2:0:-1]
+    with pytest.raises(InputError, match=r"token 1: the size tokens say 1 x 2 grid units .* the rows give 8 x 4 codes"):
+        tokenstreams.lumina_mgpt(np.array(swapped))
+
+
 def test_images_of_one_size_are_the_frames_of_one_clip_of_separate_images(tmp_path):
     clip = codes_io.read(save(tmp_path / "ids.npy", EMU3_STREAM), tokens="emu3")
     assert np.array_equal(clip.array, np.stack([FIRST, SECOND]))
@@ -193,7 +207,8 @@ LU = (
     PROMPT + lumina_image(L_IMAGE) + AFTER
 )  # sizes at S+1, S+2; row r at S+3+9r, its newline at S+11+9r; <eoss> at S+39
 LUMINA_MALFORMED = {
-    "a size token that disagrees": (_set(LU, S + 1, reserved(8802)), S + 1, "says a height of 2 x 32 pixels, 8 codes, but the rows give 4"),
+    "a size token that disagrees": (_set(LU, S + 1, reserved(8802)), S + 1, "the size tokens say 2 x 2 grid units of 32 pixels (8 x 8 codes), but the rows give 4 x 8 codes"),
+    "rows cut short": (LU[: S + 3 + 9] + LU[S + 39 :], S + 1, "the rows give a height of 1 code, not whole grid units of 4 codes"),
     "a missing size token": (_without(LU, S + 2), S + 2, "expected a size token"),
     "a short row": (_without(LU, S + 12), S + 19, "row 1 ends after 7 codes, not 8 (as in the first row)"),
     "a code outside the codebook": (_set(LU, S + 5, LUMINA_CODE_0 + 16384), S + 5, "expected a code (an id in [155000, 171384)) or 151670 (newline), found 171384"),

@@ -47,7 +47,10 @@ EMU3_NAMES = {
 LUMINA_IMAGE_START = 151665  # <racm3:break>
 LUMINA_IMAGE_END = 151666  # <eoss>
 LUMINA_END_OF_LINE = 151670  # <reserved08799>
-LUMINA_GRID_BASE = 151671  # <reserved08800>: the reserved tokens follow <reserved08799> one id each
+# <reserved08800>, if the reserved tokens run on from <reserved08799> one id each: derived, not
+# published (inference_solver.py reads size tokens back by name), so checks use it only where the
+# base cancels (_check_lumina_sizes).
+LUMINA_GRID_BASE = 151671
 LUMINA_OFFSET = 155000
 LUMINA_CODEBOOK = 16384  # MoVQGAN-270M
 LUMINA_CODES_PER_GRID = 4  # one grid unit, 32 pixels, is 4 codes of a factor-8 MoVQ
@@ -98,21 +101,40 @@ def lumina_mgpt(ids: np.ndarray, offset: int = LUMINA_OFFSET) -> list[Image]:
         end = _find(ids, LUMINA_IMAGE_END, start + 1, LUMINA_NAMES, "the image")
         sizes = (start + 1, start + 2)
         for position in sizes:
-            if position >= end or not LUMINA_GRID_BASE <= ids[position] < LUMINA_OFFSET:
+            if position >= end or not 0 <= ids[position] < offset or int(ids[position]) in LUMINA_NAMES:
                 raise InputError(
-                    f"token {position}: expected a size token (<reserved08800> + grid units, {LUMINA_GRID_BASE} "
-                    f"or more), found {_name(ids[position], LUMINA_NAMES)}"
+                    f"token {position}: expected a size token (<reserved08800> + grid units), "
+                    f"found {_name(ids[position], LUMINA_NAMES)}"
                 )
         codes = _rows(ids, start + 3, end, LUMINA_END_OF_LINE, offset, LUMINA_CODEBOOK, LUMINA_NAMES)
-        for position, side, along in zip(sizes, ("height", "width"), codes.shape, strict=True):
-            grids = int(ids[position]) - LUMINA_GRID_BASE
-            if grids * LUMINA_CODES_PER_GRID != along:
-                raise InputError(
-                    f"token {position}: the size token says a {side} of {grids} x 32 pixels, "
-                    f"{grids * LUMINA_CODES_PER_GRID} codes, but the rows give {along}"
-                )
+        _check_lumina_sizes(ids, sizes, codes.shape)
         images.append(Image(start, codes))
     return images
+
+
+def _check_lumina_sizes(ids: np.ndarray, sizes: tuple[int, int], shape: tuple[int, ...]) -> None:
+    """The rows set a Lumina image's grid; its two size tokens must agree with them.
+
+    The size tokens are <reserved{8800 + n}> for n grid units (4 codes, 32 pixels), height then
+    width. Their ids are taken to run on from <reserved08799> (LUMINA_GRID_BASE + n), which no
+    published file pins down, so only what holds for any base is checked: whole grid units each
+    way, and the height token less the width token equal to the rows' height less their width
+    in grid units. A stream cut short by whole rows fails the second check.
+    """
+    rows, cols = shape
+    for position, side, along in zip(sizes, ("height", "width"), shape, strict=True):
+        if along % LUMINA_CODES_PER_GRID:
+            raise InputError(
+                f"token {position}: the rows give a {side} of {along} code{'s' * (along != 1)}, not whole grid units "
+                f"of {LUMINA_CODES_PER_GRID} codes (32 pixels)"
+            )
+    said = [int(ids[position]) - LUMINA_GRID_BASE for position in sizes]
+    if said[0] - said[1] != (rows - cols) // LUMINA_CODES_PER_GRID:
+        raise InputError(
+            f"token {sizes[0]}: the size tokens say {said[0]} x {said[1]} grid units of 32 pixels "
+            f"({said[0] * LUMINA_CODES_PER_GRID} x {said[1] * LUMINA_CODES_PER_GRID} codes), "
+            f"but the rows give {rows} x {cols} codes"
+        )
 
 
 @dataclass(frozen=True)
