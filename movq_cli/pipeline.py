@@ -22,6 +22,7 @@ from movq_cli.errors import InputError, OutOfMemory, run_errors
 from movq_cli.io.codes import Clip
 from movq_cli.io.writers import WriteOptions, Writer, get_writer, writer_class
 from movq_cli.models.family import DecodeOptions, Family, family_of, selected_numbers
+from movq_cli.models.fastconv import derive_kernels
 
 QUEUE_CHUNKS = 2  # decoded chunks that may wait for the writer
 UNBLOCK_AFTER = 1.0  # seconds an abandoned writer may take to finish its write before it is aborted
@@ -134,6 +135,7 @@ def decode_frames(plan: Plan, ahead: int | None = None) -> Iterator[np.ndarray]:
 def _pixel_chunks(plan: Plan) -> Iterator[torch.Tensor]:
     """uint8 pixels (n, H, W, 3) on the device, chunk by chunk, of the plan's output frames only."""
     family, clip = plan.family, plan.clip
+    derive_kernels(family.model)  # before the first activations, not among them
     starts = np.cumsum([0, *plan.chunks[:-1]])
     blocks = (family.to_device(clip.frames(start, start + n)) for start, n in zip(starts, plan.chunks, strict=True))
     first = 0  # the output number of the next frame out of the decoder

@@ -99,7 +99,7 @@ def expected(reference: Emu3VQVAE, codes: torch.Tensor) -> torch.Tensor:
 def streamed(model: Emu3, clip: torch.Tensor, chunk: int, independent: bool = False, per_call: int = 1) -> torch.Tensor:
     """A clip (1, T, h, w) decoded chunk by chunk, the chunks' frames joined: (1, 3, 4T, H, W)."""
     chunks = torch.split(clip, model.schedule(clip.shape[1], chunk), dim=1)
-    return torch.cat(list(model.decode_stream(chunks, independent=independent, frames_per_call=per_call)), dim=2)
+    return torch.cat(list(model.decode_stream(chunks, independent=independent, per_call=per_call)), dim=2)
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -401,3 +401,20 @@ def test_a_stream_decodes_each_latent_frames_four_frames_in_one_call_of_the_2d_d
         hook.remove()
     assert frames.shape[2] == 12
     assert batches == [4, 4, 4]
+
+
+def test_larger_frames_go_through_the_2d_decoder_fewer_at_a_time_to_the_same_frames(small):
+    from movq_cli.models.emu3 import frames_per_call
+
+    assert [frames_per_call((side, side)) for side in (2, 8, 16, 20, 32, 90)] == [4, 4, 4, 2, 1, 1]
+    assert frames_per_call((8, 128)) == 1
+    _, model = small
+    clip = torch.split(codes((1, 2, 20, 20), 64, seed=10), 1, dim=1)
+    batches = []
+    hook = model.decoder.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    try:
+        frames = torch.cat(list(model.decode_stream(clip)), dim=2)
+    finally:
+        hook.remove()
+    assert batches == [2, 2, 2, 2]
+    assert max_difference(frames, torch.cat(list(model.decode_stream(clip, per_call=4)), dim=2)) <= 1e-5

@@ -36,11 +36,19 @@ Cache = dict[nn.Module, torch.Tensor]
 # the temporal layers are tiny (4 channels at code resolution), so the smallest chunk costs
 # nothing and keeps what a chunk holds (its 4 output frames) least.
 CHUNK = 1
-# Output frames per call of the 2D decoder in a stream: a latent frame's 4 at once. One frame a call
-# left the convolutions at small grids with too little work each (at 8x8 codes, half the speed of
-# four frames a call on a 2-core EPYC); its activations are still those of a few frames, whatever T.
+# Output frames per call of the 2D decoder in a stream: a latent frame's 4 while frames are small,
+# fewer as they grow, so that a call holds about CALL_CODES codes' worth of activations. One frame a
+# call left the convolutions at 8x8 codes with too little work each (half the speed of four a call
+# on a 2-core EPYC); from 32x32 codes on one frame has work enough, and four would hold four frames'
+# activations (at 90x90 codes, 720x720 pixels, over 4 GiB in fp32).
 FRAMES_PER_CALL = 4
+CALL_CODES = 1024
 
+
+def frames_per_call(grid: tuple[int, int]) -> int:
+    """How many output frames of an (h, w) code grid a stream decodes per call of the 2D decoder."""
+    rows, cols = grid
+    return max(1, min(FRAMES_PER_CALL, CALL_CODES // (rows * cols)))
 
 class CausalConv3d(nn.Module):
     """A convolution over (time, rows, columns) whose output frame t sees input frames t-2..t.
@@ -161,14 +169,16 @@ class Emu3(nn.Module):
         quant = self.quantize.lookup(codes)
         return self.decoder.temporal(self.post_quant_conv(quant, cache), quant, cache)
 
-    def pictures(self, z: torch.Tensor, zq: torch.Tensor, frames_per_call: int = FRAMES_PER_CALL) -> torch.Tensor:
-        """z and zq (B, C, T, h, w) -> images (B, out, T, H, W): the 2D decoder on
-        `frames_per_call` frames at a time, so that its activations stay those of a few frames."""
+    def pictures(self, z: torch.Tensor, zq: torch.Tensor, per_call: int | None = None) -> torch.Tensor:
+        """z and zq (B, C, T, h, w) -> images (B, out, T, H, W): the 2D decoder on `per_call`
+        frames at a time (default: `frames_per_call` of the grid), so that its activations stay
+        those of a few frames."""
         batch, _, frames, rows, cols = z.shape
+        per_call = per_call or frames_per_call((rows, cols))
         size = (batch, self.config.out_ch, frames, rows * self.config.factor, cols * self.config.factor)
         images = torch.empty(size, dtype=z.dtype, device=z.device)
-        for start in range(0, frames, frames_per_call):
-            picked = slice(start, min(start + frames_per_call, frames))
+        for start in range(0, frames, per_call):
+            picked = slice(start, min(start + per_call, frames))
             z_frames, zq_frames = (_per_frame(x[:, :, picked]) for x in (z, zq))
             decoded = self.decoder(z_frames, zq_frames)  # (B * n, out, H, W)
             images[:, :, picked] = decoded.unflatten(0, (batch, -1)).transpose(1, 2)
@@ -184,7 +194,7 @@ class Emu3(nn.Module):
 
     @torch.inference_mode()
     def decode_stream(
-        self, chunks: Iterable[torch.Tensor], independent: bool = False, frames_per_call: int = FRAMES_PER_CALL
+        self, chunks: Iterable[torch.Tensor], independent: bool = False, per_call: int | None = None
     ) -> Iterator[torch.Tensor]:
         """Chunks of one clip's codes (1, t, h, w), int64 on the model's device, -> each chunk's
         frames (1, out, 4t, H, W), about [-1, 1], in the model's dtype, as soon as they are decoded.
@@ -193,8 +203,8 @@ class Emu3(nn.Module):
         each causal convolution carries its last input frames to the next chunk. `independent`:
         every latent frame is a clip of its own (what BAAI's autoencode.py encodes a video into:
         4-frame clips, B = N, T = 1), and nothing is carried. Between chunks the stream holds two
-        frames per causal convolution at code resolution; `frames_per_call` output frames go
-        through the 2D decoder at a time.
+        frames per causal convolution at code resolution; `per_call` output frames (default:
+        `frames_per_call` of the grid) go through the 2D decoder at a time.
         """
         cache: Cache = {}
         for codes in chunks:
@@ -203,7 +213,7 @@ class Emu3(nn.Module):
                 z, zq = (x.transpose(0, 1).flatten(1, 2)[None] for x in (z, zq))
             else:
                 z, zq = self.front(codes, cache)
-            yield self.pictures(z, zq, frames_per_call)
+            yield self.pictures(z, zq, per_call)
 
     @staticmethod
     def to_pixels(images: torch.Tensor) -> torch.Tensor:

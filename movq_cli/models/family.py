@@ -30,7 +30,7 @@ from movq_cli.io import codes as codes_io
 from movq_cli.io.codes import Clip
 from movq_cli.io.stored import StoredArray
 from movq_cli.memory import check_fits_in_memory, device_memory, gib
-from movq_cli.models.emu3 import FRAMES_PER_CALL
+from movq_cli.models.emu3 import frames_per_call
 from movq_cli.models.footprint import call_bytes, chunk_bytes, frame_bytes, tiled_bytes
 
 UNKNOWN_SCALE = (
@@ -349,11 +349,11 @@ class Emu3Video(Family):
     def check_memory(self, clip: Clip, options: DecodeOptions = DecodeOptions()) -> None:
         if options.tile is not None:
             raise InputError("tile=... is for 2D MoVQ and CogVideoX models; Emu3 decodes whole frames")
-        # the 2D decoder takes an image, or a stream's FRAMES_PER_CALL frames, at a time; a chunk's frames wait
+        # the 2D decoder takes an image, or a stream's frames_per_call frames, at a time; a chunk's frames wait
         frames = (
             1 if clip.images else self.config.temporal_downsample_factor * max(self.chunk_sizes(clip, options.chunk))
         )
-        per_call = 1 if clip.images else min(frames, FRAMES_PER_CALL)
+        per_call = 1 if clip.images else min(frames, frames_per_call(clip.grid))
         rows, cols = self.frame_size(clip.grid)
         waiting = frames * self.config.out_ch * rows * cols * self.dtype.itemsize
         activations = per_call * frame_bytes(self.config.decoder_2d, clip.grid, self.dtype, self.device)

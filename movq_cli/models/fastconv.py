@@ -122,17 +122,41 @@ def _pad_to_tiles(x: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tens
     return padded
 
 
-def upsample_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A (Cout, Cin, 3, 3) kernel -> (4*Cout, Cin, 2, 2): one 2x2 kernel per output phase (a, b).
+# Along one axis, output phase 0 of an upsampled image sees the small image at offsets (-1, 0) with
+# taps (k0, k1 + k2), phase 1 at offsets (0, +1) with taps (k0 + k1, k2): each phase's two kernel
+# positions sum these ranges of the three taps.
+_PHASE_TAPS = (((0, 1), (1, 3)), ((0, 2), (2, 3)))
 
-    Along one axis, phase 0 of the upsampled output sees the small image at offsets (-1, 0)
-    with taps (k0, k1 + k2), phase 1 at offsets (0, +1) with taps (k0 + k1, k2).
+
+def upsample_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (Cout, Cin, 3, 3) kernel -> (4*Cout, Cin, 2, 2), channels_last: one 2x2 kernel per output
+    phase (a, b), its taps summed in float32 (or wider).
+
+    Each of the 16 positions is summed from contiguous tap planes straight into the kernel, so the
+    derivation holds one copy of the weight besides it (stacking and concatenating the phases
+    held several: 250 MB more for a 1024-channel kernel of 38 MB, which the heap then kept).
     """
-    w = weight.to(torch.promote_types(weight.dtype, torch.float32))  # sums of half-precision taps in fp32
+    if _training(weight):
+        return _upsample_weight_differentiable(weight)
+    out_channels, in_channels = weight.shape[:2]
+    wide = torch.promote_types(weight.dtype, torch.float32)
+    planes = weight.detach().permute(2, 3, 0, 1).contiguous()  # (3, 3, Cout, Cin): each tap contiguous
+    kernel = weight.new_empty((4 * out_channels, 2, 2, in_channels)).permute(0, 3, 1, 2)
+    for a, rows in enumerate(_PHASE_TAPS):
+        for b, cols in enumerate(_PHASE_TAPS):
+            phase = kernel[(2 * a + b) * out_channels : (2 * a + b + 1) * out_channels]
+            for i, (r0, r1) in enumerate(rows):
+                for j, (c0, c1) in enumerate(cols):
+                    phase[:, :, i, j] = planes[r0:r1, c0:c1].sum((0, 1), dtype=wide)
+    return kernel
+
+
+def _upsample_weight_differentiable(weight: torch.Tensor) -> torch.Tensor:
+    """`upsample_weight` by stacking, so that gradients reach the weight."""
+    w = weight.to(torch.promote_types(weight.dtype, torch.float32))
 
     def phases(k: torch.Tensor, axis: int) -> list[torch.Tensor]:
-        k0, k1, k2 = k.unbind(axis)
-        return [torch.stack([k0, k1 + k2], axis), torch.stack([k0 + k1, k2], axis)]
+        return [torch.stack([k.narrow(axis, r0, r1 - r0).sum(axis) for r0, r1 in taps], axis) for taps in _PHASE_TAPS]
 
     kernels = [kernel for rows in phases(w, 2) for kernel in phases(rows, 3)]
     return torch.cat(kernels, 0).to(weight.dtype).contiguous(memory_format=torch.channels_last)
@@ -230,7 +254,23 @@ class UpsampleConv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _training(self.weight):
             return upsample_conv3x3(x, upsample_weight(self.weight), self.bias)
-        return upsample_conv3x3(x, self._phases.get(self.weight, upsample_weight), self.bias)
+        return upsample_conv3x3(x, self.phase_weight(), self.bias)
+
+    def phase_weight(self) -> torch.Tensor:
+        """The four phases' kernels, derived from the weight on first use and kept until it changes."""
+        return self._phases.get(self.weight, upsample_weight)
+
+
+def derive_kernels(model: nn.Module) -> None:
+    """Derive now the kernels `model`'s upsampling convolutions keep beside their weights.
+
+    Called before a decode's first activations: derived among them, on the first call of each
+    convolution, they kept freed activations from going back to the system (a first Emu3 decode
+    of 64x64 frames ended holding 76 MiB more than the kernels themselves).
+    """
+    for module in model.modules():
+        if isinstance(module, UpsampleConv3x3) and not _training(module.weight):
+            module.phase_weight()
 
 
 def use_winograd(model: nn.Module, enabled: bool) -> None:
