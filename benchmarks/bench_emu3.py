@@ -1,8 +1,10 @@
 """Emu3 decode speed and memory: movq against transformers' Emu3VQVAE.decode, side by side in one run.
 
-    python benchmarks/bench_emu3.py            # images of 32x32 codes, video 8x8 T = 2 and 4, memory 8x8 T = 2..16
-    python benchmarks/bench_emu3.py --only speed --image-grids 16 32 --video-grid 16   # larger (about 25 minutes on 2 cores)
-    python benchmarks/bench_emu3.py --quick    # images 16x16, video 8x8 T = 2, memory T = 2 and 16, 2 rounds
+    python benchmarks/bench_emu3.py            # the full set (about 50 minutes on 2 cores):
+        # images of 8x8 and 32x32 codes; clips of T = 2 at 8x8, 16x16 and 32x32 codes;
+        # memory at 8x8 and 16x16 codes, T = 2, 4, 8 and 16
+    python benchmarks/bench_emu3.py --only speed --image-grids 16 --video-grids 16 --video-frames 2 4
+    python benchmarks/bench_emu3.py --quick    # images 16x16, video 8x8 T = 2, memory 8x8 T = 2 and 16, 2 rounds
     python benchmarks/bench_emu3.py --smoke    # the released structure at an eighth of its width: checks the script
 
 Both sides decode the same weights and codes: the released decoder (width 256, random weights
@@ -211,9 +213,9 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="an 8x narrower model, tiny sizes, one round")
     parser.add_argument("--image-grids", type=int, nargs="+", help="codes per side of the images (32; quick 16)")
-    parser.add_argument("--video-grid", type=int, help="codes per side of the videos (8)")
-    parser.add_argument("--video-frames", type=int, nargs="+", help="latent frames T of the videos (2 4)")
-    parser.add_argument("--memory-grid", type=int, help="codes per side of the memory runs (8)")
+    parser.add_argument("--video-grids", type=int, nargs="+", help="codes per side of the videos (8 16 32; quick 8)")
+    parser.add_argument("--video-frames", type=int, nargs="+", help="latent frames T of the videos (2)")
+    parser.add_argument("--memory-grids", type=int, nargs="+", help="codes per side of the memory runs (8 16; quick 8)")
     parser.add_argument("--memory-frames", type=int, nargs="+", help="latent frames T of the memory runs (2 4 8 16)")
     parser.add_argument("--rounds", type=int, help="timed rounds per case after the warm-up (3; quick 2; smoke 1)")
     parser.add_argument(
@@ -227,10 +229,10 @@ def main() -> None:
         print(json.dumps(memory_job(side, Path(weights), int(frames), int(grid), int(codebook))))
         return
     quick, smoke = args.quick, args.smoke
-    image_grids = args.image_grids or ([4] if smoke else [16] if quick else [32])
-    video_grid = args.video_grid or (4 if smoke else 8)
-    video_frames = args.video_frames or ([2] if smoke or quick else [2, 4])
-    memory_grid = args.memory_grid or (4 if smoke else 8)
+    image_grids = args.image_grids or ([4] if smoke else [16] if quick else [8, 32])
+    video_grids = args.video_grids or ([4] if smoke else [8] if quick else [8, 16, 32])
+    video_frames = args.video_frames or [2]
+    memory_grids = args.memory_grids or ([4] if smoke else [8] if quick else [8, 16])
     memory_frames = args.memory_frames or ([2, 4] if smoke else [2, 16] if quick else [2, 4, 8, 16])
     rounds = args.rounds or (1 if smoke else 2 if quick else 3)
     codebook = SMOKE["codebook_size"] if smoke else CODEBOOK
@@ -256,9 +258,10 @@ def main() -> None:
             models,
             rounds,
         )
-    for frames in video_frames if args.only != "memory" else ():
-        title = f"video T={frames} -> {4 * frames} frames {8 * video_grid}x{8 * video_grid}"
-        speed(title, make_codes((frames, video_grid, video_grid), codebook), ref, models, rounds)
+    for grid in video_grids if args.only != "memory" else ():
+        for frames in video_frames:
+            title = f"video T={frames} -> {4 * frames} frames {8 * grid}x{8 * grid} ({grid}x{grid} codes)"
+            speed(title, make_codes((frames, grid, grid), codebook), ref, models, rounds)
     del models, ref
     if args.only == "speed":
         return
@@ -266,7 +269,8 @@ def main() -> None:
         weights = Path(folder) / "transformers.safetensors"
         save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(weights))
         del state
-        memory(weights, memory_frames, memory_grid, codebook, smoke)
+        for grid in memory_grids:
+            memory(weights, memory_frames, grid, codebook, smoke)
 
 
 if __name__ == "__main__":

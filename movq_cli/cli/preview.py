@@ -190,10 +190,12 @@ def check_can_show(single: bool, as_json: bool) -> None:
 def show_first_frame(model, codes: Path, read: ReadOptions, decode: DecodeOptions) -> None:
     """Draw the first frame a decode of the code file `codes` with these options writes."""
     from movq_cli.io.codes import read_clip
+    from movq_cli.models.family import selected_numbers
     from movq_cli.pipeline import decode_frames, prepare
     from movq_cli.preview import BACKGROUND
     from movq_cli.terminal import draw
 
-    clip = read_clip(codes, read)
-    first = prepare(model, clip, read.frames, decode).numbers[0]
-    draw(next(decode_frames(prepare(model, clip, [first], decode)))[0], BACKGROUND)
+    def first(total: int) -> list[int]:  # the first frame of the selection, planned once
+        return selected_numbers(total, slice(None) if read.frames is None else read.frames)[:1]
+
+    draw(next(decode_frames(prepare(model, read_clip(codes, read), first, decode)))[0], BACKGROUND)
