@@ -18,6 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+import numpy as np
 import torch
 
 from movq_cli.errors import InputError, MovqError, RunError, first_line, reason
@@ -297,8 +298,10 @@ def decode_one(
     job: Job,
     options: BatchOptions,
     on_start: Callable[[Job, int], Callable[[int], None]] | None = None,
+    on_pixels: Callable[[np.ndarray], None] | None = None,
 ) -> FileReport:
-    """Decode one job into its output and say how it went: "done" or "skipped".
+    """Decode one job into its output and say how it went: "done" or "skipped" (`on_pixels`: as
+    for `decode_to_file`).
 
     Raises what went wrong (MovqError for what the user can act on); `decode_batch` turns that
     into a "failed" report, a single file lets it reach the user."""
@@ -309,7 +312,9 @@ def decode_one(
         return FileReport(job.codes, Path(job.output), "skipped")
     plan = prepare(model, read_clip(job.codes, options.read), options.read.frames, options.decode)
     try:
-        result = decode_to_file(plan, job.output, options.write, on_start(job, plan.n_frames) if on_start else None)
+        result = decode_to_file(
+            plan, job.output, options.write, on_start(job, plan.n_frames) if on_start else None, on_pixels
+        )
     except ManyFrames as error:  # in a batch, OUT names the folder and --format the kind of output
         error.hint = "format=png-dir writes each clip's frames to a folder of PNGs"
         raise

@@ -254,11 +254,13 @@ def decode_to_file(
     output: str | Path,
     write: WriteOptions = WriteOptions(),
     on_frames: Callable[[int], None] | None = None,
+    on_pixels: Callable[[np.ndarray], None] | None = None,
 ) -> DecodeResult:
     """Decode a prepared plan into `output`: a video or animation, one picture, or a folder of
     PNG frames, as its suffix says (a str keeps the trailing slash that names a folder), written
     with `write` (an option the format has no use for is refused; an MP4's encoder, when not given,
-    is the default for the device the plan decodes on). `on_frames(n)` hears progress.
+    is the default for the device the plan decodes on). `on_frames(n)` hears progress;
+    `on_pixels(frames)` sees each decoded batch of uint8 frames (n, H, W, 3) as it goes to the writer.
 
     Everything is checked before decoding starts; on any failure or interruption the
     partial output is removed and the target is left as it was.
@@ -274,6 +276,8 @@ def decode_to_file(
     try:
         with run_errors(f"decoding {plan.clip.path.name}", family.device), BackgroundWriter(writer) as background:
             for pixels in decode_frames(plan):
+                if on_pixels:
+                    on_pixels(pixels)
                 background.put(pixels)
                 if on_frames:
                     on_frames(len(pixels))

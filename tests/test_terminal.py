@@ -196,6 +196,33 @@ def test_decode_show_draws_the_first_frame_written(clip_and_sheet, tmp_path):
     assert np.array_equal(half_block_cells(written), iio.imread(tmp_path / "frames" / "00000.png"))  # frame 4
 
 
+def test_decode_show_draws_the_frame_it_wrote_without_decoding_it_again(clip_and_sheet, tmp_path, monkeypatch):
+    """The first frame is kept as it goes to the writer; only a skipped decode decodes it alone."""
+    import movq_cli.pipeline
+    import movq_cli.terminal
+
+    args, _ = clip_and_sheet
+    clip, weights = args[0], args[2]
+    drawn, decodes = [], []
+    real = movq_cli.pipeline.decode_frames
+
+    def counted(plan, *rest, **options):
+        decodes.append(plan.n_frames)
+        return real(plan, *rest, **options)
+
+    monkeypatch.setattr(movq_cli.terminal, "is_terminal", lambda stream: True)
+    monkeypatch.setattr(movq_cli.terminal, "draw", lambda picture, background=0: drawn.append(picture.copy()))
+    monkeypatch.setattr(movq_cli.pipeline, "decode_frames", counted)
+    out = tmp_path / "frames"
+    result = movq("decode", clip, out, "-w", weights, "--frames", "4:9", "--show")
+    assert result.exit_code == 0, result.output
+    assert decodes == [5] and len(drawn) == 1
+    assert np.array_equal(drawn[0], iio.imread(out / "00000.png"))  # frame 4
+    result = movq("decode", clip, out, "-w", weights, "--frames", "4:9", "--show", "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert decodes == [5, 1] and np.array_equal(drawn[1], drawn[0])
+
+
 def test_decode_show_is_refused_before_decoding_where_it_cannot_draw(clip_and_sheet, tmp_path):
     args, _ = clip_and_sheet
     clip, weights = args[0], args[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -39,6 +39,9 @@ from movq_cli.cli.options import (
 )
 from movq_cli.cli.preview import check_can_show, show_first_frame
 from movq_cli.errors import InputError, MovqError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BATCH_FORMATS = "mp4, webm, gif, webp, png, jpg, png-dir"
 
@@ -218,9 +221,17 @@ def decode(
 
         if single:
             job = jobs[0]
+            first: list[np.ndarray] = []  # --show's frame, kept as it goes to the writer
+
+            def keep_first(pixels: np.ndarray) -> None:
+                if not first:
+                    first.append(pixels[0].copy())
+
             with frame_progress(f"decoding {job.codes.name}", quiet) as progress:
                 try:
-                    report = decode_one(model, job, options, lambda _, n: progress.start(n))
+                    report = decode_one(
+                        model, job, options, lambda _, n: progress.start(n), keep_first if show else None
+                    )
                 except MovqError as error:  # its row, then its line on stderr and its exit code
                     print_json(failed_report(job, error, time.perf_counter() - started))
                     raise
@@ -228,7 +239,7 @@ def decode(
             if not quiet:
                 summary(report, describe(model))
             if show:
-                show_first_frame(model, job.codes, options.read, options.decode)
+                show_first_frame(model, job.codes, options.read, options.decode, first[0] if first else None)
             return
         if ray:
             runner = OnRay(weights, device, dtype, workers, threads)

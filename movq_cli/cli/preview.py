@@ -29,6 +29,8 @@ from movq_cli.cli.options import (
 from movq_cli.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from movq_cli.io.codes import ReadOptions
     from movq_cli.models.family import DecodeOptions
 
@@ -187,8 +189,11 @@ def check_can_show(single: bool, as_json: bool) -> None:
         raise InputError(NOT_A_TERMINAL)
 
 
-def show_first_frame(model, codes: Path, read: ReadOptions, decode: DecodeOptions) -> None:
-    """Draw the first frame a decode of the code file `codes` with these options writes."""
+def show_first_frame(
+    model, codes: Path, read: ReadOptions, decode: DecodeOptions, frame: np.ndarray | None = None
+) -> None:
+    """Draw the first frame a decode of the code file `codes` with these options writes: `frame`,
+    kept as the decode wrote it, or (when the decode was skipped) decoded alone."""
     from movq_cli.io.codes import read_clip
     from movq_cli.models.family import selected_numbers
     from movq_cli.pipeline import decode_frames, prepare
@@ -198,4 +203,6 @@ def show_first_frame(model, codes: Path, read: ReadOptions, decode: DecodeOption
     def first(total: int) -> list[int]:  # the first frame of the selection, planned once
         return selected_numbers(total, slice(None) if read.frames is None else read.frames)[:1]
 
-    draw(next(decode_frames(prepare(model, read_clip(codes, read), first, decode)))[0], BACKGROUND)
+    if frame is None:
+        frame = next(decode_frames(prepare(model, read_clip(codes, read), first, decode)))[0]
+    draw(frame, BACKGROUND)
