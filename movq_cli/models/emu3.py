@@ -50,6 +50,7 @@ def frames_per_call(grid: tuple[int, int]) -> int:
     rows, cols = grid
     return max(1, min(FRAMES_PER_CALL, CALL_CODES // (rows * cols)))
 
+
 class CausalConv3d(nn.Module):
     """A convolution over (time, rows, columns) whose output frame t sees input frames t-2..t.
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import product
 
 import torch
 import torch.nn.functional as F
@@ -142,12 +143,10 @@ def upsample_weight(weight: torch.Tensor) -> torch.Tensor:
     wide = torch.promote_types(weight.dtype, torch.float32)
     planes = weight.detach().permute(2, 3, 0, 1).contiguous()  # (3, 3, Cout, Cin): each tap contiguous
     kernel = weight.new_empty((4 * out_channels, 2, 2, in_channels)).permute(0, 3, 1, 2)
-    for a, rows in enumerate(_PHASE_TAPS):
-        for b, cols in enumerate(_PHASE_TAPS):
-            phase = kernel[(2 * a + b) * out_channels : (2 * a + b + 1) * out_channels]
-            for i, (r0, r1) in enumerate(rows):
-                for j, (c0, c1) in enumerate(cols):
-                    phase[:, :, i, j] = planes[r0:r1, c0:c1].sum((0, 1), dtype=wide)
+    for a, b, i, j in product(range(2), repeat=4):  # phase (a, b), its kernel position (i, j)
+        (r0, r1), (c0, c1) = _PHASE_TAPS[a][i], _PHASE_TAPS[b][j]
+        phase = slice((2 * a + b) * out_channels, (2 * a + b + 1) * out_channels)
+        kernel[phase, :, i, j] = planes[r0:r1, c0:c1].sum((0, 1), dtype=wide)
     return kernel
 
 
